@@ -1,0 +1,47 @@
+# Thin targets shared by the README, .ci/run and developers.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_VERSION := 0.3.36
+
+.PHONY: install proto proto-check lint typecheck test test-fast bench demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first: this pin resolves to the CPU wheel on disk instead of a multi-GB CUDA build.
+	$(PIP) install --quiet torch==2.13.0
+	# llama.cpp without native CPU detection: a native build traps (SIGILL) on AMX here.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet "llama-cpp-python[server]==$(LLAMA_VERSION)"
+	$(PIP) install --quiet -e ".[server,local,dev]"
+	touch $(STAMP)
+
+proto: install
+	$(PY) -m grpc_tools.protoc -I proto --python_out=proto --grpc_python_out=proto \
+		--mypy_out=proto --mypy_grpc_out=proto proto/prompttune/v1/optimizer.proto
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+test: install
+	$(VENV)/bin/pytest -q
+
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not e2e"
+
+bench: install
+	$(PY) benchmarks/run.py
+
+demo: install
+	$(VENV)/bin/prompttune demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,262 @@
+"""Synchronous client of prompttune.v1.OptimizerService."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal, Self, TypeVar, overload
+
+import grpc
+
+from prompttune.client import _convert as convert
+from prompttune.client._errors import JobFailedError, error_from_rpc
+from prompttune.client._types import (
+    ChatMessage,
+    Dataset,
+    Estimate,
+    Evaluation,
+    Example,
+    Job,
+    JobEvent,
+    JobPage,
+    JobState,
+    ModelSpec,
+    Prompt,
+    SearchSpec,
+    TaskSpec,
+)
+from prompttune.v1 import optimizer_pb2 as pb
+from prompttune.v1 import optimizer_pb2_grpc
+
+_Response = TypeVar("_Response")
+
+Metadata = Mapping[str, str] | Sequence[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How ``watch_job`` reconnects after the stream fails with UNAVAILABLE.
+
+    At most ``max_retries`` reconnects in a row without receiving an event; the delay before
+    reconnect n (from 0) is ``min(max_backoff, initial_backoff * multiplier**n)`` seconds.
+    """
+
+    max_retries: int = 5
+    initial_backoff: float = 0.5
+    max_backoff: float = 10.0
+    multiplier: float = 2.0
+
+    def delay(self, retry: int) -> float:
+        return float(min(self.max_backoff, self.initial_backoff * self.multiplier**retry))
+
+
+class Client:
+    """Synchronous client of the prompttune service.
+
+    Every unary call gets the deadline ``timeout`` (seconds; None: no deadline) and the call
+    ``metadata`` (e.g. ``{"authorization": "Bearer ..."}``). ``credentials`` selects a TLS
+    channel. Failed calls raise :class:`PromptTuneError` subclasses, never ``grpc.RpcError``.
+    The client is thread-safe; close it, or use it as a context manager.
+    """
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        timeout: float | None = 30.0,
+        metadata: Metadata | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target)
+        else:
+            self._channel = grpc.secure_channel(target, credentials)
+        self._stub = optimizer_pb2_grpc.OptimizerServiceStub(self._channel)
+        self._timeout = timeout
+        items = metadata.items() if isinstance(metadata, Mapping) else metadata or ()
+        self._metadata = tuple((key.lower(), value) for key, value in items)
+        self._retry = retry or RetryPolicy()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @overload
+    def create_job(
+        self,
+        task: TaskSpec,
+        dataset: Dataset,
+        model: ModelSpec | None = None,
+        search: SearchSpec | None = None,
+        *,
+        request_id: str | None = None,
+        dry_run: Literal[False] = False,
+    ) -> Job: ...
+
+    @overload
+    def create_job(
+        self,
+        task: TaskSpec,
+        dataset: Dataset,
+        model: ModelSpec | None = None,
+        search: SearchSpec | None = None,
+        *,
+        request_id: str | None = None,
+        dry_run: Literal[True],
+    ) -> Estimate: ...
+
+    def create_job(
+        self,
+        task: TaskSpec,
+        dataset: Dataset,
+        model: ModelSpec | None = None,
+        search: SearchSpec | None = None,
+        *,
+        request_id: str | None = None,
+        dry_run: bool = False,
+    ) -> Job | Estimate:
+        """Queue a job and return it (QUEUED). With ``dry_run=True`` nothing is created: the
+        request is validated and the :class:`Estimate` returned instead.
+
+        ``model`` defaults to the server's local model, ``search`` to the server defaults.
+        A repeated ``request_id`` returns the job created by its first request.
+        Raises InvalidArgumentError (with ``.field``) when the server rejects the request.
+        """
+        request = pb.CreateJobRequest(
+            task=convert.task_to_proto(task),
+            dataset=convert.dataset_to_proto(dataset),
+            model=None if model is None else convert.model_to_proto(model),
+            search=None if search is None else convert.search_to_proto(search),
+            request_id=request_id or "",
+            dry_run=dry_run,
+        )
+        response = self._call(self._stub.CreateJob, request)
+        if dry_run or not response.HasField("job"):
+            return convert.estimate_from_proto(response.estimate)
+        if not response.job.HasField("estimate") and response.HasField("estimate"):
+            response.job.estimate.CopyFrom(response.estimate)
+        return convert.job_from_proto(response.job)
+
+    def get_job(self, job_id: str) -> Job:
+        """Return the job with its progress and, once finished, its result. Raises NotFoundError."""
+        return convert.job_from_proto(self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id)))
+
+    def list_jobs(
+        self, state: JobState | None = None, page_size: int = 50, page_token: str = ""
+    ) -> JobPage:
+        """One page of jobs, newest first; ``page_size`` in [1, 200]. See also :meth:`iter_jobs`."""
+        request = pb.ListJobsRequest(
+            page_size=page_size,
+            page_token=page_token,
+            state=convert.job_state_to_proto(state),
+        )
+        return convert.job_page_from_proto(self._call(self._stub.ListJobs, request))
+
+    def iter_jobs(self, state: JobState | None = None, page_size: int = 50) -> Iterator[Job]:
+        """Every job, newest first, fetching pages lazily."""
+        token = ""
+        while True:
+            page = self.list_jobs(state, page_size, token)
+            yield from page.jobs
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def cancel_job(self, job_id: str) -> Job:
+        """Ask a queued or running job to stop; a no-op on finished jobs. Returns the job."""
+        request = pb.CancelJobRequest(job_id=job_id)
+        return convert.job_from_proto(self._call(self._stub.CancelJob, request))
+
+    def watch_job(self, job_id: str, after_sequence: int = 0) -> Iterator[JobEvent]:
+        """Yield the job's events with sequence > ``after_sequence``, in order, until the job
+        reaches a terminal state.
+
+        The stream has no deadline. When it breaks with UNAVAILABLE it is reopened after the
+        last sequence seen (see :class:`RetryPolicy`), so no event is repeated or skipped.
+        Closing the iterator early cancels the stream.
+        """
+        cursor, retries = after_sequence, 0
+        while True:
+            request = pb.WatchJobRequest(job_id=job_id, after_sequence=cursor)
+            stream = self._stub.WatchJob(request, metadata=self._metadata)
+            try:
+                for message in stream:
+                    if message.sequence > cursor:
+                        cursor, retries = message.sequence, 0
+                        yield convert.event_from_proto(message)
+                return
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or retries >= self._retry.max_retries:
+                    raise error_from_rpc(error) from error
+            finally:
+                stream.cancel()
+            time.sleep(self._retry.delay(retries))
+            retries += 1
+
+    def evaluate_prompt(
+        self,
+        prompt: Prompt,
+        task: TaskSpec,
+        examples: Iterable[Example],
+        model: ModelSpec | None = None,
+    ) -> Evaluation:
+        """Score ``prompt`` on ``examples`` without a search; results keep the examples' order."""
+        request = pb.EvaluatePromptRequest(
+            prompt=convert.prompt_to_proto(prompt),
+            task=convert.task_to_proto(task),
+            examples=[convert.example_to_proto(example) for example in examples],
+            model=None if model is None else convert.model_to_proto(model),
+        )
+        return convert.evaluation_from_proto(self._call(self._stub.EvaluatePrompt, request))
+
+    def render_prompt(self, prompt: Prompt, inputs: Mapping[str, str] | str) -> list[ChatMessage]:
+        """The chat messages to send to the model for one new input (a str means ``{"input": s}``)."""
+        fields = {"input": inputs} if isinstance(inputs, str) else dict(inputs)
+        request = pb.RenderPromptRequest(prompt=convert.prompt_to_proto(prompt), inputs=fields)
+        return convert.chat_messages_from_proto(self._call(self._stub.RenderPrompt, request))
+
+    def optimize(
+        self,
+        task: TaskSpec,
+        dataset: Dataset,
+        model: ModelSpec | None = None,
+        search: SearchSpec | None = None,
+        *,
+        request_id: str | None = None,
+        on_event: Callable[[JobEvent], None] | None = None,
+    ) -> Job:
+        """Create a job, watch it to the end (calling ``on_event`` per event) and return the
+        finished job. Raises JobFailedError when it ends FAILED or CANCELLED.
+        """
+        job = self.create_job(task, dataset, model, search, request_id=request_id)
+        cursor = 0
+        while not job.done:
+            for event in self.watch_job(job.id, after_sequence=cursor):
+                cursor = event.sequence
+                if on_event is not None:
+                    on_event(event)
+            job = self.get_job(job.id)
+            if not job.done:  # the stream ended early, e.g. a server shutting down gracefully
+                time.sleep(self._retry.initial_backoff)
+        if job.state in (JobState.FAILED, JobState.CANCELLED):
+            raise JobFailedError(job)
+        return job
+
+    def _call(self, method: Callable[..., _Response], request: object) -> _Response:
+        try:
+            return method(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error

@@ -1,0 +1,113 @@
+"""The hard budget of one job: LLM calls, tokens and wall time, shared by all its gateways.
+
+Every call reserves before it is sent and settles afterwards, under one lock, so concurrent
+calls can never together overshoot a cap. Cache hits never touch the budget.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prompttune.search._errors import BudgetExceeded
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What one in-flight call holds: one call and an upper estimate of its tokens."""
+
+    tokens: int
+
+
+def estimate_call_tokens(prompt_chars: int, max_tokens: int) -> int:
+    """Conservative token estimate of a call: prompt characters / 3 plus the answer cap."""
+    return prompt_chars // 3 + 1 + max_tokens
+
+
+class Budget:
+    """Caps on LLM calls, tokens and wall seconds; a cap of 0 means unlimited.
+
+    Thread-safe and safe to share between asyncio tasks (no awaits inside). Token settlement
+    uses the usage the endpoint reports; the reservation uses a conservative estimate.
+    """
+
+    def __init__(
+        self,
+        max_llm_calls: int = 0,
+        max_tokens: int = 0,
+        max_wall_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_llm_calls = max_llm_calls
+        self.max_tokens = max_tokens
+        self.max_wall_seconds = max_wall_seconds
+        self._clock = clock
+        self._started = clock()
+        self._lock = threading.Lock()
+        self._calls = 0
+        self._tokens = 0
+        self._pending_calls = 0
+        self._pending_tokens = 0
+        self._held_calls = 0
+
+    @property
+    def calls_used(self) -> int:
+        with self._lock:
+            return self._calls
+
+    @property
+    def tokens_used(self) -> int:
+        with self._lock:
+            return self._tokens
+
+    def elapsed(self) -> float:
+        return self._clock() - self._started
+
+    def calls_available(self) -> int | None:
+        """Calls that may still be reserved (None when unlimited)."""
+        if not self.max_llm_calls:
+            return None
+        with self._lock:
+            busy = self._calls + self._pending_calls + self._held_calls
+            return max(0, self.max_llm_calls - busy)
+
+    def reserve(self, estimated_tokens: int) -> Reservation:
+        """Reserve one call; raises `BudgetExceeded` naming the cap it would break."""
+        with self._lock:
+            if self.max_wall_seconds and self.elapsed() >= self.max_wall_seconds:
+                raise BudgetExceeded("max_wall_seconds")
+            busy = self._calls + self._pending_calls + self._held_calls
+            if self.max_llm_calls and busy + 1 > self.max_llm_calls:
+                raise BudgetExceeded("max_llm_calls")
+            spent = self._tokens + self._pending_tokens
+            if self.max_tokens and spent + estimated_tokens > self.max_tokens:
+                raise BudgetExceeded("max_tokens")
+            self._pending_calls += 1
+            self._pending_tokens += estimated_tokens
+            return Reservation(estimated_tokens)
+
+    def settle(self, reservation: Reservation, tokens: int) -> None:
+        """Turn a reservation into one spent call with the actual `tokens`."""
+        with self._lock:
+            self._pending_calls -= 1
+            self._pending_tokens -= reservation.tokens
+            self._calls += 1
+            self._tokens += tokens
+
+    def release(self, reservation: Reservation) -> None:
+        """Give a reservation back unspent (the call was never sent)."""
+        with self._lock:
+            self._pending_calls -= 1
+            self._pending_tokens -= reservation.tokens
+
+    def hold_calls(self, calls: int) -> None:
+        """Set aside `calls` for a later phase; `reserve` cannot use them until released."""
+        with self._lock:
+            limit = self.max_llm_calls - self._calls if self.max_llm_calls else calls
+            self._held_calls = max(0, min(calls, limit))
+
+    def release_held_calls(self) -> None:
+        with self._lock:
+            self._held_calls = 0

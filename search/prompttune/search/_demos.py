@@ -1,0 +1,89 @@
+"""Demonstration-set candidates drawn from the train split.
+
+Three strategies, cycled: label-stratified random, embedding-diverse (farthest-point
+selection over sentence embeddings, a max-min form of MMR) and plain random. Every set has
+`max_demos` examples in a fixed order; a trial uses the first k. Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from prompttune.search._protocols import Embedder
+from prompttune.search._render import format_inputs
+from prompttune.search._types import Example, TaskSpec
+
+_DIVERSE_POOL = 256
+
+
+@dataclass(frozen=True)
+class DemoSet:
+    """An ordered candidate set of demonstrations; trials use a prefix of it."""
+
+    name: str
+    examples: tuple[Example, ...]
+
+
+def _stratified(task: TaskSpec, train: Sequence[Example], size: int, rng: random.Random) -> list[Example]:
+    by_label: dict[str, list[Example]] = {}
+    for example in train:
+        by_label.setdefault(example.output, []).append(example)
+    queues = [rng.sample(group, len(group)) for _, group in sorted(by_label.items())]
+    rng.shuffle(queues)
+    chosen: list[Example] = []
+    while len(chosen) < size and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < size:
+                chosen.append(queue.pop())
+    return chosen
+
+
+def _diverse(
+    task: TaskSpec, train: Sequence[Example], size: int, rng: random.Random, embedder: Embedder
+) -> list[Example]:
+    pool = rng.sample(list(train), min(len(train), _DIVERSE_POOL))
+    texts = [f"{format_inputs(ex.inputs, task.input_fields)}\n{ex.output}" for ex in pool]
+    vectors = embedder.embed(texts)
+    chosen = [rng.randrange(len(pool))]
+    nearest = vectors @ vectors[chosen[0]]
+    while len(chosen) < min(size, len(pool)):
+        nearest[chosen] = np.inf
+        candidate = int(np.argmin(nearest))
+        chosen.append(candidate)
+        nearest = np.maximum(nearest, vectors @ vectors[candidate])
+    return [pool[i] for i in chosen]
+
+
+def build_demo_sets(
+    task: TaskSpec,
+    train: Sequence[Example],
+    embedder: Embedder,
+    num_sets: int,
+    max_demos: int,
+    seed: int = 0,
+) -> tuple[DemoSet, ...]:
+    """Up to `num_sets` distinct demo sets of `max_demos` examples (fewer if train is small)."""
+    if not train or max_demos <= 0 or num_sets <= 0:
+        return ()
+    ordered = sorted(train, key=lambda ex: ex.id)
+    size = min(max_demos, len(ordered))
+    sets: list[DemoSet] = []
+    seen: set[tuple[str, ...]] = set()
+    for index in range(num_sets):
+        rng = random.Random(f"{seed}:demos:{index}")
+        strategy = ("stratified", "diverse", "random")[index % 3]
+        if strategy == "stratified" and task.labels:
+            chosen = _stratified(task, ordered, size, rng)
+        elif strategy == "diverse":
+            chosen = _diverse(task, ordered, size, rng, embedder)
+        else:
+            strategy, chosen = "random", rng.sample(ordered, size)
+        ids = tuple(ex.id for ex in chosen)
+        if ids not in seen:
+            seen.add(ids)
+            sets.append(DemoSet(f"{strategy}-{index}", tuple(chosen)))
+    return tuple(sets)

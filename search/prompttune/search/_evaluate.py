@@ -1,0 +1,84 @@
+"""Scoring one prompt on a list of examples through the task gateway."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prompttune.search._errors import BudgetExceeded, LLMCallFailed
+from prompttune.search._gateway import LLMGateway
+from prompttune.search._metrics import score_answer
+from prompttune.search._protocols import ChatRequest
+from prompttune.search._render import render_messages
+from prompttune.search._stats import make_score
+from prompttune.search._types import Evaluation, Example, ExampleResult, Prompt, TaskSpec
+
+TASK_ROLE = "task"
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """Sampling settings of task-model calls and the bootstrap seed of the scores."""
+
+    temperature: float = 0.0
+    max_tokens: int = 32
+    seed: int = 0
+
+
+async def score_example(
+    gateway: LLMGateway, task: TaskSpec, prompt: Prompt, example: Example, settings: CallSettings
+) -> ExampleResult:
+    """One example's result; a failed call gives a result with `error` set, never a 0 score."""
+    request = ChatRequest(
+        render_messages(prompt, example.inputs), settings.temperature, settings.max_tokens
+    )
+    try:
+        response = await gateway.complete(request, TASK_ROLE)
+    except LLMCallFailed as error:
+        return ExampleResult(example.id, "", 0.0, error=str(error) or "llm call failed")
+    return ExampleResult(example.id, response.text, score_answer(task, response.text, example.output))
+
+
+async def score_examples(
+    gateway: LLMGateway,
+    task: TaskSpec,
+    prompt: Prompt,
+    examples: Sequence[Example],
+    settings: CallSettings,
+) -> tuple[ExampleResult, ...]:
+    """Results in example order; concurrency is bounded by the gateway.
+
+    Raises `BudgetExceeded` (after the in-flight calls finish) when any call hit a cap.
+    """
+    outcomes = await asyncio.gather(
+        *(score_example(gateway, task, prompt, ex, settings) for ex in examples),
+        return_exceptions=True,
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return tuple(o for o in outcomes if isinstance(o, ExampleResult))
+
+
+async def evaluate_prompt(
+    gateway: LLMGateway,
+    task: TaskSpec,
+    prompt: Prompt,
+    examples: Sequence[Example],
+    settings: CallSettings | None = None,
+) -> Evaluation:
+    """Score `prompt` on `examples`: failed calls are excluded from the mean and counted.
+
+    Raises `BudgetExceeded` when the job's budget cannot pay for the remaining calls.
+    """
+    settings = settings or CallSettings()
+    results = await score_examples(gateway, task, prompt, examples, settings)
+    return Evaluation(make_score(task, examples, results, settings.seed), results)
+
+
+def merge_evaluations(
+    task: TaskSpec, examples: Sequence[Example], parts: Sequence[ExampleResult], seed: int = 0
+) -> Evaluation:
+    """An `Evaluation` over `examples` from results gathered in several batches."""
+    return Evaluation(make_score(task, examples, parts, seed), tuple(parts))

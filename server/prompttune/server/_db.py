@@ -1,0 +1,77 @@
+"""Database schema and engine set-up. One database holds jobs, events, the response cache and
+the Optuna studies; SQLite by default, any SQLAlchemy URL otherwise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRow(Base):
+    __tablename__ = "pt_jobs"
+
+    num: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(sa.String(40), unique=True, index=True)
+    request_id: Mapped[str | None] = mapped_column(sa.String(128), unique=True, nullable=True)
+    state: Mapped[int] = mapped_column(sa.Integer, index=True)
+    # Serialised prompttune.v1.CreateJobRequest (task, dataset, model, search).
+    request: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    # Serialised prompttune.v1.Progress / JobResult / Estimate.
+    progress: Mapped[bytes] = mapped_column(sa.LargeBinary, default=b"")
+    result: Mapped[bytes | None] = mapped_column(sa.LargeBinary, nullable=True)
+    estimate: Mapped[bytes] = mapped_column(sa.LargeBinary, default=b"")
+    error: Mapped[str] = mapped_column(sa.Text, default="")
+    cancel_requested: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(80), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(sa.Float)
+    updated_at: Mapped[float] = mapped_column(sa.Float)
+
+
+class EventRow(Base):
+    __tablename__ = "pt_job_events"
+    __table_args__ = (sa.UniqueConstraint("job_id", "sequence", name="uq_event_sequence"),)
+
+    num: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(sa.String(40), index=True)
+    sequence: Mapped[int] = mapped_column(sa.Integer)
+    # Serialised prompttune.v1.JobEvent.
+    payload: Mapped[bytes] = mapped_column(sa.LargeBinary)
+
+
+class CacheRow(Base):
+    __tablename__ = "pt_response_cache"
+
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    text: Mapped[str] = mapped_column(sa.Text)
+    prompt_tokens: Mapped[int] = mapped_column(sa.Integer)
+    completion_tokens: Mapped[int] = mapped_column(sa.Integer)
+    created_at: Mapped[float] = mapped_column(sa.Float)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the API read while a worker writes; the busy timeout absorbs short lock waits.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def create_db_engine(url: str) -> Engine:
+    """Creates the engine and the schema (idempotent). SQLite files get WAL mode."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    Base.metadata.create_all(engine)
+    return engine

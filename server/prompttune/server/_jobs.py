@@ -1,0 +1,161 @@
+"""The service's domain operations behind the RPCs: validate, store, read, evaluate, render.
+
+Long work (searches) never runs here; `create` only validates and queues a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from prompttune.search import (
+    DatasetSplits,
+    Embedder,
+    LLMGateway,
+    ModelEndpoint,
+    OpenAIChatModel,
+    ResponseCache,
+    TaskSpec,
+    estimate,
+    evaluate_prompt,
+    render_messages,
+    split_examples,
+    validate_splits,
+    validate_task,
+)
+from prompttune.search import (
+    Budget as CallBudget,
+)
+from prompttune.search import (
+    InvalidArgument as InvalidArgumentError,
+)
+from prompttune.server import _convert as convert
+from prompttune.server._limits import Limits
+from prompttune.server._models import ModelResolver, validate_model_spec
+from prompttune.server._store import TERMINAL_STATES, SqlJobStore
+from prompttune.v1 import optimizer_pb2 as pb
+
+_MAX_REQUEST_ID = 128
+_EVALUATE_CALL_CAP = 20_000
+
+
+@dataclass(frozen=True)
+class ValidatedJob:
+    task: TaskSpec
+    splits: DatasetSplits
+
+
+def validate_create_request(request: pb.CreateJobRequest, limits: Limits) -> ValidatedJob:
+    """Checks every field of a CreateJobRequest; raises InvalidArgument naming the field."""
+    if request.ByteSize() > limits.max_request_bytes:
+        raise InvalidArgumentError(
+            "request", f"is {request.ByteSize()} bytes; the limit is {limits.max_request_bytes}"
+        )
+    if len(request.request_id) > _MAX_REQUEST_ID:
+        raise InvalidArgumentError("request_id", f"must be at most {_MAX_REQUEST_ID} characters")
+    task = convert.task_from_proto(request.task, limits)
+    validate_task(task)
+    validate_model_spec(request.model, "model", limits)
+    if request.search.HasField("proposer"):
+        validate_model_spec(request.search.proposer, "search.proposer", limits)
+    convert.search_config_from_proto(request.search, limits)
+    splits, pooled = convert.splits_from_proto(request.dataset, limits)
+    if pooled:
+        train, validation, test, seed = convert.split_ratio(request.dataset)
+        splits = split_examples(splits.train, train, validation, test, seed)
+    validate_splits(task, splits)
+    return ValidatedJob(task=task, splits=splits)
+
+
+class JobService:
+    """Implements the RPCs' semantics over a JobStore. Thread-safe."""
+
+    def __init__(
+        self,
+        store: SqlJobStore,
+        resolver: ModelResolver,
+        cache: ResponseCache,
+        embedder: Embedder,
+        limits: Limits,
+    ) -> None:
+        self._store = store
+        self._resolver = resolver
+        self._cache = cache
+        self._embedder = embedder
+        self._limits = limits
+
+    def create(self, request: pb.CreateJobRequest) -> pb.CreateJobResponse:
+        validated = validate_create_request(request, self._limits)
+        config = convert.search_config_from_proto(request.search, self._limits)
+        guess = estimate(validated.task, validated.splits, config)
+        message = pb.Estimate(llm_calls=guess.llm_calls, tokens=guess.tokens)
+        if request.dry_run:
+            return pb.CreateJobResponse(estimate=message)
+        job = self._store.create(request, message)
+        return pb.CreateJobResponse(job=job, estimate=job.estimate)
+
+    def get(self, job_id: str) -> pb.Job:
+        return self._store.get(job_id)
+
+    def list(self, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
+        if request.page_size > 200:
+            raise InvalidArgumentError("page_size", "must be at most 200")
+        if request.page_token and not request.page_token.isdigit():
+            raise InvalidArgumentError("page_token", "is not a token from ListJobs")
+        jobs, token = self._store.list(
+            int(request.state), request.page_size or 50, request.page_token
+        )
+        return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
+
+    def cancel(self, job_id: str) -> pb.Job:
+        return self._store.request_cancel(job_id)
+
+    async def watch(
+        self, job_id: str, after_sequence: int, poll_seconds: float = 0.2
+    ) -> AsyncIterator[pb.JobEvent]:
+        """Yields events after `after_sequence` until the job's terminal state event."""
+        self._store.get(job_id)  # NotFound before the stream starts
+        sequence = after_sequence
+        while True:
+            events = await asyncio.to_thread(self._store.events_after, job_id, sequence, 500)
+            for event in events:
+                sequence = event.sequence
+                yield event
+                if event.HasField("state_changed") and event.state_changed.state in TERMINAL_STATES:
+                    return
+            if not events:
+                job = await asyncio.to_thread(self._store.get, job_id)
+                if job.state in TERMINAL_STATES and not self._store.events_after(
+                    job_id, sequence, 1
+                ):
+                    return
+                await asyncio.sleep(poll_seconds)
+
+    async def evaluate(self, request: pb.EvaluatePromptRequest) -> pb.EvaluatePromptResponse:
+        task = convert.task_from_proto(request.task, self._limits)
+        validate_task(task)
+        prompt = convert.prompt_from_proto(request.prompt, self._limits)
+        examples = convert.examples_from_proto(request.examples, "examples", self._limits)
+        if not examples:
+            raise InvalidArgumentError("examples", "at least one example is required")
+        validate_splits(task, DatasetSplits(train=(), validation=examples))
+        validate_model_spec(request.model, "model", self._limits)
+        endpoint = await asyncio.to_thread(self._resolver.resolve, request.model)
+        gateway = self._gateway(endpoint, len(examples))
+        evaluation = await evaluate_prompt(gateway, task, prompt, examples)
+        return convert.evaluation_to_proto(evaluation, gateway.usage())
+
+    def _gateway(self, endpoint: ModelEndpoint, calls: int) -> LLMGateway:
+        budget = CallBudget(max_llm_calls=min(calls, _EVALUATE_CALL_CAP))
+        return LLMGateway(OpenAIChatModel(endpoint), cache=self._cache, budget=budget)
+
+    def render(self, request: pb.RenderPromptRequest) -> pb.RenderPromptResponse:
+        prompt = convert.prompt_from_proto(request.prompt, self._limits)
+        missing = [name for name in prompt.input_fields if name not in request.inputs]
+        if missing:
+            raise InvalidArgumentError("inputs", f"missing input field(s) {missing}")
+        messages = render_messages(prompt, dict(request.inputs))
+        return pb.RenderPromptResponse(
+            messages=[pb.ChatMessage(role=m.role, content=m.content) for m in messages]
+        )

@@ -1,0 +1,272 @@
+"""Durable job storage: jobs, their events and leases, in any SQLAlchemy database.
+
+Jobs are stored as the serialised CreateJobRequest plus progress/result messages, so what a
+caller sent is kept verbatim. Every method opens its own short transaction, so one store is
+safe to share between the API's event loop and worker threads.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import sqlalchemy as sa
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from prompttune.search import NotFound
+from prompttune.server._db import EventRow, JobRow
+from prompttune.v1 import optimizer_pb2 as pb
+
+TERMINAL_STATES = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    job_id: str
+    request: pb.CreateJobRequest
+
+
+class JobStore(Protocol):
+    """Where jobs and events live. Implementations are thread-safe."""
+
+    def create(self, request: pb.CreateJobRequest, estimate: pb.Estimate) -> pb.Job: ...
+    def get(self, job_id: str) -> pb.Job: ...
+    def list(self, state: int, page_size: int, page_token: str) -> tuple[list[pb.Job], str]: ...
+    def request_cancel(self, job_id: str) -> pb.Job: ...
+    def cancel_requested(self, job_id: str) -> bool: ...
+    def claim(self, worker_id: str, lease_seconds: float) -> ClaimedJob | None: ...
+    def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> bool: ...
+    def append_event(self, job_id: str, event: pb.JobEvent) -> int: ...
+    def events_after(self, job_id: str, sequence: int, limit: int) -> list[pb.JobEvent]: ...
+    def set_progress(self, job_id: str, progress: pb.Progress) -> None: ...
+    def finish(self, job_id: str, state: int, result: pb.JobResult | None, error: str) -> None: ...
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def new_job_id() -> str:
+    return "job-" + secrets.token_hex(8)
+
+
+class SqlJobStore:
+    """JobStore over SQLAlchemy. Claims use FOR UPDATE SKIP LOCKED where the database has it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._skip_locked = engine.dialect.name == "postgresql"
+
+    def create(self, request: pb.CreateJobRequest, estimate: pb.Estimate) -> pb.Job:
+        """Inserts a QUEUED job; an existing job with the same request_id is returned instead."""
+        if request.request_id:
+            existing = self._by_request_id(request.request_id)
+            if existing is not None:
+                return existing
+        now = time.time()
+        row = JobRow(
+            id=new_job_id(),
+            request_id=request.request_id or None,
+            state=pb.JOB_STATE_QUEUED,
+            request=request.SerializeToString(),
+            progress=pb.Progress(phase="queued").SerializeToString(),
+            estimate=estimate.SerializeToString(),
+            error="",
+            cancel_requested=False,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            with self._sessions.begin() as session:
+                session.add(row)
+        except IntegrityError:
+            # A concurrent CreateJob with the same request_id won the race.
+            existing = self._by_request_id(request.request_id)
+            if existing is None:
+                raise
+            return existing
+        self.append_event(row.id, _state_event(pb.JOB_STATE_QUEUED, ""))
+        return self.get(row.id)
+
+    def _by_request_id(self, request_id: str) -> pb.Job | None:
+        with self._sessions() as session:
+            row = session.scalar(sa.select(JobRow).where(JobRow.request_id == request_id))
+            return None if row is None else _to_job(row)
+
+    def get(self, job_id: str) -> pb.Job:
+        with self._sessions() as session:
+            return _to_job(self._row(session, job_id))
+
+    def get_request(self, job_id: str) -> pb.CreateJobRequest:
+        with self._sessions() as session:
+            return pb.CreateJobRequest.FromString(self._row(session, job_id).request)
+
+    @staticmethod
+    def _row(session: Session, job_id: str) -> JobRow:
+        row = session.scalar(sa.select(JobRow).where(JobRow.id == job_id))
+        if row is None:
+            raise NotFound(f"job {job_id!r} not found")
+        return row
+
+    def list(self, state: int, page_size: int, page_token: str) -> tuple[list[pb.Job], str]:
+        """Newest first. The page token is the row number to continue below."""
+        query = sa.select(JobRow).order_by(JobRow.num.desc()).limit(page_size + 1)
+        if state:
+            query = query.where(JobRow.state == state)
+        if page_token:
+            query = query.where(JobRow.num < int(page_token))
+        with self._sessions() as session:
+            rows = list(session.scalars(query))
+        next_token = str(rows[page_size - 1].num) if len(rows) > page_size else ""
+        return [_to_job(row) for row in rows[:page_size]], next_token
+
+    def request_cancel(self, job_id: str) -> pb.Job:
+        """Queued jobs are cancelled at once; running ones are flagged for their worker."""
+        cancelled_now = False
+        with self._sessions.begin() as session:
+            row = self._row(session, job_id)
+            if row.state == pb.JOB_STATE_QUEUED:
+                row.state = pb.JOB_STATE_CANCELLED
+                cancelled_now = True
+            if row.state not in TERMINAL_STATES or cancelled_now:
+                row.cancel_requested = True
+                row.updated_at = time.time()
+        if cancelled_now:
+            self.append_event(job_id, _state_event(pb.JOB_STATE_CANCELLED, ""))
+        return self.get(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self._sessions() as session:
+            return bool(self._row(session, job_id).cancel_requested)
+
+    def claim(self, worker_id: str, lease_seconds: float) -> ClaimedJob | None:
+        """Takes the oldest queued job, or a running one whose lease expired."""
+        now = time.time()
+        claimable = sa.or_(
+            JobRow.state == pb.JOB_STATE_QUEUED,
+            sa.and_(JobRow.state == pb.JOB_STATE_RUNNING, JobRow.lease_expires_at < now),
+        )
+        query = sa.select(JobRow).where(claimable).order_by(JobRow.num).limit(1)
+        if self._skip_locked:
+            query = query.with_for_update(skip_locked=True)
+        with self._sessions.begin() as session:
+            row = session.scalar(query)
+            if row is None:
+                return None
+            claimed = session.execute(
+                sa.update(JobRow)
+                .where(JobRow.num == row.num, JobRow.state == row.state)
+                .where(sa.or_(JobRow.lease_owner.is_(None), JobRow.lease_owner == row.lease_owner))
+                .values(
+                    state=pb.JOB_STATE_RUNNING,
+                    lease_owner=worker_id,
+                    lease_expires_at=now + lease_seconds,
+                    updated_at=now,
+                )
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            job_id, request = row.id, pb.CreateJobRequest.FromString(row.request)
+        self.append_event(job_id, _state_event(pb.JOB_STATE_RUNNING, ""))
+        return ClaimedJob(job_id=job_id, request=request)
+
+    def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> bool:
+        with self._sessions.begin() as session:
+            renewed = session.execute(
+                sa.update(JobRow)
+                .where(JobRow.id == job_id, JobRow.lease_owner == worker_id)
+                .where(JobRow.state == pb.JOB_STATE_RUNNING)
+                .values(lease_expires_at=time.time() + lease_seconds)
+            )
+            return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]
+
+    def append_event(self, job_id: str, event: pb.JobEvent) -> int:
+        """Stores the event with the next sequence number of its job and returns that number."""
+        for _attempt in range(20):
+            try:
+                with self._sessions.begin() as session:
+                    last = session.scalar(
+                        sa.select(sa.func.max(EventRow.sequence)).where(EventRow.job_id == job_id)
+                    )
+                    stored = pb.JobEvent()
+                    stored.CopyFrom(event)
+                    stored.job_id = job_id
+                    stored.sequence = (last or 0) + 1
+                    stored.time.CopyFrom(_timestamp(time.time()))
+                    session.add(
+                        EventRow(
+                            job_id=job_id,
+                            sequence=stored.sequence,
+                            payload=stored.SerializeToString(),
+                        )
+                    )
+                return stored.sequence
+            except IntegrityError:
+                continue  # another writer took this sequence number; take the next one
+        raise RuntimeError(f"could not append an event to job {job_id}")
+
+    def events_after(self, job_id: str, sequence: int, limit: int) -> list[pb.JobEvent]:
+        query = (
+            sa.select(EventRow.payload)
+            .where(EventRow.job_id == job_id, EventRow.sequence > sequence)
+            .order_by(EventRow.sequence)
+            .limit(limit)
+        )
+        with self._sessions() as session:
+            return [pb.JobEvent.FromString(payload) for payload in session.scalars(query)]
+
+    def set_progress(self, job_id: str, progress: pb.Progress) -> None:
+        with self._sessions.begin() as session:
+            session.execute(
+                sa.update(JobRow)
+                .where(JobRow.id == job_id)
+                .values(progress=progress.SerializeToString(), updated_at=time.time())
+            )
+
+    def finish(self, job_id: str, state: int, result: pb.JobResult | None, error: str) -> None:
+        """Moves a job to a terminal state and emits the state event. Idempotent."""
+        with self._sessions.begin() as session:
+            row = self._row(session, job_id)
+            if row.state in TERMINAL_STATES:
+                return
+            row.state = state
+            row.result = None if result is None else result.SerializeToString()
+            row.error = error
+            row.lease_owner = None
+            row.lease_expires_at = None
+            row.updated_at = time.time()
+        self.append_event(job_id, _state_event(state, error))
+
+
+def _state_event(state: int, error: str) -> pb.JobEvent:
+    return pb.JobEvent(state_changed=pb.StateChanged(state=state, error=error))  # type: ignore[arg-type]
+
+
+def _to_job(row: JobRow) -> pb.Job:
+    request = pb.CreateJobRequest.FromString(row.request)
+    job = pb.Job(
+        id=row.id,
+        state=row.state,  # type: ignore[arg-type]
+        task=request.task,
+        model=request.model,
+        search=request.search,
+        error=row.error,
+        request_id=row.request_id or "",
+    )
+    job.create_time.CopyFrom(_timestamp(row.created_at))
+    job.update_time.CopyFrom(_timestamp(row.updated_at))
+    if row.progress:
+        job.progress.ParseFromString(row.progress)
+    if row.estimate:
+        job.estimate.ParseFromString(row.estimate)
+    if row.result:
+        job.result.ParseFromString(row.result)
+    return job

@@ -152,7 +152,9 @@ class Client:
 
     def get_job(self, job_id: str) -> Job:
         """Return the job with its progress and, once finished, its result. Raises NotFoundError."""
-        return convert.job_from_proto(self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id)))
+        return convert.job_from_proto(
+            self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
+        )
 
     def list_jobs(
         self, state: JobState | None = None, page_size: int = 50, page_token: str = ""
@@ -199,7 +201,10 @@ class Client:
                         yield convert.event_from_proto(message)
                 return
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or retries >= self._retry.max_retries:
+                if (
+                    error.code() != grpc.StatusCode.UNAVAILABLE
+                    or retries >= self._retry.max_retries
+                ):
                     raise error_from_rpc(error) from error
             finally:
                 stream.cancel()
@@ -223,7 +228,10 @@ class Client:
         return convert.evaluation_from_proto(self._call(self._stub.EvaluatePrompt, request))
 
     def render_prompt(self, prompt: Prompt, inputs: Mapping[str, str] | str) -> list[ChatMessage]:
-        """The chat messages to send to the model for one new input (a str means ``{"input": s}``)."""
+        """The chat messages to send to the model for one new input.
+
+        A plain string is short for ``{"input": text}``.
+        """
         fields = {"input": inputs} if isinstance(inputs, str) else dict(inputs)
         request = pb.RenderPromptRequest(prompt=convert.prompt_to_proto(prompt), inputs=fields)
         return convert.chat_messages_from_proto(self._call(self._stub.RenderPrompt, request))

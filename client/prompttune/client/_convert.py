@@ -134,8 +134,9 @@ def _budget_to_proto(budget: t.Budget) -> pb.Budget:
 def search_to_proto(search: t.SearchSpec) -> pb.SearchSpec:
     return pb.SearchSpec(
         budget=_budget_to_proto(search.budget),
-        num_instruction_candidates=_or_zero(search.num_instruction_candidates),
-        max_demos=_or_zero(search.max_demos),
+        # Optional on the wire: None means "server default", 0 means "none".
+        num_instruction_candidates=search.num_instruction_candidates,
+        max_demos=search.max_demos,
         minibatch_size=_or_zero(search.minibatch_size),
         seed=search.seed,
         num_demo_sets=_or_zero(search.num_demo_sets),
@@ -207,8 +208,12 @@ def _budget_from_proto(message: pb.Budget) -> t.Budget:
 def search_from_proto(message: pb.SearchSpec) -> t.SearchSpec:
     return t.SearchSpec(
         budget=_budget_from_proto(message.budget),
-        num_instruction_candidates=_or_none(message.num_instruction_candidates),
-        max_demos=_or_none(message.max_demos),
+        num_instruction_candidates=(
+            message.num_instruction_candidates
+            if message.HasField("num_instruction_candidates")
+            else None
+        ),
+        max_demos=message.max_demos if message.HasField("max_demos") else None,
         minibatch_size=_or_none(message.minibatch_size),
         seed=message.seed,
         num_demo_sets=_or_none(message.num_demo_sets),

@@ -77,7 +77,9 @@ class JobFailedError(PromptTuneError):
     """Raised by ``Client.optimize`` when the job ended FAILED or CANCELLED; ``job`` is final."""
 
     def __init__(self, job: Job) -> None:
-        super().__init__(job.error or f"job {job.id} {job.state.value}", code=f"JOB_{job.state.name}")
+        super().__init__(
+            job.error or f"job {job.id} {job.state.value}", code=f"JOB_{job.state.name}"
+        )
         self.job = job
 
 

@@ -64,7 +64,9 @@ class Example:
     id: str
 
     def __init__(self, inputs: Mapping[str, str] | str, output: str = "", id: str = "") -> None:
-        object.__setattr__(self, "inputs", {"input": inputs} if isinstance(inputs, str) else dict(inputs))
+        object.__setattr__(
+            self, "inputs", {"input": inputs} if isinstance(inputs, str) else dict(inputs)
+        )
         object.__setattr__(self, "output", output)
         object.__setattr__(self, "id", id)
 
@@ -146,8 +148,8 @@ class Budget:
 class SearchSpec:
     """Search settings; ``None`` takes the server default (see optimizer.proto).
 
-    Caveat: ``max_demos`` of None and of 0 are the same on the wire (proto3 field 0), which
-    optimizer.proto documents both as "default 4" and as "zero-shot only"; the server decides.
+    ``max_demos=0`` searches zero-shot prompts only; ``num_instruction_candidates=0`` keeps the
+    seed instruction.
     """
 
     budget: Budget = field(default_factory=Budget)

@@ -28,7 +28,9 @@ class DemoSet:
     examples: tuple[Example, ...]
 
 
-def _stratified(task: TaskSpec, train: Sequence[Example], size: int, rng: random.Random) -> list[Example]:
+def _stratified(
+    task: TaskSpec, train: Sequence[Example], size: int, rng: random.Random
+) -> list[Example]:
     by_label: dict[str, list[Example]] = {}
     for example in train:
         by_label.setdefault(example.output, []).append(example)

@@ -12,7 +12,10 @@ class PromptTuneError(Exception):
 
 
 class InvalidArgument(PromptTuneError):
-    """A request field is malformed. `field` is its dotted path, e.g. ``dataset.train[3].output``."""
+    """A request field is malformed.
+
+    `field` is its dotted path, e.g. ``dataset.train[3].output``.
+    """
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")

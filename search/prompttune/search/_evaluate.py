@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prompttune.search._errors import BudgetExceeded, LLMCallFailed
+from prompttune.search._errors import LLMCallFailed
 from prompttune.search._gateway import LLMGateway
 from prompttune.search._metrics import score_answer
 from prompttune.search._protocols import ChatRequest
@@ -37,7 +37,9 @@ async def score_example(
         response = await gateway.complete(request, TASK_ROLE)
     except LLMCallFailed as error:
         return ExampleResult(example.id, "", 0.0, error=str(error) or "llm call failed")
-    return ExampleResult(example.id, response.text, score_answer(task, response.text, example.output))
+    return ExampleResult(
+        example.id, response.text, score_answer(task, response.text, example.output)
+    )
 
 
 async def score_examples(
@@ -75,10 +77,3 @@ async def evaluate_prompt(
     settings = settings or CallSettings()
     results = await score_examples(gateway, task, prompt, examples, settings)
     return Evaluation(make_score(task, examples, results, settings.seed), results)
-
-
-def merge_evaluations(
-    task: TaskSpec, examples: Sequence[Example], parts: Sequence[ExampleResult], seed: int = 0
-) -> Evaluation:
-    """An `Evaluation` over `examples` from results gathered in several batches."""
-    return Evaluation(make_score(task, examples, parts, seed), tuple(parts))

@@ -13,7 +13,7 @@ import json
 import os
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from prompttune.search._budget import Budget, estimate_call_tokens
@@ -22,7 +22,7 @@ from prompttune.search._protocols import ChatModel, ChatRequest, ChatResponse, R
 from prompttune.search._types import ModelEndpoint, Usage
 
 if TYPE_CHECKING:
-    import httpx
+    import httpx2
     import openai
 
 _TRANSIENT_STATUS = frozenset({408, 409, 429})
@@ -51,7 +51,7 @@ class OpenAIChatModel:
         self,
         endpoint: ModelEndpoint,
         *,
-        http_client: httpx.AsyncClient | None = None,
+        http_client: httpx2.AsyncClient | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -102,17 +102,15 @@ class OpenAIChatModel:
         retry_after = _retry_after_seconds(error)
         if retry_after is not None:
             return min(retry_after, _MAX_BACKOFF_SECONDS)
-        return min(_MAX_BACKOFF_SECONDS, 0.5 * 2**attempt) * (0.5 + self._rng.random())
+        return min(_MAX_BACKOFF_SECONDS, 0.5 * 2.0**attempt) * (0.5 + self._rng.random())
 
     async def _call_once(self, request: ChatRequest) -> ChatResponse:
-        completion: openai.types.chat.ChatCompletion = (
-            await self._client.chat.completions.create(
-                model=self._endpoint.model,
-                messages=[{"role": m.role, "content": m.content} for m in request.messages],  # type: ignore[misc]
-                temperature=request.temperature,
-                max_tokens=request.max_tokens,
-                timeout=self._endpoint.timeout_seconds,
-            )
+        completion: openai.types.chat.ChatCompletion = await self._client.chat.completions.create(
+            model=self._endpoint.model,
+            messages=[{"role": m.role, "content": m.content} for m in request.messages],  # type: ignore[misc]
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            timeout=self._endpoint.timeout_seconds,
         )
         text = completion.choices[0].message.content if completion.choices else None
         usage = completion.usage
@@ -138,11 +136,11 @@ def cache_key(identity: str, request: ChatRequest) -> str:
 
 @dataclass
 class _RoleUsage:
-    usage: Usage = Usage()
+    usage: Usage = field(default_factory=Usage)
 
     def add(self, **counts: int) -> None:
-        fields = {name: getattr(self.usage, name) + value for name, value in counts.items()}
-        self.usage = replace(self.usage, **fields)
+        totals = {name: getattr(self.usage, name) + value for name, value in counts.items()}
+        self.usage = replace(self.usage, **totals)
 
 
 def add_usage(*usages: Usage) -> Usage:

@@ -91,10 +91,14 @@ class InstructionProposer:
             text = format_inputs(example.inputs, task.input_fields, labelled=True)
             lines.append(f"Example:\n{text}\n{field_title(task.output_name)}: {example.output}")
         lines.append(f"Tip: {tip}")
-        lines.append("Write one improved instruction for this task. Reply with the instruction only.")
+        lines.append(
+            "Write one improved instruction for this task. Reply with the instruction only."
+        )
         return "\n\n".join(lines)
 
-    def _request(self, task: TaskSpec, train: Sequence[Example], index: int, seed: int) -> ChatRequest:
+    def _request(
+        self, task: TaskSpec, train: Sequence[Example], index: int, seed: int
+    ) -> ChatRequest:
         rng = random.Random(f"{seed}:proposal:{index}")
         ordered = sorted(train, key=lambda ex: ex.id)
         examples = rng.sample(ordered, min(self._num_examples, len(ordered)))

@@ -18,7 +18,9 @@ def field_title(name: str) -> str:
     return words[:1].upper() + words[1:]
 
 
-def format_inputs(inputs: Mapping[str, str], fields: tuple[str, ...], labelled: bool = False) -> str:
+def format_inputs(
+    inputs: Mapping[str, str], fields: tuple[str, ...], labelled: bool = False
+) -> str:
     """One field named ``input`` is plain text; several fields are ``Field: value`` lines.
 
     `labelled` forces ``Field: value`` lines even for a single field (inline examples).

@@ -26,7 +26,10 @@ def split_examples(
     shuffled = list(examples)
     random.Random(seed).shuffle(shuffled)
     total = len(shuffled)
-    sizes = [max(1, round(total * f)) if f > 0 and total >= 3 else round(total * f) for f in (train, validation, test)]
+    sizes = [
+        max(1, round(total * f)) if f > 0 and total >= 3 else round(total * f)
+        for f in (train, validation, test)
+    ]
     while sum(sizes) > total:
         sizes[sizes.index(max(sizes))] -= 1
     n_train, n_val = sizes[0], sizes[1]

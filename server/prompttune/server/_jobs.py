@@ -6,15 +6,14 @@ Long work (searches) never runs here; `create` only validates and queues a job.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from prompttune.search import (
+    ChatModel,
     DatasetSplits,
-    Embedder,
     LLMGateway,
     ModelEndpoint,
-    OpenAIChatModel,
     ResponseCache,
     TaskSpec,
     estimate,
@@ -76,13 +75,13 @@ class JobService:
         store: SqlJobStore,
         resolver: ModelResolver,
         cache: ResponseCache,
-        embedder: Embedder,
+        chat_models: Callable[[ModelEndpoint], ChatModel],
         limits: Limits,
     ) -> None:
         self._store = store
         self._resolver = resolver
         self._cache = cache
-        self._embedder = embedder
+        self._chat_models = chat_models
         self._limits = limits
 
     def create(self, request: pb.CreateJobRequest) -> pb.CreateJobResponse:
@@ -148,7 +147,7 @@ class JobService:
 
     def _gateway(self, endpoint: ModelEndpoint, calls: int) -> LLMGateway:
         budget = CallBudget(max_llm_calls=min(calls, _EVALUATE_CALL_CAP))
-        return LLMGateway(OpenAIChatModel(endpoint), cache=self._cache, budget=budget)
+        return LLMGateway(self._chat_models(endpoint), cache=self._cache, budget=budget)
 
     def render(self, request: pb.RenderPromptRequest) -> pb.RenderPromptResponse:
         prompt = convert.prompt_from_proto(request.prompt, self._limits)

@@ -12,15 +12,17 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
 from prompttune.search import (
     BudgetUsed,
+    ChatModel,
     Embedder,
     NewBest,
-    OpenAIChatModel,
+    ModelEndpoint,
     PhaseChanged,
     PromptTuneError,
     ResponseCache,
@@ -85,6 +87,7 @@ class ExecutorDeps:
     cache: ResponseCache
     resolver: ModelResolver
     embedder: Embedder
+    chat_models: Callable[[ModelEndpoint], ChatModel]
     study_storage: str
     limits: Limits
 
@@ -130,8 +133,8 @@ class JobExecutor:
         observer = StoreObserver(deps.store, claimed.job_id, self._config.cancel_check_seconds)
         runner = Runner(
             RunnerDeps(
-                task_model=OpenAIChatModel(task_endpoint),
-                proposer_model=OpenAIChatModel(proposer_endpoint),
+                task_model=deps.chat_models(task_endpoint),
+                proposer_model=deps.chat_models(proposer_endpoint),
                 embedder=deps.embedder,
                 cache=deps.cache if config.use_cache else None,
                 observer=observer,

@@ -1,0 +1,148 @@
+"""Assembles the service: database, cache, local model, workers, gRPC server with health
+checking and reflection, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from prompttune.search import ChatModel, Embedder, ModelEndpoint, OpenAIChatModel
+from prompttune.server._cache import SqlResponseCache
+from prompttune.server._db import create_db_engine
+from prompttune.server._interceptor import ServiceInterceptor
+from prompttune.server._jobs import JobService
+from prompttune.server._limits import Limits
+from prompttune.server._local_model import LocalModelConfig, LocalModelServer
+from prompttune.server._models import ModelResolver
+from prompttune.server._service import OptimizerServicer
+from prompttune.server._store import SqlJobStore
+from prompttune.server._worker import ExecutorDeps, JobExecutor, WorkerConfig, WorkerPool
+from prompttune.v1 import optimizer_pb2 as pb
+from prompttune.v1 import optimizer_pb2_grpc as pb_grpc
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OptimizerService"].full_name
+ChatModelFactory = Callable[[ModelEndpoint], ChatModel]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Server settings. `workers=0` runs the API only (workers elsewhere share the database)."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    db_url: str = "sqlite:///prompttune.db"
+    workers: int = 1
+    grace_seconds: float = 10.0
+    limits: Limits = field(default_factory=Limits)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    local_model: LocalModelConfig = field(default_factory=LocalModelConfig)
+
+
+def default_embedder() -> Embedder:
+    from prompttune.search import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder()
+
+
+@dataclass(frozen=True)
+class Adapters:
+    """The outside world, injectable: tests pass fakes, production the real adapters."""
+
+    chat_models: ChatModelFactory = OpenAIChatModel
+    embedder_factory: Callable[[], Embedder] = default_embedder
+
+
+class PromptTuneServer:
+    """One API server with in-process workers. `start()` returns the bound port."""
+
+    def __init__(self, config: ServerConfig, adapters: Adapters | None = None) -> None:
+        self.config = config
+        adapters = adapters or Adapters()
+        engine = create_db_engine(config.db_url)
+        self.store = SqlJobStore(engine)
+        self.cache = SqlResponseCache(engine)
+        self.local_model = LocalModelServer(config.local_model)
+        resolver = ModelResolver(self.local_model)
+        embedder = adapters.embedder_factory()
+        self.jobs = JobService(
+            self.store, resolver, self.cache, adapters.chat_models, config.limits
+        )
+        executor = JobExecutor(
+            ExecutorDeps(
+                store=self.store,
+                cache=self.cache,
+                resolver=resolver,
+                embedder=embedder,
+                chat_models=adapters.chat_models,
+                study_storage=config.db_url,
+                limits=config.limits,
+            ),
+            config.worker,
+        )
+        self.workers = WorkerPool(
+            self.store, executor, WorkerConfig(**{**config.worker.__dict__, "slots": config.workers})
+        )
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        limits = self.config.limits
+        server = grpc.aio.server(
+            interceptors=[ServiceInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", limits.max_request_bytes + 1024 * 1024),
+                ("grpc.max_send_message_length", limits.max_request_bytes + 1024 * 1024),
+            ],
+        )
+        pb_grpc.add_OptimizerServiceServicer_to_server(OptimizerServicer(self.jobs), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )  # fmt: skip
+        port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.workers > 0:
+            self.workers.start()
+        log.info("server.started", host=self.config.host, port=port, workers=self.config.workers)
+        return port
+
+    async def stop(self) -> None:
+        """Reports NOT_SERVING, finishes in-flight RPCs within the grace period, stops workers
+        and the local model. Jobs still running are reclaimed later through their lease."""
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.config.grace_seconds)
+        await asyncio.to_thread(self.workers.stop)
+        await asyncio.to_thread(self.local_model.close)
+        log.info("server.stopped")
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve(config: ServerConfig, adapters: Adapters | None = None) -> None:
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
+    app = PromptTuneServer(config, adapters)
+    await app.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("server.stopping")
+    await app.stop()

@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 
 proto: install
 	$(PY) -m grpc_tools.protoc -I proto --python_out=proto --grpc_python_out=proto \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 		--mypy_out=proto --mypy_grpc_out=proto proto/prompttune/v1/optimizer.proto
 
 lint: install

@@ -66,5 +66,5 @@ async def test_each_proposal_uses_a_different_tip() -> None:
     model = FakeChatModel(lambda r: r.messages[-1].content.split("Tip: ")[1][:60])
     proposer = InstructionProposer(LLMGateway(model, Budget()))
     candidates = await proposer.propose(SENTIMENT_TASK, sentiment_examples(10), count=5)
-    assert len(candidates) == 5 and len(set(candidates)) == 5
+    assert len(candidates) == 6 and len(set(candidates)) == 6  # the seed plus five proposals
     assert all(r.temperature == 0.0 and r.max_tokens == 80 for r in model.requests)

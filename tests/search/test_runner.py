@@ -20,6 +20,7 @@ from prompttune.search import (
     SearchResult,
     TrialFinished,
 )
+from prompttune.search import estimate as search_estimate
 from tests.fakes import (
     SENTIMENT_TASK,
     FakeChatModel,
@@ -153,6 +154,7 @@ async def test_estimate_bounds_the_calls() -> None:
     result = await run(h)
     assert result.usage.llm_calls <= estimate.llm_calls <= CONFIG.max_llm_calls
     assert result.usage.tokens <= estimate.tokens
+    assert estimate == search_estimate(SENTIMENT_TASK, DATA, CONFIG)
     capped = h.runner.estimate(SENTIMENT_TASK, DATA, dataclasses.replace(CONFIG, max_llm_calls=10))
     assert capped.llm_calls == 10
 

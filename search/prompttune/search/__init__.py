@@ -38,7 +38,7 @@ from prompttune.search._protocols import (
     SearchObserver,
 )
 from prompttune.search._render import format_inputs, prompt_token_count, render_messages
-from prompttune.search._runner import Runner, RunnerDeps, TrialConfig, minibatch_rungs
+from prompttune.search._runner import Runner, RunnerDeps, TrialConfig, estimate, minibatch_rungs
 from prompttune.search._split import split_examples
 from prompttune.search._stats import bootstrap_ci, make_score, paired_bootstrap_lower_bound
 from prompttune.search._types import (
@@ -123,6 +123,7 @@ __all__ = [
     "build_demo_sets",
     "cache_key",
     "choose_label",
+    "estimate",
     "estimate_call_tokens",
     "evaluate_prompt",
     "extract_prediction",

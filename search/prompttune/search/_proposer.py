@@ -120,8 +120,8 @@ class InstructionProposer:
     async def propose(
         self, task: TaskSpec, train: Sequence[Example], count: int, seed: int = 0
     ) -> tuple[str, ...]:
-        """Up to `count` distinct instructions; the seed instruction is always first."""
-        requests = [self._request(task, train, index, seed) for index in range(max(0, count - 1))]
+        """The seed instruction first, then up to `count` distinct proposed instructions."""
+        requests = [self._request(task, train, index, seed) for index in range(max(0, count))]
         proposals = await asyncio.gather(*(self._propose_one(r) for r in requests))
         candidates = [task.seed_instruction]
         seen = {normalize_instruction(task.seed_instruction)}

@@ -201,6 +201,39 @@ def pareto_front(scores: list[PromptScores]) -> tuple[PromptScores, ...]:
     return tuple(sorted(front, key=lambda s: (s.prompt_tokens, -s.validation.mean)))
 
 
+def estimate(
+    task: TaskSpec,
+    data: DatasetSplits,
+    config: SearchConfig,
+    task_max_tokens: int = 32,
+    proposer_max_tokens: int = 80,
+) -> Estimate:
+    """Upper bound of the LLM calls and tokens a job can send, capped by its budget.
+
+    Raises `InvalidArgument` like `Runner.run` for an invalid task or dataset.
+    """
+    validate_task(task)
+    validate_splits(task, data)
+    n_val, n_test = len(data.validation), len(data.test)
+    proposals = max(0, config.num_instruction_candidates)
+    calls = proposals + (config.max_trials + config.num_finalists + 1) * n_val + 2 * n_test
+    if config.max_llm_calls:
+        calls = min(calls, config.max_llm_calls)
+    widest = Prompt(
+        instruction=task.seed_instruction + " " * MAX_INSTRUCTION_CHARS,
+        demos=tuple(sorted(data.train, key=lambda ex: -len(str(ex.inputs))))[: config.max_demos],
+        format=PromptFormat(answer_prefix=f"{task.output_name.capitalize()}:"),
+        input_fields=task.input_fields,
+        output_name=task.output_name,
+    )
+    longest = max((*data.validation, *data.test), key=lambda ex: len(str(ex.inputs)))
+    chars = sum(len(m.content) for m in render_messages(widest, longest.inputs))
+    tokens = calls * estimate_call_tokens(chars, max(task_max_tokens, proposer_max_tokens))
+    if config.max_tokens:
+        tokens = min(tokens, config.max_tokens)
+    return Estimate(calls, tokens)
+
+
 class Runner:
     """Runs one search job. Not thread-safe; one `run` at a time per instance.
 
@@ -235,34 +268,9 @@ class Runner:
         return result
 
     def estimate(self, task: TaskSpec, data: DatasetSplits, config: SearchConfig) -> Estimate:
-        """Upper bound of the LLM calls and tokens the job can send, capped by its budget.
-
-        Raises `InvalidArgument` like `run` for an invalid task or dataset.
-        """
-        validate_task(task)
-        validate_splits(task, data)
-        n_val, n_test = len(data.validation), len(data.test)
-        proposals = max(0, config.num_instruction_candidates - 1)
-        task_calls = (config.max_trials + config.num_finalists + 1) * n_val + 2 * n_test
-        calls = proposals + task_calls
-        if config.max_llm_calls:
-            calls = min(calls, config.max_llm_calls)
-        widest = Prompt(
-            instruction=task.seed_instruction + " " * MAX_INSTRUCTION_CHARS,
-            demos=tuple(sorted(data.train, key=lambda ex: -len(str(ex.inputs))))[
-                : config.max_demos
-            ],
-            format=PromptFormat(answer_prefix=f"{task.output_name.capitalize()}:"),
-            input_fields=task.input_fields,
-            output_name=task.output_name,
-        )
-        longest = max((*data.validation, *data.test), key=lambda ex: len(str(ex.inputs)))
-        chars = sum(len(m.content) for m in render_messages(widest, longest.inputs))
-        answer_cap = max(self._deps.task_max_tokens, self._deps.proposer_max_tokens)
-        tokens = calls * estimate_call_tokens(chars, answer_cap)
-        if config.max_tokens:
-            tokens = min(tokens, config.max_tokens)
-        return Estimate(calls, tokens)
+        """`estimate` with this runner's answer caps."""
+        deps = self._deps
+        return estimate(task, data, config, deps.task_max_tokens, deps.proposer_max_tokens)
 
     # ----------------------------------------------------------------- setup
 

@@ -89,7 +89,9 @@ class PromptTuneServer:
             config.worker,
         )
         self.workers = WorkerPool(
-            self.store, executor, WorkerConfig(**{**config.worker.__dict__, "slots": config.workers})
+            self.store,
+            executor,
+            WorkerConfig(**{**config.worker.__dict__, "slots": config.workers}),
         )
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -118,7 +120,7 @@ class PromptTuneServer:
         if self.config.workers > 0:
             self.workers.start()
         log.info("server.started", host=self.config.host, port=port, workers=self.config.workers)
-        return port
+        return int(port)
 
     async def stop(self) -> None:
         """Reports NOT_SERVING, finishes in-flight RPCs within the grace period, stops workers

@@ -4,6 +4,7 @@ enum values, ranges, sizes and defaults. Errors name the request field that is w
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 from prompttune.search import (
     BudgetUsed,
@@ -172,10 +173,13 @@ def search_config_from_proto(search: pb.SearchSpec, limits: Limits) -> SearchCon
     return config
 
 
-def _or_default(search: pb.SearchSpec, name: str, default: int) -> int:
+def _or_default(
+    search: pb.SearchSpec,
+    name: Literal["num_instruction_candidates", "max_demos"],
+    default: int,
+) -> int:
     # Zero is meaningful for these ("no proposals", "zero-shot only") only when set explicitly.
-    value = int(getattr(search, name))
-    return value if search.HasField(name) else default
+    return int(getattr(search, name)) if search.HasField(name) else default
 
 
 def _check_ranges(config: SearchConfig, limits: Limits) -> None:

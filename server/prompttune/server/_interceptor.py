@@ -102,7 +102,9 @@ def _wrap_unary(behaviour: Any, method: str) -> Any:
 
 
 def _wrap_stream(behaviour: Any, method: str) -> Any:
-    async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def stream(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(request_id=_request_id(context), rpc=method):
             try:

@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from prompttune.search import (
+    Budget as CallBudget,
+)
+from prompttune.search import (
     ChatModel,
     DatasetSplits,
     LLMGateway,
@@ -22,9 +25,6 @@ from prompttune.search import (
     split_examples,
     validate_splits,
     validate_task,
-)
-from prompttune.search import (
-    Budget as CallBudget,
 )
 from prompttune.search import (
     InvalidArgument as InvalidArgumentError,
@@ -102,7 +102,7 @@ class JobService:
             raise InvalidArgumentError("page_size", "must be at most 200")
         if request.page_token and not request.page_token.isdigit():
             raise InvalidArgumentError("page_token", "is not a token from ListJobs")
-        jobs, token = self._store.list(
+        jobs, token = self._store.list_jobs(
             int(request.state), request.page_size or 50, request.page_token
         )
         return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
@@ -147,7 +147,12 @@ class JobService:
 
     def _gateway(self, endpoint: ModelEndpoint, calls: int) -> LLMGateway:
         budget = CallBudget(max_llm_calls=min(calls, _EVALUATE_CALL_CAP))
-        return LLMGateway(self._chat_models(endpoint), cache=self._cache, budget=budget)
+        return LLMGateway(
+            self._chat_models(endpoint),
+            budget=budget,
+            cache=self._cache,
+            max_concurrency=endpoint.max_concurrency,
+        )
 
     def render(self, request: pb.RenderPromptRequest) -> pb.RenderPromptResponse:
         prompt = convert.prompt_from_proto(request.prompt, self._limits)

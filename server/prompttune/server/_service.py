@@ -4,22 +4,23 @@ Errors are mapped to status codes by ServiceInterceptor, not here."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
-
-import grpc
+from typing import Any, TypeAlias
 
 from prompttune.server._jobs import JobService
 from prompttune.v1 import optimizer_pb2 as pb
 from prompttune.v1 import optimizer_pb2_grpc as pb_grpc
 
-Context = grpc.aio.ServicerContext[Any, Any]
+# grpc ships no type stubs; handlers receive a grpc.aio.ServicerContext.
+Context: TypeAlias = Any
 
 
 class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
     def __init__(self, jobs: JobService) -> None:
         self._jobs = jobs
 
-    async def CreateJob(self, request: pb.CreateJobRequest, context: Context) -> pb.CreateJobResponse:
+    async def CreateJob(
+        self, request: pb.CreateJobRequest, context: Context
+    ) -> pb.CreateJobResponse:
         return self._jobs.create(request)
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:

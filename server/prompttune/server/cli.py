@@ -20,7 +20,6 @@ from prompttune.client import (
     Client,
     Example,
     Job,
-    JobEvent,
     JobState,
     Prompt,
     PromptTuneError,
@@ -301,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_cmd = commands.add_parser("jobs", help="list, inspect, cancel or watch jobs")
     jobs_sub = jobs_cmd.add_subparsers(dest="jobs_command", required=True)
     list_cmd = jobs_sub.add_parser("list")
-    list_cmd.add_argument("--state", choices=[s.value for s in JobState if s.value != "unspecified"])
+    list_cmd.add_argument(
+        "--state", choices=[s.value for s in JobState if s.value != "unspecified"]
+    )
     list_cmd.add_argument("--limit", type=int, default=50)
     for name in ("get", "cancel", "watch"):
         sub = jobs_sub.add_parser(name)

@@ -4,7 +4,6 @@ with SmolLM2-135M-Instruct, MiniLM embeddings and SQLite, on a slice of SST-2.""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -39,8 +38,6 @@ def write_task(directory: Path) -> Path:
 
 
 def test_cli_optimize_on_the_real_stack_twice(tmp_path: Path) -> None:
-    if shutil.which("prompttune") is None:
-        pytest.fail("the prompttune CLI is not installed")
     task_file = write_task(tmp_path)
     db_url = f"sqlite:///{tmp_path / 'service.db'}"
     first_out, second_out = tmp_path / "first.json", tmp_path / "second.json"

@@ -47,13 +47,14 @@ class ModelResolver:
     def resolve(self, spec: pb.ModelSpec, field: str = "model") -> ModelEndpoint:
         max_tokens = spec.max_tokens or DEFAULT_MAX_TOKENS
         if (spec.kind or pb.MODEL_KIND_LOCAL) == pb.MODEL_KIND_LOCAL:
-            # llama.cpp serves one request at a time; more concurrency adds no throughput.
+            # llama.cpp serves one request at a time; a second request in flight only hides the
+            # HTTP round trip between them.
             return ModelEndpoint(
                 base_url=self._local.base_url(),
                 model=LOCAL_MODEL_NAME,
                 temperature=spec.temperature,
                 max_tokens=max_tokens,
-                max_concurrency=spec.max_concurrency or 1,
+                max_concurrency=spec.max_concurrency or 2,
                 cache_identity=f"local|{LOCAL_MODEL_NAME}|{self._local.model_file_name()}",
             )
         if spec.api_key_env and spec.api_key_env not in os.environ:

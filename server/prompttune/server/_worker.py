@@ -140,6 +140,8 @@ class JobExecutor:
                 observer=observer,
                 task_temperature=task_endpoint.temperature,
                 task_max_tokens=task_endpoint.max_tokens,
+                task_max_concurrency=task_endpoint.max_concurrency,
+                proposer_max_concurrency=proposer_endpoint.max_concurrency,
             ),
             storage=deps.study_storage,
         )

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 LLAMA_VERSION := 0.3.36
 
-.PHONY: install proto proto-check lint typecheck test test-fast bench demo clean
+.PHONY: install proto proto-check lint typecheck test test-fast bench bench-search demo clean
 
 install: $(STAMP)
 
@@ -38,8 +38,21 @@ test: install
 test-fast: install
 	$(VENV)/bin/pytest -q -m "not e2e"
 
-bench: install
-	$(PY) benchmarks/run.py
+bench: bench-search
+
+# Search quality vs DSPy (hours; resumable: finished (task, method) pairs are skipped).
+# Arguments go through BENCH_SEARCH_ARGS, e.g. make bench-search BENCH_SEARCH_ARGS=--tiny
+DSPY_VENV := benchmarks/.venv-dspy
+BENCH_SEARCH_ARGS ?=
+bench-search: install $(DSPY_VENV)/.installed
+	$(PY) benchmarks/search_bench.py $(BENCH_SEARCH_ARGS)
+
+# DSPy lives only in its own venv; the check fails the build if it ever pulls torch.
+$(DSPY_VENV)/.installed: benchmarks/requirements-dspy.txt
+	test -x $(DSPY_VENV)/bin/python || python3 -m venv $(DSPY_VENV)
+	$(DSPY_VENV)/bin/pip install --quiet -r benchmarks/requirements-dspy.txt
+	! $(DSPY_VENV)/bin/pip show torch >/dev/null 2>&1
+	touch $@
 
 demo: install
 	$(VENV)/bin/prompttune demo

@@ -164,10 +164,19 @@ def proposer_responder(request: ChatRequest) -> str:
     return PROPOSALS[index]
 
 
+DATASET_SUMMARY = (
+    "Here is a summary:\n\nShort movie review sentences, each labelled positive or negative. "
+    "The label follows the adjective describing the film."
+)
+
+
 def routing_responder(request: ChatRequest) -> str:
-    """Proposer meta-prompts go to `proposer_responder`, everything else to the task."""
+    """Proposer meta-prompts go to `proposer_responder`, dataset-summary requests get
+    `DATASET_SUMMARY`, everything else goes to the task."""
     if "You write clear instructions" in request.messages[0].content:
         return proposer_responder(request)
+    if "You describe datasets" in request.messages[0].content:
+        return DATASET_SUMMARY
     return sentiment_responder(request)
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import email.utils
 import json
+import time
 
 import httpx2
 import pytest
@@ -12,6 +14,8 @@ from prompttune.search import (
     LLMCallFailed,
     ModelEndpoint,
     OpenAIChatModel,
+    OpenAIClientPool,
+    cache_key,
 )
 
 COMPLETION = {
@@ -76,7 +80,7 @@ async def test_retries_429_honouring_retry_after() -> None:
     server, sleeps = ScriptedServer([429, 503], {"retry-after": "3"}), list[float]()
     response = await model(server, sleeps).complete(REQUEST)
     assert response.text == "Positive"
-    assert sleeps == [3.0, 3.0]
+    assert len(sleeps) == 2 and all(3.0 <= s <= 3.3 for s in sleeps)  # Retry-After + jitter
 
 
 async def test_gives_up_after_max_retries() -> None:
@@ -101,3 +105,59 @@ def test_api_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     chat = OpenAIChatModel(endpoint)
     assert chat.identity == "http://llm.test/v1|m"
     assert "secret" not in repr(vars(chat))
+
+
+async def test_retry_after_ms_and_http_date() -> None:
+    server, sleeps = ScriptedServer([429], {"retry-after-ms": "250"}), list[float]()
+    await model(server, sleeps).complete(REQUEST)
+    assert 0.25 <= sleeps[0] <= 0.275
+    date = email.utils.formatdate(time.time() + 2, usegmt=True)
+    server, sleeps = ScriptedServer([503], {"retry-after": date}), list[float]()
+    await model(server, sleeps).complete(REQUEST)
+    assert 0.5 <= sleeps[0] <= 2.3
+
+
+async def test_rejected_request_is_not_transient_and_retries_are_transient() -> None:
+    with pytest.raises(LLMCallFailed) as rejected:
+        await model(ScriptedServer([400]), []).complete(REQUEST)
+    assert rejected.value.transient is False
+    with pytest.raises(LLMCallFailed, match="HTTP 503") as down:
+        await model(ScriptedServer([503] * 5), [], retries=1).complete(REQUEST)
+    assert down.value.transient is True
+
+
+async def test_n_samples_in_one_call() -> None:
+    server = ScriptedServer([])
+    responses = await model(server, []).complete_many(REQUEST, 3)
+    assert server.bodies[0]["n"] == 3
+    assert len(responses) == 3 and responses[0].prompt_tokens == 11
+    assert all(r.prompt_tokens == 0 for r in responses[1:])
+
+
+async def test_pool_shares_one_client_per_endpoint_and_loop() -> None:
+    pool = OpenAIClientPool()
+    endpoint = ModelEndpoint("http://llm.test/v1", "m")
+    other = ModelEndpoint("http://other.test/v1", "m")
+    assert pool.client(endpoint, "k") is pool.client(endpoint, "k")
+    assert pool.client(endpoint, "k") is not pool.client(other, "k")
+    chat = OpenAIChatModel(
+        ModelEndpoint("http://llm.test/v1", "m", cache_identity="local|m|file"), pool=pool
+    )
+    assert chat.identity == "local|m|file"
+    first = pool.client(endpoint, "k")
+    await pool.aclose()
+    assert first.is_closed() and pool.client(endpoint, "k") is not first
+
+
+def test_cache_key_covers_everything_that_changes_the_answer() -> None:
+    base = cache_key("e|m", REQUEST)
+    variants = [
+        cache_key("e|other", REQUEST),
+        cache_key("e|m", ChatRequest((ChatMessage("system", "hi"),), 0.0, 5)),
+        cache_key("e|m", ChatRequest((ChatMessage("user", "hi!"),), 0.0, 5)),
+        cache_key("e|m", ChatRequest(REQUEST.messages, 0.7, 5)),
+        cache_key("e|m", ChatRequest(REQUEST.messages, 0.0, 6)),
+        cache_key("e|m", ChatRequest(REQUEST.messages, 0.0, 5, sample=1)),
+    ]
+    assert base == cache_key("e|m", ChatRequest((ChatMessage("user", "hi"),), 0.0, 5))
+    assert len({base, *variants}) == 7

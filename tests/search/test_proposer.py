@@ -10,7 +10,19 @@ from prompttune.search import (
     LLMGateway,
     parse_proposal,
 )
-from tests.fakes import SENTIMENT_TASK, FakeChatModel, sentiment_examples
+from prompttune.search._proposer import (
+    Mistake,
+    ScoredInstruction,
+    parse_summary,
+    remove_near_duplicates,
+)
+from tests.fakes import (
+    DATASET_SUMMARY,
+    SENTIMENT_TASK,
+    FakeChatModel,
+    FakeEmbedder,
+    sentiment_examples,
+)
 
 
 @pytest.mark.parametrize(
@@ -37,6 +49,27 @@ def test_parse_proposal(text: str, parsed: str | None) -> None:
     assert parse_proposal(text) == parsed
 
 
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        (DATASET_SUMMARY, DATASET_SUMMARY.split("\n\n")[1]),
+        ("{}", ""),
+        ("", ""),
+        ("Summary: " + "Reviews are short. " * 40, ("Reviews are short. " * 21).strip()),
+    ],
+)
+def test_parse_summary(text: str, parsed: str) -> None:
+    assert parse_summary(text) == parsed
+
+
+def is_summary(request: ChatRequest) -> bool:
+    return "You describe datasets" in request.messages[0].content
+
+
+def tip_of(request: ChatRequest) -> str:
+    return request.messages[-1].content.split("Tip: ")[1].split("\n")[0]
+
+
 JUNK = [
     "",
     "never used: this call fails",
@@ -44,27 +77,86 @@ JUNK = [
     "x" * 1000,
     "Label it positive or negative, please.",
     "Label it positive or negative, please!",
+    "{}",
+    "```json\n{}\n```",
 ]
 
 
 def junk_by_tip(request: ChatRequest) -> str:
-    tip = request.messages[-1].content.split("Tip: ")[1].split("\n")[0]
-    return JUNK[STYLE_TIPS.index(tip)]
+    if is_summary(request):
+        return "{}"  # an unusable summary: proposals go on without one
+    return JUNK[STYLE_TIPS.index(tip_of(request)) % len(JUNK)]
 
 
 async def test_proposer_survives_junk_failures_and_budget() -> None:
     model = FakeChatModel(junk_by_tip, fail_if=lambda r: "step by step" in str(r))
-    gateway = LLMGateway(model, Budget(max_llm_calls=6))
+    gateway = LLMGateway(model, Budget(max_llm_calls=7))
     proposer = InstructionProposer(gateway)
     candidates = await proposer.propose(SENTIMENT_TASK, sentiment_examples(10), count=9)
     assert candidates[0] == SENTIMENT_TASK.seed_instruction
     assert candidates[1:] == ("Label it positive or negative, please.",)  # duplicate dropped
-    assert model.calls == 6  # two proposals were refused by the budget without crashing
+    assert model.calls == 7  # summary + six proposals; three were refused by the budget
+    assert "Dataset summary" not in model.requests[1].messages[-1].content
 
 
-async def test_each_proposal_uses_a_different_tip() -> None:
-    model = FakeChatModel(lambda r: r.messages[-1].content.split("Tip: ")[1][:60])
+async def test_summary_grounds_every_proposal_and_is_asked_once() -> None:
+    def respond(request: ChatRequest) -> str:
+        return DATASET_SUMMARY if is_summary(request) else f"Write this: {tip_of(request)}"
+
+    model = FakeChatModel(respond)
     proposer = InstructionProposer(LLMGateway(model, Budget()))
     candidates = await proposer.propose(SENTIMENT_TASK, sentiment_examples(10), count=5)
     assert len(candidates) == 6 and len(set(candidates)) == 6  # the seed plus five proposals
-    assert all(r.temperature == 0.0 and r.max_tokens == 80 for r in model.requests)
+    summaries = [r for r in model.requests if is_summary(r)]
+    assert len(summaries) == 1 and summaries[0].max_tokens == 120
+    proposals = [r for r in model.requests if not is_summary(r)]
+    assert len({tip_of(r) for r in proposals}) == 5
+    summary = DATASET_SUMMARY.split("\n\n")[1]
+    for request in proposals:
+        text = request.messages[-1].content
+        assert f"Dataset summary: {summary}" in text and text.count("Example:") == 4
+        assert request.temperature == 0.0 and request.max_tokens == 80
+    await proposer.propose(SENTIMENT_TASK, sentiment_examples(10), count=1)
+    assert len([r for r in model.requests if is_summary(r)]) == 1  # kept for the run
+
+
+def test_near_duplicates_are_removed_by_embedding_similarity() -> None:
+    texts = [
+        "Classify the sentiment.",
+        "Classify the sentiment of the review as positive or negative.",
+        "classify the SENTIMENT  of the review as positive or negative.",  # same words
+        "Is the review positive or negative? Answer with one word.",
+    ]
+    kept = remove_near_duplicates(texts, FakeEmbedder(), threshold=0.95)
+    assert kept == (texts[0], texts[1], texts[3])
+    assert remove_near_duplicates(texts[:2], FakeEmbedder(), 0.0, keep_first=2) == tuple(texts[:2])
+
+
+async def test_reflection_shows_scores_and_mistakes_and_returns_only_new_ones() -> None:
+    def respond(request: ChatRequest) -> str:
+        if is_summary(request):
+            return DATASET_SUMMARY
+        if tip_of(request) == STYLE_TIPS[3]:
+            return "Instruction: Read the text and classify it."  # an existing one
+        return "Decide whether the review praises or criticises the film: positive or negative."
+
+    model = FakeChatModel(respond)
+    proposer = InstructionProposer(LLMGateway(model, Budget()), embedder=FakeEmbedder())
+    tried = [
+        ScoredInstruction("Read the text and classify it.", 0.4, 16),
+        ScoredInstruction("Say positive or negative.", 0.7, 32),
+    ]
+    example = sentiment_examples(3)[1]
+    mistakes = [Mistake(example, "I think it is positive.")]
+    existing = ("Read the text and classify it.", "Say positive or negative.")
+    new = await proposer.reflect(
+        SENTIMENT_TASK, sentiment_examples(6), tried, mistakes, existing, count=3
+    )
+    assert new == (
+        "Decide whether the review praises or criticises the film: positive or negative.",
+    )
+    text = model.requests[1].messages[-1].content
+    assert text.index("Accuracy: 40% (16 examples)") < text.index("Accuracy: 70% (32 examples)")
+    assert example.inputs["input"] in text and "Model answer: I think it is positive." in text
+    assert "Expected sentiment: negative" in text
+    assert await proposer.reflect(SENTIMENT_TASK, (), [], [], existing, count=3) == ()

@@ -102,7 +102,14 @@ async def test_baseline_is_the_first_trial_and_events_are_emitted() -> None:
         "answer_prefix": "",
     }
     phases = [e.phase for e in h.observer.of_type(PhaseChanged)]
-    assert phases == ["proposing", "searching", "validating", "testing"]
+    assert phases == [
+        "proposing",
+        "searching",
+        "reflecting",
+        "searching",
+        "validating",
+        "testing",
+    ]
     trials = h.observer.of_type(TrialFinished)
     assert [t.trial for t in trials] == list(range(CONFIG.max_trials))
     assert any(t.pruned for t in trials)

@@ -10,11 +10,14 @@ frozen dataclasses; errors are :class:`PromptTuneError` subclasses.
         print(job.result.best.prompt.instruction)
 """
 
+from prompttune.client._async_client import AsyncClient
+from prompttune.client._batch import BatchItemResult, BatchRequest, batch_request_id
 from prompttune.client._client import Client, Metadata, RetryPolicy
 from prompttune.client._errors import (
     CancelledError,
     DeadlineExceededError,
     FailedPreconditionError,
+    FieldViolation,
     InternalError,
     InvalidArgumentError,
     JobFailedError,
@@ -25,6 +28,7 @@ from prompttune.client._errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from prompttune.client._render import render, to_openai_messages
 from prompttune.client._types import (
     Budget,
     BudgetUsed,
@@ -61,6 +65,9 @@ from prompttune.client._types import (
 )
 
 __all__ = [
+    "AsyncClient",
+    "BatchItemResult",
+    "BatchRequest",
     "Budget",
     "BudgetUsed",
     "CancelledError",
@@ -75,6 +82,7 @@ __all__ = [
     "Example",
     "ExampleResult",
     "FailedPreconditionError",
+    "FieldViolation",
     "InstructionPlacement",
     "InternalError",
     "InvalidArgumentError",
@@ -108,4 +116,7 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "Usage",
+    "batch_request_id",
+    "render",
+    "to_openai_messages",
 ]

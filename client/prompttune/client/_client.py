@@ -11,7 +11,15 @@ from typing import Literal, Self, TypeVar, overload
 import grpc
 
 from prompttune.client import _convert as convert
+from prompttune.client._batch import (
+    BatchDoneHandler,
+    BatchEventHandler,
+    BatchItemResult,
+    BatchRequest,
+    submit_batch,
+)
 from prompttune.client._errors import JobFailedError, error_from_rpc
+from prompttune.client._render import render
 from prompttune.client._types import (
     ChatMessage,
     Dataset,
@@ -52,13 +60,26 @@ class RetryPolicy:
         return float(min(self.max_backoff, self.initial_backoff * self.multiplier**retry))
 
 
+def call_metadata(metadata: Metadata | None, token: str | None) -> tuple[tuple[str, str], ...]:
+    """Lower-cased call metadata, plus the bearer token when given."""
+    items = metadata.items() if isinstance(metadata, Mapping) else metadata or ()
+    pairs = tuple((key.lower(), value) for key, value in items)
+    if token:
+        pairs = (
+            *(p for p in pairs if p[0] != "authorization"),
+            ("authorization", f"Bearer {token}"),
+        )
+    return pairs
+
+
 class Client:
     """Synchronous client of the prompttune service.
 
     Every unary call gets the deadline ``timeout`` (seconds; None: no deadline) and the call
-    ``metadata`` (e.g. ``{"authorization": "Bearer ..."}``). ``credentials`` selects a TLS
-    channel. Failed calls raise :class:`PromptTuneError` subclasses, never ``grpc.RpcError``.
-    The client is thread-safe; close it, or use it as a context manager.
+    ``metadata``; ``token`` adds ``authorization: Bearer <token>``. ``credentials`` selects
+    a TLS channel (``grpc.ssl_channel_credentials(...)``, with a client key and certificate
+    for mutual TLS). Failed calls raise :class:`PromptTuneError` subclasses, never
+    ``grpc.RpcError``. The client is thread-safe; close it, or use it as a context manager.
     """
 
     def __init__(
@@ -69,6 +90,7 @@ class Client:
         metadata: Metadata | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         retry: RetryPolicy | None = None,
+        token: str | None = None,
     ) -> None:
         if credentials is None:
             self._channel = grpc.insecure_channel(target)
@@ -76,8 +98,7 @@ class Client:
             self._channel = grpc.secure_channel(target, credentials)
         self._stub = optimizer_pb2_grpc.OptimizerServiceStub(self._channel)
         self._timeout = timeout
-        items = metadata.items() if isinstance(metadata, Mapping) else metadata or ()
-        self._metadata = tuple((key.lower(), value) for key, value in items)
+        self._metadata = call_metadata(metadata, token)
         self._retry = retry or RetryPolicy()
 
     def close(self) -> None:
@@ -262,6 +283,24 @@ class Client:
         if job.state in (JobState.FAILED, JobState.CANCELLED):
             raise JobFailedError(job)
         return job
+
+    def submit_batch(
+        self,
+        requests: Sequence[BatchRequest],
+        *,
+        max_in_flight: int = 4,
+        on_event: BatchEventHandler | None = None,
+        on_done: BatchDoneHandler | None = None,
+    ) -> list[BatchItemResult]:
+        """Create and follow many jobs, at most ``max_in_flight`` at a time; results come back
+        in request order and a failed entry does not stop the others. Entries with a
+        ``request_id`` re-attach to their existing job when the batch is submitted again.
+        ``on_event(index, event)`` and ``on_done(result)`` run on worker threads."""
+        return submit_batch(self, requests, max_in_flight, on_event, on_done)
+
+    def render(self, prompt: Prompt, inputs: Mapping[str, str] | str) -> list[ChatMessage]:
+        """Like :meth:`render_prompt`, computed locally without a call (same output)."""
+        return render(prompt, inputs)
 
     def _call(self, method: Callable[..., _Response], request: object) -> _Response:
         try:

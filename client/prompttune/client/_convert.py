@@ -25,6 +25,8 @@ _METRIC = {
     t.Metric.CONTAINS: pb.METRIC_CONTAINS,
     t.Metric.NUMERIC: pb.METRIC_NUMERIC,
     t.Metric.TOKEN_F1: pb.METRIC_TOKEN_F1,
+    t.Metric.LLM_JUDGE: pb.METRIC_LLM_JUDGE,
+    t.Metric.EMBEDDING_SIMILARITY: pb.METRIC_EMBEDDING_SIMILARITY,
 }
 _MODEL_KIND = {
     t.ModelKind.LOCAL: pb.MODEL_KIND_LOCAL,
@@ -90,6 +92,8 @@ def task_to_proto(task: t.TaskSpec) -> pb.TaskSpec:
         labels=task.labels,
         metric=_METRIC[task.metric],
         output_name=task.output_name or "",
+        rubric=task.rubric,
+        judge=None if task.judge is None else model_to_proto(task.judge),
     )
 
 
@@ -119,6 +123,10 @@ def model_to_proto(model: t.ModelSpec) -> pb.ModelSpec:
         temperature=model.temperature,
         max_tokens=_or_zero(model.max_tokens),
         max_concurrency=_or_zero(model.max_concurrency),
+        requests_per_minute=_or_zero(model.requests_per_minute),
+        tokens_per_minute=_or_zero(model.tokens_per_minute),
+        usd_per_million_prompt_tokens=model.usd_per_million_prompt_tokens,
+        usd_per_million_completion_tokens=model.usd_per_million_completion_tokens,
     )
 
 
@@ -128,6 +136,7 @@ def _budget_to_proto(budget: t.Budget) -> pb.Budget:
         max_llm_calls=_or_zero(budget.max_llm_calls),
         max_wall_seconds=_or_zero(budget.max_wall_seconds),
         max_tokens=_or_zero(budget.max_tokens),
+        max_cost_usd=_or_zero(budget.max_cost_usd),
     )
 
 
@@ -143,6 +152,9 @@ def search_to_proto(search: t.SearchSpec) -> pb.SearchSpec:
         num_finalists=_or_zero(search.num_finalists),
         proposer=None if search.proposer is None else model_to_proto(search.proposer),
         disable_cache=search.disable_cache,
+        allow_reasoning=search.allow_reasoning,
+        multi_objective=search.multi_objective,
+        num_reflection_candidates=search.num_reflection_candidates,
     )
 
 
@@ -155,10 +167,13 @@ def prompt_to_proto(prompt: t.Prompt) -> pb.Prompt:
             instruction_placement=_PLACEMENT[fmt.instruction_placement],
             demo_layout=_LAYOUT[fmt.demo_layout],
             answer_prefix=fmt.answer_prefix,
+            reasoning=fmt.reasoning,
         ),
         input_fields=prompt.input_fields,
         output_name=prompt.output_name,
         labels=prompt.labels,
+        demo_pool=_examples_to_proto(prompt.demo_pool),
+        knn_k=prompt.knn_k,
     )
 
 
@@ -181,6 +196,8 @@ def task_from_proto(message: pb.TaskSpec) -> t.TaskSpec:
         input_fields=tuple(message.input_fields),
         labels=tuple(message.labels),
         output_name=message.output_name or None,
+        rubric=message.rubric,
+        judge=model_from_proto(message.judge) if message.HasField("judge") else None,
     )
 
 
@@ -193,6 +210,10 @@ def model_from_proto(message: pb.ModelSpec) -> t.ModelSpec:
         temperature=message.temperature,
         max_tokens=_or_none(message.max_tokens),
         max_concurrency=_or_none(message.max_concurrency),
+        requests_per_minute=_or_none(message.requests_per_minute),
+        tokens_per_minute=_or_none(message.tokens_per_minute),
+        usd_per_million_prompt_tokens=message.usd_per_million_prompt_tokens,
+        usd_per_million_completion_tokens=message.usd_per_million_completion_tokens,
     )
 
 
@@ -202,6 +223,7 @@ def _budget_from_proto(message: pb.Budget) -> t.Budget:
         max_llm_calls=_or_none(message.max_llm_calls),
         max_wall_seconds=_or_none(message.max_wall_seconds),
         max_tokens=_or_none(message.max_tokens),
+        max_cost_usd=_or_none(message.max_cost_usd),
     )
 
 
@@ -220,6 +242,13 @@ def search_from_proto(message: pb.SearchSpec) -> t.SearchSpec:
         num_finalists=_or_none(message.num_finalists),
         proposer=model_from_proto(message.proposer) if message.HasField("proposer") else None,
         disable_cache=message.disable_cache,
+        allow_reasoning=(message.allow_reasoning if message.HasField("allow_reasoning") else None),
+        multi_objective=message.multi_objective,
+        num_reflection_candidates=(
+            message.num_reflection_candidates
+            if message.HasField("num_reflection_candidates")
+            else None
+        ),
     )
 
 
@@ -234,10 +263,13 @@ def prompt_from_proto(message: pb.Prompt) -> t.Prompt:
             ),
             demo_layout=_LAYOUT_FROM.get(fmt.demo_layout, t.DemoLayout.CHAT_TURNS),
             answer_prefix=fmt.answer_prefix,
+            reasoning=fmt.reasoning,
         ),
         input_fields=tuple(message.input_fields),
         output_name=message.output_name,
         labels=tuple(message.labels),
+        demo_pool=tuple(example_from_proto(demo) for demo in message.demo_pool),
+        knn_k=message.knn_k,
     )
 
 
@@ -269,6 +301,7 @@ def usage_from_proto(message: pb.Usage) -> t.Usage:
         cache_hits=message.cache_hits,
         cache_misses=message.cache_misses,
         failed_calls=message.failed_calls,
+        cost_usd=message.cost_usd,
     )
 
 
@@ -284,6 +317,7 @@ def _result_from_proto(message: pb.JobResult) -> t.JobResult:
         wall_seconds=message.wall_seconds,
         stop_reason=message.stop_reason,
         pareto=tuple(_prompt_scores_from_proto(point) for point in message.pareto),
+        usage_by_role={role: usage_from_proto(u) for role, u in message.usage_by_role.items()},
     )
 
 

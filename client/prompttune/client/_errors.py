@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
+from google.protobuf.message import DecodeError
 
 if TYPE_CHECKING:
     from prompttune.client._types import Job
 
 FIELD_METADATA_KEY = "prompttune-field"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # The server formats INVALID_ARGUMENT details as "<field path>: <message>".
 _FIELD_DETAILS = re.compile(r"^(?P<field>[A-Za-z_][\w.\[\]]*): (?P<message>.*)$", re.DOTALL)
 
@@ -29,12 +32,32 @@ class PromptTuneError(Exception):
         self.details = details
 
 
-class InvalidArgumentError(PromptTuneError):
-    """The request was rejected; ``field`` is the offending field path, or "" when unknown."""
+@dataclass(frozen=True)
+class FieldViolation:
+    """One entry of the server's ``google.rpc.BadRequest`` error details."""
 
-    def __init__(self, details: str, *, code: str = "INVALID_ARGUMENT", field: str = "") -> None:
+    field: str
+    description: str
+
+
+class InvalidArgumentError(PromptTuneError):
+    """The request was rejected; ``field`` is the offending field path, or "" when unknown.
+
+    ``violations`` holds the ``google.rpc.BadRequest`` field violations when the server sent
+    them (and googleapis-common-protos is installed), else it is empty.
+    """
+
+    def __init__(
+        self,
+        details: str,
+        *,
+        code: str = "INVALID_ARGUMENT",
+        field: str = "",
+        violations: tuple[FieldViolation, ...] = (),
+    ) -> None:
         super().__init__(details, code=code)
         self.field = field
+        self.violations = violations
 
 
 class NotFoundError(PromptTuneError):
@@ -107,15 +130,42 @@ def error_from_rpc(error: grpc.RpcError) -> PromptTuneError:
     cls = _BY_CODE.get(code, PromptTuneError)
     if cls is not InvalidArgumentError:
         return cls(details, code=code.name)
-    field = _field_from_metadata(error.trailing_metadata())
+    trailing = tuple(error.trailing_metadata() or ())
+    violations = _violations(trailing)
+    field = _metadata_value(trailing, FIELD_METADATA_KEY)
+    if not field and violations:
+        field = violations[0].field
     match = _FIELD_DETAILS.match(details)
     if match and (not field or match["field"] == field):
         field, details = match["field"], match["message"]
-    return InvalidArgumentError(details, code=code.name, field=field)
+    return InvalidArgumentError(details, code=code.name, field=field, violations=violations)
 
 
-def _field_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-    for key, value in metadata or ():
-        if key == FIELD_METADATA_KEY:
+def _metadata_value(metadata: Iterable[tuple[str, str | bytes]], wanted: str) -> str:
+    for key, value in metadata:
+        if key == wanted:
             return value if isinstance(value, str) else value.decode()
     return ""
+
+
+def _violations(metadata: Iterable[tuple[str, str | bytes]]) -> tuple[FieldViolation, ...]:
+    """Field violations from the `grpc-status-details-bin` trailer, when decodable."""
+    blob = next((v for k, v in metadata if k == STATUS_DETAILS_KEY), None)
+    if not isinstance(blob, bytes):
+        return ()
+    try:
+        from google.rpc import error_details_pb2, status_pb2
+    except ImportError:  # googleapis-common-protos is optional for the SDK
+        return ()
+    try:
+        status = status_pb2.Status.FromString(blob)
+    except DecodeError:
+        return ()
+    found: list[FieldViolation] = []
+    for detail in status.details:
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Is(bad_request.DESCRIPTOR) and detail.Unpack(bad_request):
+            found.extend(
+                FieldViolation(v.field, v.description) for v in bad_request.field_violations
+            )
+    return tuple(found)

@@ -22,6 +22,8 @@ class Metric(enum.StrEnum):
     CONTAINS = "contains"
     NUMERIC = "numeric"
     TOKEN_F1 = "token_f1"
+    LLM_JUDGE = "llm_judge"
+    EMBEDDING_SIMILARITY = "embedding_similarity"
 
 
 class ModelKind(enum.StrEnum):
@@ -77,7 +79,8 @@ class TaskSpec:
 
     Empty ``input_fields`` means ``("input",)``; ``seed_instruction=None`` means the
     description; ``output_name=None`` means ``"answer"``. ``labels`` is required for
-    ``Metric.LABEL_CHOICE``.
+    ``Metric.LABEL_CHOICE``. ``rubric`` is required for ``Metric.LLM_JUDGE``, whose ``judge``
+    model defaults to the task model.
     """
 
     description: str
@@ -86,6 +89,8 @@ class TaskSpec:
     input_fields: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     output_name: str | None = None
+    rubric: str = ""
+    judge: ModelSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,9 @@ class ModelSpec:
 
     ``api_key_env`` names a server-side environment variable; the key itself is never sent.
     ``max_tokens`` (per call, 1..4096, server default 32) and ``max_concurrency`` (1..256,
-    server default 4, 1 for local) default to ``None``.
+    server default 4, 1 for local) default to ``None``. ``requests_per_minute`` and
+    ``tokens_per_minute`` limit the endpoint for all jobs of a server (``None``: server
+    default); the ``usd_per_million_*`` prices (0: free) give each job's cost.
     """
 
     kind: ModelKind = ModelKind.LOCAL
@@ -104,6 +111,10 @@ class ModelSpec:
     temperature: float = 0.0
     max_tokens: int | None = None
     max_concurrency: int | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    usd_per_million_prompt_tokens: float = 0.0
+    usd_per_million_completion_tokens: float = 0.0
 
     @classmethod
     def local(cls, *, max_tokens: int | None = None) -> ModelSpec:
@@ -142,6 +153,7 @@ class Budget:
     max_llm_calls: int | None = None
     max_wall_seconds: float | None = None
     max_tokens: int | None = None
+    max_cost_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +173,9 @@ class SearchSpec:
     num_finalists: int | None = None
     proposer: ModelSpec | None = None
     disable_cache: bool = False
+    allow_reasoning: bool | None = None
+    multi_objective: bool = False
+    num_reflection_candidates: int | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +225,7 @@ class PromptFormat:
     instruction_placement: InstructionPlacement = InstructionPlacement.SYSTEM
     demo_layout: DemoLayout = DemoLayout.CHAT_TURNS
     answer_prefix: str = ""
+    reasoning: bool = False
 
 
 @dataclass(frozen=True)
@@ -222,6 +238,9 @@ class Prompt:
     input_fields: tuple[str, ...] = ()
     output_name: str = ""
     labels: tuple[str, ...] = ()
+    # Dynamic kNN demos: the server picks the knn_k pool examples nearest to each input.
+    demo_pool: tuple[Example, ...] = ()
+    knn_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -260,6 +279,7 @@ class Usage:
     cache_hits: int = 0
     cache_misses: int = 0
     failed_calls: int = 0
+    cost_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -276,6 +296,7 @@ class JobResult:
     wall_seconds: float
     stop_reason: str
     pareto: tuple[PromptScores, ...] = ()
+    usage_by_role: Mapping[str, Usage] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,15 @@ class _MetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Metric.ValueTy
     """The last number in the answer equals the expected number (tolerance 1e-6)."""
     METRIC_TOKEN_F1: _Metric.ValueType  # 5
     """Token-level F1 between answer and expected output (SQuAD style), in [0, 1]."""
+    METRIC_LLM_JUDGE: _Metric.ValueType  # 6
+    """A judge model grades the answer against TaskSpec.rubric and the expected output; its
+    free-text verdict ("Score: 4/5", "yes") is mapped to [0, 1]. Requires rubric. Each scored
+    example costs one extra (judge) call, charged to the same budget.
+    """
+    METRIC_EMBEDDING_SIMILARITY: _Metric.ValueType  # 7
+    """Cosine similarity of the answer's and the expected output's sentence embeddings
+    (all-MiniLM-L6-v2), clipped to [0, 1].
+    """
 
 class Metric(_Metric, metaclass=_MetricEnumTypeWrapper):
     """How a model answer is compared with the expected output."""
@@ -65,6 +74,15 @@ METRIC_NUMERIC: Metric.ValueType  # 4
 """The last number in the answer equals the expected number (tolerance 1e-6)."""
 METRIC_TOKEN_F1: Metric.ValueType  # 5
 """Token-level F1 between answer and expected output (SQuAD style), in [0, 1]."""
+METRIC_LLM_JUDGE: Metric.ValueType  # 6
+"""A judge model grades the answer against TaskSpec.rubric and the expected output; its
+free-text verdict ("Score: 4/5", "yes") is mapped to [0, 1]. Requires rubric. Each scored
+example costs one extra (judge) call, charged to the same budget.
+"""
+METRIC_EMBEDDING_SIMILARITY: Metric.ValueType  # 7
+"""Cosine similarity of the answer's and the expected output's sentence embeddings
+(all-MiniLM-L6-v2), clipped to [0, 1].
+"""
 Global___Metric: _TypeAlias = Metric  # noqa: Y015
 
 class _ModelKind:
@@ -159,6 +177,8 @@ class TaskSpec(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     METRIC_FIELD_NUMBER: _builtins.int
     OUTPUT_NAME_FIELD_NUMBER: _builtins.int
+    RUBRIC_FIELD_NUMBER: _builtins.int
+    JUDGE_FIELD_NUMBER: _builtins.int
     description: _builtins.str
     """What the model must do, in plain words. Shown to the instruction proposer. Required."""
     seed_instruction: _builtins.str
@@ -167,6 +187,8 @@ class TaskSpec(_message.Message):
     """How answers are scored. Required."""
     output_name: _builtins.str
     """Name of the output shown in prompts, e.g. "sentiment". Default: "answer"."""
+    rubric: _builtins.str
+    """METRIC_LLM_JUDGE only: what a good answer looks like, in plain words. Required there."""
     @_builtins.property
     def input_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Names of the input fields every example carries, in display order. Default: ["input"]."""
@@ -177,6 +199,10 @@ class TaskSpec(_message.Message):
         example's output must be one of them.
         """
 
+    @_builtins.property
+    def judge(self) -> Global___ModelSpec:
+        """METRIC_LLM_JUDGE only: the judge model. Default: the task model."""
+
     def __init__(
         self,
         *,
@@ -186,10 +212,12 @@ class TaskSpec(_message.Message):
         labels: _abc.Iterable[_builtins.str] | None = ...,
         metric: Global___Metric.ValueType = ...,
         output_name: _builtins.str = ...,
+        rubric: _builtins.str = ...,
+        judge: Global___ModelSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["judge", b"judge"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "input_fields", b"input_fields", "labels", b"labels", "metric", b"metric", "output_name", b"output_name", "seed_instruction", b"seed_instruction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "input_fields", b"input_fields", "judge", b"judge", "labels", b"labels", "metric", b"metric", "output_name", b"output_name", "rubric", b"rubric", "seed_instruction", b"seed_instruction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -330,6 +358,10 @@ class ModelSpec(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    USD_PER_MILLION_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    USD_PER_MILLION_COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     kind: Global___ModelKind.ValueType
     """Default MODEL_KIND_LOCAL."""
     base_url: _builtins.str
@@ -346,6 +378,18 @@ class ModelSpec(_message.Message):
     """Upper bound on generated tokens per call, in [1, 4096]. Default 32."""
     max_concurrency: _builtins.int
     """Concurrent calls to this endpoint from one job, in [1, 256]. Default 4 (1 for local)."""
+    requests_per_minute: _builtins.int
+    """Requests per minute to this endpoint, shared by all jobs of a server process (token
+    bucket). 0 = the server's default (unlimited unless configured).
+    """
+    tokens_per_minute: _builtins.int
+    """Prompt + completion tokens per minute to this endpoint, shared like requests_per_minute.
+    0 = the server's default (unlimited unless configured).
+    """
+    usd_per_million_prompt_tokens: _builtins.float
+    """Price in USD per 1,000,000 prompt tokens, >= 0. 0 = free (no cost is computed)."""
+    usd_per_million_completion_tokens: _builtins.float
+    """Price in USD per 1,000,000 completion tokens, >= 0. 0 = free."""
     def __init__(
         self,
         *,
@@ -356,10 +400,14 @@ class ModelSpec(_message.Message):
         temperature: _builtins.float = ...,
         max_tokens: _builtins.int = ...,
         max_concurrency: _builtins.int = ...,
+        requests_per_minute: _builtins.int = ...,
+        tokens_per_minute: _builtins.int = ...,
+        usd_per_million_prompt_tokens: _builtins.float = ...,
+        usd_per_million_completion_tokens: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_env", b"api_key_env", "base_url", b"base_url", "kind", b"kind", "max_concurrency", b"max_concurrency", "max_tokens", b"max_tokens", "model", b"model", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_env", b"api_key_env", "base_url", b"base_url", "kind", b"kind", "max_concurrency", b"max_concurrency", "max_tokens", b"max_tokens", "model", b"model", "requests_per_minute", b"requests_per_minute", "temperature", b"temperature", "tokens_per_minute", b"tokens_per_minute", "usd_per_million_completion_tokens", b"usd_per_million_completion_tokens", "usd_per_million_prompt_tokens", b"usd_per_million_prompt_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -373,14 +421,17 @@ class Budget(_message.Message):
     MAX_LLM_CALLS_FIELD_NUMBER: _builtins.int
     MAX_WALL_SECONDS_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_COST_USD_FIELD_NUMBER: _builtins.int
     max_trials: _builtins.int
     """Maximum number of search trials (prompt configurations tried). Default 24, max 10000."""
     max_llm_calls: _builtins.int
-    """Hard cap on LLM calls sent (task + proposer), cache hits excluded. Default 2000."""
+    """Hard cap on LLM calls sent (task + proposer + judge), cache hits excluded. Default 2000."""
     max_wall_seconds: _builtins.float
     """Hard cap on wall time of the search, in seconds. Default 1800."""
     max_tokens: _builtins.int
     """Hard cap on prompt + completion tokens of calls sent. 0 = unlimited."""
+    max_cost_usd: _builtins.float
+    """Hard cap on the cost of calls sent, in USD, from the models' prices. 0 = unlimited."""
     def __init__(
         self,
         *,
@@ -388,10 +439,11 @@ class Budget(_message.Message):
         max_llm_calls: _builtins.int = ...,
         max_wall_seconds: _builtins.float = ...,
         max_tokens: _builtins.int = ...,
+        max_cost_usd: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_llm_calls", b"max_llm_calls", "max_tokens", b"max_tokens", "max_trials", b"max_trials", "max_wall_seconds", b"max_wall_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_cost_usd", b"max_cost_usd", "max_llm_calls", b"max_llm_calls", "max_tokens", b"max_tokens", "max_trials", b"max_trials", "max_wall_seconds", b"max_wall_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -410,6 +462,9 @@ class SearchSpec(_message.Message):
     NUM_FINALISTS_FIELD_NUMBER: _builtins.int
     PROPOSER_FIELD_NUMBER: _builtins.int
     DISABLE_CACHE_FIELD_NUMBER: _builtins.int
+    ALLOW_REASONING_FIELD_NUMBER: _builtins.int
+    MULTI_OBJECTIVE_FIELD_NUMBER: _builtins.int
+    NUM_REFLECTION_CANDIDATES_FIELD_NUMBER: _builtins.int
     num_instruction_candidates: _builtins.int
     """Instructions proposed by the LLM in addition to the seed instruction. Default 4, max 32."""
     max_demos: _builtins.int
@@ -424,6 +479,20 @@ class SearchSpec(_message.Message):
     """Validation finalists scored on the full validation split. Default 3."""
     disable_cache: _builtins.bool
     """Skip the response cache for this job (calls are still recorded). Default false."""
+    allow_reasoning: _builtins.bool
+    """Search the reasoning format (think step by step, then "Answer: ..."; the metric reads the
+    text after the last "Answer:"). Unset: only for tasks that are not METRIC_LABEL_CHOICE.
+    """
+    multi_objective: _builtins.bool
+    """Maximise score and minimise prompt tokens (multi-objective TPE). Trials are then scored
+    on the first minibatch only (no pruning) and the minibatch Pareto front is promoted to
+    full validation. JobResult.pareto holds the validated Pareto set. Default false.
+    """
+    num_reflection_candidates: _builtins.int
+    """Instructions asked for in the reflection round after half the trials, where the proposer
+    sees the best instructions with their scores and the current best's mistakes on
+    validation examples. Default 2, max 16. 0 = no reflection round.
+    """
     @_builtins.property
     def budget(self) -> Global___Budget: ...
     @_builtins.property
@@ -442,19 +511,30 @@ class SearchSpec(_message.Message):
         num_finalists: _builtins.int = ...,
         proposer: Global___ModelSpec | None = ...,
         disable_cache: _builtins.bool = ...,
+        allow_reasoning: _builtins.bool | None = ...,
+        multi_objective: _builtins.bool = ...,
+        num_reflection_candidates: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_demos", b"_max_demos", "_num_instruction_candidates", b"_num_instruction_candidates", "budget", b"budget", "max_demos", b"max_demos", "num_instruction_candidates", b"num_instruction_candidates", "proposer", b"proposer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_allow_reasoning", b"_allow_reasoning", "_max_demos", b"_max_demos", "_num_instruction_candidates", b"_num_instruction_candidates", "_num_reflection_candidates", b"_num_reflection_candidates", "allow_reasoning", b"allow_reasoning", "budget", b"budget", "max_demos", b"max_demos", "num_instruction_candidates", b"num_instruction_candidates", "num_reflection_candidates", b"num_reflection_candidates", "proposer", b"proposer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_demos", b"_max_demos", "_num_instruction_candidates", b"_num_instruction_candidates", "budget", b"budget", "disable_cache", b"disable_cache", "max_demos", b"max_demos", "minibatch_size", b"minibatch_size", "num_demo_sets", b"num_demo_sets", "num_finalists", b"num_finalists", "num_instruction_candidates", b"num_instruction_candidates", "proposer", b"proposer", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_reasoning", b"_allow_reasoning", "_max_demos", b"_max_demos", "_num_instruction_candidates", b"_num_instruction_candidates", "_num_reflection_candidates", b"_num_reflection_candidates", "allow_reasoning", b"allow_reasoning", "budget", b"budget", "disable_cache", b"disable_cache", "max_demos", b"max_demos", "minibatch_size", b"minibatch_size", "multi_objective", b"multi_objective", "num_demo_sets", b"num_demo_sets", "num_finalists", b"num_finalists", "num_instruction_candidates", b"num_instruction_candidates", "num_reflection_candidates", b"num_reflection_candidates", "proposer", b"proposer", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__allow_reasoning: _TypeAlias = _typing.Literal["allow_reasoning"]  # noqa: Y015
+    _WhichOneofArgType__allow_reasoning: _TypeAlias = _typing.Literal["_allow_reasoning", b"_allow_reasoning"]  # noqa: Y015
     _WhichOneofReturnType__max_demos: _TypeAlias = _typing.Literal["max_demos"]  # noqa: Y015
     _WhichOneofArgType__max_demos: _TypeAlias = _typing.Literal["_max_demos", b"_max_demos"]  # noqa: Y015
     _WhichOneofReturnType__num_instruction_candidates: _TypeAlias = _typing.Literal["num_instruction_candidates"]  # noqa: Y015
     _WhichOneofArgType__num_instruction_candidates: _TypeAlias = _typing.Literal["_num_instruction_candidates", b"_num_instruction_candidates"]  # noqa: Y015
+    _WhichOneofReturnType__num_reflection_candidates: _TypeAlias = _typing.Literal["num_reflection_candidates"]  # noqa: Y015
+    _WhichOneofArgType__num_reflection_candidates: _TypeAlias = _typing.Literal["_num_reflection_candidates", b"_num_reflection_candidates"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__allow_reasoning) -> _WhichOneofReturnType__allow_reasoning | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_demos) -> _WhichOneofReturnType__max_demos | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__num_instruction_candidates) -> _WhichOneofReturnType__num_instruction_candidates | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__num_reflection_candidates) -> _WhichOneofReturnType__num_reflection_candidates | None: ...
 
 Global___SearchSpec: _TypeAlias = SearchSpec  # noqa: Y015
 
@@ -465,22 +545,28 @@ class PromptFormat(_message.Message):
     INSTRUCTION_PLACEMENT_FIELD_NUMBER: _builtins.int
     DEMO_LAYOUT_FIELD_NUMBER: _builtins.int
     ANSWER_PREFIX_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
     instruction_placement: Global___InstructionPlacement.ValueType
     """Default SYSTEM."""
     demo_layout: Global___DemoLayout.ValueType
     """Default CHAT_TURNS."""
     answer_prefix: _builtins.str
     """Text that ends the user message as an output cue, e.g. "Sentiment:". Empty: none."""
+    reasoning: _builtins.bool
+    """Ask the model to think step by step and end with "Answer: ..."; scoring reads the text
+    after the last "Answer:". answer_prefix is not used with reasoning. Default false.
+    """
     def __init__(
         self,
         *,
         instruction_placement: Global___InstructionPlacement.ValueType = ...,
         demo_layout: Global___DemoLayout.ValueType = ...,
         answer_prefix: _builtins.str = ...,
+        reasoning: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_prefix", b"answer_prefix", "demo_layout", b"demo_layout", "instruction_placement", b"instruction_placement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_prefix", b"answer_prefix", "demo_layout", b"demo_layout", "instruction_placement", b"instruction_placement", "reasoning", b"reasoning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -498,8 +584,11 @@ class Prompt(_message.Message):
     INPUT_FIELDS_FIELD_NUMBER: _builtins.int
     OUTPUT_NAME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    DEMO_POOL_FIELD_NUMBER: _builtins.int
+    KNN_K_FIELD_NUMBER: _builtins.int
     instruction: _builtins.str
     output_name: _builtins.str
+    knn_k: _builtins.int
     @_builtins.property
     def demos(self) -> _containers.RepeatedCompositeFieldContainer[Global___Example]: ...
     @_builtins.property
@@ -508,6 +597,13 @@ class Prompt(_message.Message):
     def input_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def demo_pool(self) -> _containers.RepeatedCompositeFieldContainer[Global___Example]:
+        """Dynamic kNN demonstrations: for each input, the knn_k examples of demo_pool most similar
+        to it (all-MiniLM-L6-v2 cosine) are shown after `demos`, most similar last. Empty / 0:
+        no retrieval. RenderPrompt and EvaluatePrompt apply the retrieval.
+        """
+
     def __init__(
         self,
         *,
@@ -517,10 +613,12 @@ class Prompt(_message.Message):
         input_fields: _abc.Iterable[_builtins.str] | None = ...,
         output_name: _builtins.str = ...,
         labels: _abc.Iterable[_builtins.str] | None = ...,
+        demo_pool: _abc.Iterable[Global___Example] | None = ...,
+        knn_k: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["demos", b"demos", "format", b"format", "input_fields", b"input_fields", "instruction", b"instruction", "labels", b"labels", "output_name", b"output_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["demo_pool", b"demo_pool", "demos", b"demos", "format", b"format", "input_fields", b"input_fields", "instruction", b"instruction", "knn_k", b"knn_k", "labels", b"labels", "output_name", b"output_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -631,6 +729,7 @@ class Usage(_message.Message):
     CACHE_HITS_FIELD_NUMBER: _builtins.int
     CACHE_MISSES_FIELD_NUMBER: _builtins.int
     FAILED_CALLS_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
     llm_calls: _builtins.int
     """LLM calls sent to endpoints (cache misses)."""
     prompt_tokens: _builtins.int
@@ -639,6 +738,8 @@ class Usage(_message.Message):
     cache_misses: _builtins.int
     failed_calls: _builtins.int
     """Calls that failed after all retries."""
+    cost_usd: _builtins.float
+    """Cost of the calls sent, in USD, from the models' prices (0 when no price is set)."""
     def __init__(
         self,
         *,
@@ -648,10 +749,11 @@ class Usage(_message.Message):
         cache_hits: _builtins.int = ...,
         cache_misses: _builtins.int = ...,
         failed_calls: _builtins.int = ...,
+        cost_usd: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hits", b"cache_hits", "cache_misses", b"cache_misses", "completion_tokens", b"completion_tokens", "failed_calls", b"failed_calls", "llm_calls", b"llm_calls", "prompt_tokens", b"prompt_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hits", b"cache_hits", "cache_misses", b"cache_misses", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "failed_calls", b"failed_calls", "llm_calls", b"llm_calls", "prompt_tokens", b"prompt_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -660,6 +762,27 @@ Global___Usage: _TypeAlias = Usage  # noqa: Y015
 @_typing.final
 class JobResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class UsageByRoleEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Usage: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Usage | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     BASELINE_FIELD_NUMBER: _builtins.int
     BEST_FIELD_NUMBER: _builtins.int
@@ -671,6 +794,7 @@ class JobResult(_message.Message):
     WALL_SECONDS_FIELD_NUMBER: _builtins.int
     STOP_REASON_FIELD_NUMBER: _builtins.int
     PARETO_FIELD_NUMBER: _builtins.int
+    USAGE_BY_ROLE_FIELD_NUMBER: _builtins.int
     improved: _builtins.bool
     """True when best beats baseline on validation by more than noise; when false, best is
     the baseline prompt.
@@ -694,6 +818,10 @@ class JobResult(_message.Message):
     def pareto(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromptScores]:
         """Validation score vs prompt length of the finalists, non-dominated points only."""
 
+    @_builtins.property
+    def usage_by_role(self) -> _containers.MessageMap[_builtins.str, Global___Usage]:
+        """Usage split by the role of the calls: "task", "proposer", "judge"."""
+
     def __init__(
         self,
         *,
@@ -707,10 +835,11 @@ class JobResult(_message.Message):
         wall_seconds: _builtins.float = ...,
         stop_reason: _builtins.str = ...,
         pareto: _abc.Iterable[Global___PromptScores] | None = ...,
+        usage_by_role: _abc.Mapping[_builtins.str, Global___Usage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "best", b"best", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "best", b"best", "improved", b"improved", "pareto", b"pareto", "stop_reason", b"stop_reason", "summary", b"summary", "trials_completed", b"trials_completed", "trials_pruned", b"trials_pruned", "usage", b"usage", "wall_seconds", b"wall_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "best", b"best", "improved", b"improved", "pareto", b"pareto", "stop_reason", b"stop_reason", "summary", b"summary", "trials_completed", b"trials_completed", "trials_pruned", b"trials_pruned", "usage", b"usage", "usage_by_role", b"usage_by_role", "wall_seconds", b"wall_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1040,7 +1169,10 @@ class PhaseChanged(_message.Message):
 
     PHASE_FIELD_NUMBER: _builtins.int
     phase: _builtins.str
-    """"splitting", "proposing", "searching", "validating", "testing"."""
+    """"splitting", "proposing", "searching", "reflecting" (once, mid-search: the proposer
+    revises instructions from scores and mistakes; "searching" follows), "validating",
+    "testing".
+    """
     def __init__(
         self,
         *,

@@ -19,7 +19,26 @@ from prompttune.search._errors import (
     UpstreamUnavailable,
 )
 from prompttune.search._evaluate import CallSettings, evaluate_prompt, score_examples
-from prompttune.search._gateway import LLMGateway, OpenAIChatModel, add_usage, cache_key
+from prompttune.search._flow import (
+    ConcurrencyLimit,
+    EndpointControl,
+    EndpointHealth,
+    EndpointLimits,
+    GatewayRegistry,
+    TokenBucket,
+)
+from prompttune.search._gateway import (
+    EndpointPolicy,
+    GatewayFactory,
+    LLMGateway,
+    OpenAIChatModel,
+    OpenAIChatModels,
+    OpenAIClientPool,
+    Pricing,
+    UsageLedger,
+    add_usage,
+    cache_key,
+)
 from prompttune.search._metrics import (
     choose_label,
     extract_prediction,
@@ -34,12 +53,31 @@ from prompttune.search._protocols import (
     ChatRequest,
     ChatResponse,
     Embedder,
+    MultiSampleChatModel,
     ResponseCache,
     SearchObserver,
 )
-from prompttune.search._render import format_inputs, prompt_token_count, render_messages
-from prompttune.search._runner import Runner, RunnerDeps, TrialConfig, estimate, minibatch_rungs
+from prompttune.search._render import (
+    answer_max_tokens,
+    final_answer,
+    format_inputs,
+    prompt_token_count,
+    render_messages,
+)
+from prompttune.search._runner import Runner, RunnerDeps, estimate
+from prompttune.search._scorers import (
+    JUDGE_ROLE,
+    AnswerScorer,
+    EmbeddingScorer,
+    JudgeScorer,
+    MetricScorer,
+    build_scorer,
+    calls_per_example,
+    parse_judge_score,
+)
+from prompttune.search._space import SearchSpace, TrialConfig
 from prompttune.search._split import split_examples
+from prompttune.search._state import minibatch_rungs
 from prompttune.search._stats import bootstrap_ci, make_score, paired_bootstrap_lower_bound
 from prompttune.search._types import (
     BudgetUsed,
@@ -69,7 +107,9 @@ from prompttune.search._types import (
 from prompttune.search._validate import validate_splits, validate_task
 
 __all__ = [
+    "JUDGE_ROLE",
     "STYLE_TIPS",
+    "AnswerScorer",
     "Budget",
     "BudgetExceeded",
     "BudgetUsed",
@@ -78,26 +118,40 @@ __all__ = [
     "ChatModel",
     "ChatRequest",
     "ChatResponse",
+    "ConcurrencyLimit",
     "DatasetSplits",
     "DemoLayout",
     "DemoSet",
     "Embedder",
+    "EmbeddingScorer",
+    "EndpointControl",
+    "EndpointHealth",
+    "EndpointLimits",
+    "EndpointPolicy",
     "Estimate",
     "Evaluation",
     "Example",
     "ExampleResult",
     "FailedPrecondition",
+    "GatewayFactory",
+    "GatewayRegistry",
     "InstructionPlacement",
     "InstructionProposer",
     "InvalidArgument",
+    "JudgeScorer",
     "LLMCallFailed",
     "LLMGateway",
     "MetricName",
+    "MetricScorer",
     "ModelEndpoint",
+    "MultiSampleChatModel",
     "NewBest",
     "NotFound",
     "OpenAIChatModel",
+    "OpenAIChatModels",
+    "OpenAIClientPool",
     "PhaseChanged",
+    "Pricing",
     "Prompt",
     "PromptFormat",
     "PromptScores",
@@ -112,21 +166,28 @@ __all__ = [
     "SearchEvent",
     "SearchObserver",
     "SearchResult",
+    "SearchSpace",
     "SentenceTransformerEmbedder",
     "TaskSpec",
+    "TokenBucket",
     "TrialConfig",
     "TrialFinished",
     "UpstreamUnavailable",
     "Usage",
+    "UsageLedger",
     "add_usage",
+    "answer_max_tokens",
     "bootstrap_ci",
     "build_demo_sets",
+    "build_scorer",
     "cache_key",
+    "calls_per_example",
     "choose_label",
     "estimate",
     "estimate_call_tokens",
     "evaluate_prompt",
     "extract_prediction",
+    "final_answer",
     "format_inputs",
     "last_number",
     "make_score",
@@ -134,6 +195,7 @@ __all__ = [
     "minilm_model_dir",
     "normalize_answer",
     "paired_bootstrap_lower_bound",
+    "parse_judge_score",
     "parse_proposal",
     "prompt_token_count",
     "render_messages",

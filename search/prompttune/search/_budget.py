@@ -1,4 +1,4 @@
-"""The hard budget of one job: LLM calls, tokens and wall time, shared by all its gateways.
+"""The hard budget of one job: LLM calls, tokens, cost and wall time, shared by its gateways.
 
 Every call reserves before it is sent and settles afterwards, under one lock, so concurrent
 calls can never together overshoot a cap. Cache hits never touch the budget.
@@ -16,9 +16,10 @@ from prompttune.search._errors import BudgetExceeded
 
 @dataclass(frozen=True)
 class Reservation:
-    """What one in-flight call holds: one call and an upper estimate of its tokens."""
+    """What one in-flight call holds: one call and upper estimates of its tokens and cost."""
 
     tokens: int
+    cost_usd: float = 0.0
 
 
 def estimate_call_tokens(prompt_chars: int, max_tokens: int) -> int:
@@ -27,7 +28,7 @@ def estimate_call_tokens(prompt_chars: int, max_tokens: int) -> int:
 
 
 class Budget:
-    """Caps on LLM calls, tokens and wall seconds; a cap of 0 means unlimited.
+    """Caps on LLM calls, tokens, cost (USD) and wall seconds; a cap of 0 means unlimited.
 
     Thread-safe and safe to share between asyncio tasks (no awaits inside). Token settlement
     uses the usage the endpoint reports; the reservation uses a conservative estimate.
@@ -39,8 +40,11 @@ class Budget:
         max_tokens: int = 0,
         max_wall_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        max_cost_usd: float = 0.0,
     ) -> None:
         self.max_llm_calls = max_llm_calls
+        self.max_cost_usd = max_cost_usd
         self.max_tokens = max_tokens
         self.max_wall_seconds = max_wall_seconds
         self._clock = clock
@@ -51,6 +55,8 @@ class Budget:
         self._pending_calls = 0
         self._pending_tokens = 0
         self._held_calls = 0
+        self._cost = 0.0
+        self._pending_cost = 0.0
 
     @property
     def calls_used(self) -> int:
@@ -61,6 +67,11 @@ class Budget:
     def tokens_used(self) -> int:
         with self._lock:
             return self._tokens
+
+    @property
+    def cost_used(self) -> float:
+        with self._lock:
+            return self._cost
 
     def elapsed(self) -> float:
         return self._clock() - self._started
@@ -73,8 +84,12 @@ class Budget:
             busy = self._calls + self._pending_calls + self._held_calls
             return max(0, self.max_llm_calls - busy)
 
-    def reserve(self, estimated_tokens: int) -> Reservation:
-        """Reserve one call; raises `BudgetExceeded` naming the cap it would break."""
+    def reserve(self, estimated_tokens: int, estimated_cost: float = 0.0) -> Reservation:
+        """Reserve one call; raises `BudgetExceeded` naming the cap it would break.
+
+        `estimated_cost` (USD) must be an upper bound of the call's cost for the cost cap to
+        hold; `LLMGateway` derives it from the token estimate and the model's prices.
+        """
         with self._lock:
             if self.max_wall_seconds and self.elapsed() >= self.max_wall_seconds:
                 raise BudgetExceeded("max_wall_seconds")
@@ -84,23 +99,30 @@ class Budget:
             spent = self._tokens + self._pending_tokens
             if self.max_tokens and spent + estimated_tokens > self.max_tokens:
                 raise BudgetExceeded("max_tokens")
+            cost = self._cost + self._pending_cost
+            if self.max_cost_usd and cost + estimated_cost > self.max_cost_usd:
+                raise BudgetExceeded("max_cost_usd")
             self._pending_calls += 1
             self._pending_tokens += estimated_tokens
-            return Reservation(estimated_tokens)
+            self._pending_cost += estimated_cost
+            return Reservation(estimated_tokens, estimated_cost)
 
-    def settle(self, reservation: Reservation, tokens: int) -> None:
-        """Turn a reservation into one spent call with the actual `tokens`."""
+    def settle(self, reservation: Reservation, tokens: int, cost_usd: float = 0.0) -> None:
+        """Turn a reservation into one spent call with the actual `tokens` and `cost_usd`."""
         with self._lock:
             self._pending_calls -= 1
             self._pending_tokens -= reservation.tokens
+            self._pending_cost -= reservation.cost_usd
             self._calls += 1
             self._tokens += tokens
+            self._cost += cost_usd
 
     def release(self, reservation: Reservation) -> None:
         """Give a reservation back unspent (the call was never sent)."""
         with self._lock:
             self._pending_calls -= 1
             self._pending_tokens -= reservation.tokens
+            self._pending_cost -= reservation.cost_usd
 
     def hold_calls(self, calls: int) -> None:
         """Set aside `calls` for a later phase; `reserve` cannot use them until released."""

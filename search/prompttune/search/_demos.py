@@ -1,8 +1,12 @@
 """Demonstration-set candidates drawn from the train split.
 
-Three strategies, cycled: label-stratified random, embedding-diverse (farthest-point
+Static strategies, cycled: label-stratified random, embedding-diverse (farthest-point
 selection over sentence embeddings, a max-min form of MMR) and plain random. Every set has
-`max_demos` examples in a fixed order; a trial uses the first k. Deterministic for a seed.
+`max_demos` examples in a fixed order; a trial uses the first k. For classification the
+order alternates labels. Two more strategies: bootstrapped (train examples the task model
+already answers correctly under the seed instruction, as in MIPROv2; the runner pays those
+calls through its gateway) and dynamic kNN (a demo pool from which each input retrieves its
+nearest examples at render time). Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from prompttune.search._render import format_inputs
 from prompttune.search._types import Example, TaskSpec
 
 _DIVERSE_POOL = 256
+KNN_POOL = 200
+BOOTSTRAP_FACTOR = 3
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,8 @@ class DemoSet:
 
     name: str
     examples: tuple[Example, ...]
+    # A kNN set is a demo pool: prompts retrieve their demos from it per input.
+    knn: bool = False
 
 
 def _stratified(
@@ -60,6 +68,56 @@ def _diverse(
     return [pool[i] for i in chosen]
 
 
+def balance_labels(examples: Sequence[Example]) -> tuple[Example, ...]:
+    """Reorders demos so labels alternate (round robin in order of first appearance), so any
+    prefix a trial uses is as label-balanced as the set allows."""
+    queues: dict[str, list[Example]] = {}
+    for example in examples:
+        queues.setdefault(example.output, []).append(example)
+    ordered: list[Example] = []
+    while any(queues.values()):
+        for queue in queues.values():
+            if queue:
+                ordered.append(queue.pop(0))
+    return tuple(ordered)
+
+
+def knn_demo_set(train: Sequence[Example], seed: int = 0) -> DemoSet | None:
+    """The demo pool of dynamic kNN prompts: up to 200 train examples (None if train has
+    fewer than two)."""
+    if len(train) < 2:
+        return None
+    ordered = sorted(train, key=lambda ex: ex.id)
+    if len(ordered) > KNN_POOL:
+        ordered = sorted(random.Random(f"{seed}:knn").sample(ordered, KNN_POOL), key=lambda e: e.id)
+    return DemoSet("knn", tuple(ordered), knn=True)
+
+
+def bootstrap_candidates(
+    train: Sequence[Example], max_demos: int, seed: int = 0
+) -> tuple[Example, ...]:
+    """The train examples a bootstrap round tries: up to 3 x `max_demos`, seeded."""
+    ordered = sorted(train, key=lambda ex: ex.id)
+    count = min(len(ordered), BOOTSTRAP_FACTOR * max(0, max_demos))
+    return tuple(random.Random(f"{seed}:bootstrap").sample(ordered, count))
+
+
+def bootstrapped_demo_set(
+    task: TaskSpec,
+    tried: Sequence[Example],
+    correct_ids: set[str],
+    max_demos: int,
+) -> DemoSet | None:
+    """Up to `max_demos` of the `tried` examples the task model answered correctly (label
+    balanced for classification); None when it answered none correctly."""
+    correct = [ex for ex in tried if ex.id in correct_ids]
+    if not correct:
+        return None
+    if task.labels:
+        correct = list(balance_labels(correct))
+    return DemoSet("bootstrapped", tuple(correct[:max_demos]))
+
+
 def build_demo_sets(
     task: TaskSpec,
     train: Sequence[Example],
@@ -84,6 +142,8 @@ def build_demo_sets(
             chosen = _diverse(task, ordered, size, rng, embedder)
         else:
             strategy, chosen = "random", rng.sample(ordered, size)
+        if task.labels and strategy != "stratified":
+            chosen = list(balance_labels(chosen))
         ids = tuple(ex.id for ex in chosen)
         if ids not in seen:
             seen.add(ids)

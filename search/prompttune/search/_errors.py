@@ -43,11 +43,19 @@ class BudgetExceeded(PromptTuneError):
 
 
 class UpstreamUnavailable(PromptTuneError):
-    """An LLM or embedding endpoint kept failing after all retries."""
+    """An LLM or embedding endpoint failed every call for longer than its outage limit."""
 
 
 class LLMCallFailed(PromptTuneError):
-    """One LLM call failed after all retries. The example it served counts as failed."""
+    """One LLM call failed after all retries. The example it served counts as failed.
+
+    `transient` is True when the endpoint looked unavailable (429, 5xx, timeout, connection
+    error) rather than rejecting this request; only transient failures count as an outage.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class SearchCancelled(PromptTuneError):

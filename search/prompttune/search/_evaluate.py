@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from prompttune.search._errors import LLMCallFailed
 from prompttune.search._gateway import LLMGateway
-from prompttune.search._metrics import score_answer
-from prompttune.search._protocols import ChatRequest
-from prompttune.search._render import render_messages
+from prompttune.search._protocols import ChatRequest, Embedder
+from prompttune.search._render import final_answer, render_messages
+from prompttune.search._scorers import AnswerScorer, MetricScorer
 from prompttune.search._stats import make_score
 from prompttune.search._types import Evaluation, Example, ExampleResult, Prompt, TaskSpec
 
@@ -24,22 +24,30 @@ class CallSettings:
     temperature: float = 0.0
     max_tokens: int = 32
     seed: int = 0
+    # Retrieves the demonstrations of kNN prompts (`Prompt.knn_k`); None: the pool's first k.
+    embedder: Embedder | None = None
+    # Scores answers; None: the task's text metric (metrics that need a model must pass one).
+    scorer: AnswerScorer | None = None
 
 
 async def score_example(
     gateway: LLMGateway, task: TaskSpec, prompt: Prompt, example: Example, settings: CallSettings
 ) -> ExampleResult:
-    """One example's result; a failed call gives a result with `error` set, never a 0 score."""
+    """One example's result; a failed call (task or judge) gives a result with `error` set,
+    never a 0 score."""
     request = ChatRequest(
-        render_messages(prompt, example.inputs), settings.temperature, settings.max_tokens
+        render_messages(prompt, example.inputs, settings.embedder),
+        settings.temperature,
+        settings.max_tokens,
     )
+    scorer = settings.scorer or MetricScorer(task)
+    answer = ""
     try:
-        response = await gateway.complete(request, TASK_ROLE)
+        answer = (await gateway.complete(request, TASK_ROLE)).text
+        score = await scorer.score(example, final_answer(prompt, answer))
     except LLMCallFailed as error:
-        return ExampleResult(example.id, "", 0.0, error=str(error) or "llm call failed")
-    return ExampleResult(
-        example.id, response.text, score_answer(task, response.text, example.output)
-    )
+        return ExampleResult(example.id, answer, 0.0, error=str(error) or "llm call failed")
+    return ExampleResult(example.id, answer, score)
 
 
 async def score_examples(

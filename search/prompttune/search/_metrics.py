@@ -11,6 +11,7 @@ import collections
 import re
 import string
 
+from prompttune.search._errors import FailedPrecondition
 from prompttune.search._types import MetricName, TaskSpec
 
 _SURROUNDING = string.punctuation + string.whitespace + "“”‘’«»"
@@ -85,8 +86,14 @@ def _label_match(answer: str, expected: str, labels: tuple[str, ...]) -> float:
 
 
 def score_answer(task: TaskSpec, answer: str, expected: str) -> float:
-    """Score one answer with the task's metric."""
+    """Score one answer with the task's text metric.
+
+    Raises `FailedPrecondition` for metrics that need a model (LLM judge, embeddings); score
+    those with `prompttune.search.build_scorer`.
+    """
     metric = task.metric
+    if metric in (MetricName.LLM_JUDGE, MetricName.EMBEDDING_SIMILARITY):
+        raise FailedPrecondition(f"metric {metric.value} needs a model to score")
     if metric is MetricName.LABEL_CHOICE:
         return _label_match(answer, expected, task.labels)
     if metric is MetricName.NUMERIC:

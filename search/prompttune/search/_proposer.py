@@ -1,9 +1,16 @@
 """Instruction candidates: the seed instruction plus rewrites proposed by an LLM.
 
-Each proposal asks for one instruction with a different style tip, at temperature 0, so the
-response cache makes reruns free. Proposals arrive as free text from possibly tiny models;
-they are cleaned, length-checked and de-duplicated, and anything unusable is dropped. A
-failed call or an exhausted budget just yields fewer candidates; nothing here raises.
+Grounded proposals in the spirit of MIPROv2: the proposer model first summarises the dataset
+from sampled train examples (one call per run, also kept by the response cache), then each
+proposal sees the task description, that summary, its own sample of train examples and a
+different style tip. A reflection round in the spirit of OPRO and GEPA shows the proposer
+the instructions tried so far with their scores and examples the current best gets wrong.
+
+Every call runs at temperature 0, so the response cache makes reruns free. Proposals arrive
+as free text from possibly tiny models; they are cleaned, length-checked and de-duplicated
+(by normalised words, and by embedding cosine similarity when an embedder is given), and
+anything unusable is dropped. A failed call or an exhausted budget just yields fewer
+candidates; nothing here raises.
 """
 
 from __future__ import annotations
@@ -12,10 +19,11 @@ import asyncio
 import random
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from prompttune.search._errors import BudgetExceeded, LLMCallFailed
 from prompttune.search._gateway import LLMGateway
-from prompttune.search._protocols import ChatRequest
+from prompttune.search._protocols import ChatRequest, Embedder
 from prompttune.search._render import field_title, format_inputs
 from prompttune.search._types import ChatMessage, Example, TaskSpec
 
@@ -26,18 +34,51 @@ STYLE_TIPS: tuple[str, ...] = (
     "Focus on the output format: the answer must be only the final answer, nothing else.",
     "List the allowed answers explicitly and say to reply with exactly one of them.",
     "Mention the most common mistake to avoid for this task.",
+    "Start with a verb and describe exactly what to look for in the input.",
+    "Use plain, simple words that a beginner would understand.",
 )
 MIN_INSTRUCTION_CHARS = 15
 MAX_INSTRUCTION_CHARS = 400
+MIN_SUMMARY_CHARS = 20
+MAX_SUMMARY_CHARS = 400
+DUPLICATE_COSINE = 0.95
 PROPOSER_ROLE = "proposer"
+PROPOSER_SYSTEM = "You write clear instructions for a small language model."
+SUMMARY_SYSTEM = "You describe datasets briefly and accurately."
 
 _LEADING_LABEL = re.compile(
     r"^(?:here(?:'s| is)[^:]*:|(?:new |improved |rewritten |final )?"
-    r"(?:instruction|prompt)s?\s*\d*\s*:)\s*",
+    r"(?:instruction|prompt|summary|description)s?\s*\d*\s*:)\s*",
     re.IGNORECASE,
 )
 _BULLET = re.compile(r"^(?:[-*•>#]+|\d+[.)])\s+")
 _QUOTES = "\"'`“”‘’*_ "
+
+
+@dataclass(frozen=True)
+class ScoredInstruction:
+    """An instruction tried in the search with its best minibatch score (examples scored)."""
+
+    text: str
+    score: float
+    examples: int
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A validation example the current best prompt gets wrong, with the model's answer."""
+
+    example: Example
+    answer: str
+
+
+@dataclass(frozen=True)
+class ProposerSettings:
+    max_tokens: int = 80
+    summary_max_tokens: int = 120
+    num_examples: int = 4
+    summary_examples: int = 8
+    duplicate_cosine: float = DUPLICATE_COSINE
 
 
 def normalize_instruction(text: str) -> str:
@@ -75,59 +116,208 @@ def parse_proposal(text: str) -> str | None:
     return candidate
 
 
+def parse_summary(text: str) -> str:
+    """A dataset summary from free text: cleaned lines, cut at a sentence end within 400
+    characters; "" when nothing usable (shorter than 20 characters) is left."""
+    lines = [_clean_line(raw) for raw in text.replace("```", "\n").splitlines()]
+    body = " ".join(line for line in lines if line and not line.endswith(":"))
+    body = " ".join(body.split())
+    if len(body) > MAX_SUMMARY_CHARS:
+        cut = body[:MAX_SUMMARY_CHARS]
+        end = max(cut.rfind(". "), cut.rfind("! "), cut.rfind("? "))
+        body = cut[: end + 1] if end >= MIN_SUMMARY_CHARS else cut.rsplit(" ", 1)[0]
+    return body if len(body) >= MIN_SUMMARY_CHARS else ""
+
+
+def remove_near_duplicates(
+    candidates: Sequence[str],
+    embedder: Embedder,
+    threshold: float = DUPLICATE_COSINE,
+    keep_first: int = 1,
+) -> tuple[str, ...]:
+    """Drops each candidate whose cosine similarity to an earlier kept one is at least
+    `threshold`. The first `keep_first` candidates are always kept; order is preserved."""
+    if len(candidates) <= keep_first:
+        return tuple(candidates)
+    vectors = embedder.embed(list(candidates))
+    kept = list(range(min(keep_first, len(candidates))))
+    for index in range(len(kept), len(candidates)):
+        if all(float(vectors[index] @ vectors[other]) < threshold for other in kept):
+            kept.append(index)
+    return tuple(candidates[i] for i in kept)
+
+
+def _example_block(task: TaskSpec, example: Example) -> str:
+    text = format_inputs(example.inputs, task.input_fields, labelled=True)
+    return f"{text}\n{field_title(task.output_name)}: {example.output}"
+
+
+def _instruction_history(tried: Sequence[ScoredInstruction]) -> str:
+    ordered = sorted(tried, key=lambda t: (t.score, t.text))  # OPRO: best last
+    return "\n".join(
+        f'Instruction: "{t.text}"\nAccuracy: {100 * t.score:.0f}% ({t.examples} examples)'
+        for t in ordered
+    )
+
+
+def _mistake_block(task: TaskSpec, mistake: Mistake) -> str:
+    text = format_inputs(mistake.example.inputs, task.input_fields, labelled=True)
+    answer = " ".join(mistake.answer.split())[:200] or "(empty)"
+    expected = f"Expected {task.output_name.replace('_', ' ')}: {mistake.example.output}"
+    return f"{text}\n{expected}\nModel answer: {answer}"
+
+
 class InstructionProposer:
-    """Proposes instruction candidates through the proposer gateway (role "proposer")."""
+    """Proposes instruction candidates through the proposer gateway (role "proposer").
 
-    def __init__(self, gateway: LLMGateway, max_tokens: int = 80, num_examples: int = 4) -> None:
+    Keeps the dataset summary of each seed for its lifetime (one call per run). Use from one
+    event loop.
+    """
+
+    def __init__(
+        self,
+        gateway: LLMGateway,
+        settings: ProposerSettings | None = None,
+        embedder: Embedder | None = None,
+    ) -> None:
         self._gateway = gateway
-        self._max_tokens = max_tokens
-        self._num_examples = num_examples
+        self._settings = settings or ProposerSettings()
+        self._embedder = embedder
+        self._summaries: dict[int, str] = {}
 
-    def meta_prompt(self, task: TaskSpec, examples: Sequence[Example], tip: str) -> str:
-        lines = [f"Task: {task.description}", f"Current instruction: {task.seed_instruction}"]
+    async def _ask(self, system: str, user: str, max_tokens: int, sample: int = 0) -> str:
+        messages = (ChatMessage("system", system), ChatMessage("user", user))
+        try:
+            response = await self._gateway.complete(
+                ChatRequest(messages, 0.0, max_tokens, sample), PROPOSER_ROLE
+            )
+        except (LLMCallFailed, BudgetExceeded):
+            return ""
+        return response.text
+
+    def _sample(self, train: Sequence[Example], count: int, key: str) -> list[Example]:
+        ordered = sorted(train, key=lambda ex: ex.id)
+        return random.Random(key).sample(ordered, min(count, len(ordered)))
+
+    async def summarize(self, task: TaskSpec, train: Sequence[Example], seed: int = 0) -> str:
+        """A two-or-three-sentence dataset summary ("" when the proposer gave nothing usable)."""
+        if seed in self._summaries:
+            return self._summaries[seed]
+        examples = self._sample(train, self._settings.summary_examples, f"{seed}:summary")
+        summary = ""
+        if examples:
+            blocks = "\n\n".join(_example_block(task, ex) for ex in examples)
+            user = (
+                f"Task: {task.description}\n\nExamples from the dataset:\n\n{blocks}\n\n"
+                "Describe this dataset in two or three sentences: what the inputs are, what "
+                "the expected outputs look like, and any pattern that matters for getting the "
+                "answer right. Reply with the description only."
+            )
+            text = await self._ask(SUMMARY_SYSTEM, user, self._settings.summary_max_tokens)
+            summary = parse_summary(text)
+        self._summaries[seed] = summary
+        return summary
+
+    def meta_prompt(
+        self, task: TaskSpec, examples: Sequence[Example], tip: str, summary: str = ""
+    ) -> str:
+        lines = [f"Task: {task.description}"]
+        if summary:
+            lines.append(f"Dataset summary: {summary}")
+        lines.append(f"Current instruction: {task.seed_instruction}")
         if task.labels:
             lines.append("Allowed answers: " + ", ".join(task.labels))
-        for example in examples:
-            text = format_inputs(example.inputs, task.input_fields, labelled=True)
-            lines.append(f"Example:\n{text}\n{field_title(task.output_name)}: {example.output}")
+        lines.extend(f"Example:\n{_example_block(task, example)}" for example in examples)
         lines.append(f"Tip: {tip}")
         lines.append(
             "Write one improved instruction for this task. Reply with the instruction only."
         )
         return "\n\n".join(lines)
 
-    def _request(
-        self, task: TaskSpec, train: Sequence[Example], index: int, seed: int
-    ) -> ChatRequest:
-        rng = random.Random(f"{seed}:proposal:{index}")
-        ordered = sorted(train, key=lambda ex: ex.id)
-        examples = rng.sample(ordered, min(self._num_examples, len(ordered)))
-        tip = STYLE_TIPS[index % len(STYLE_TIPS)]
-        system = "You write clear instructions for a small language model."
-        messages = (
-            ChatMessage("system", system),
-            ChatMessage("user", self.meta_prompt(task, examples, tip)),
-        )
-        return ChatRequest(messages, 0.0, self._max_tokens, sample=index // len(STYLE_TIPS))
-
-    async def _propose_one(self, request: ChatRequest) -> str | None:
-        try:
-            response = await self._gateway.complete(request, PROPOSER_ROLE)
-        except (LLMCallFailed, BudgetExceeded):
-            return None
-        return parse_proposal(response.text)
-
-    async def propose(
-        self, task: TaskSpec, train: Sequence[Example], count: int, seed: int = 0
-    ) -> tuple[str, ...]:
-        """The seed instruction first, then up to `count` distinct proposed instructions."""
-        requests = [self._request(task, train, index, seed) for index in range(max(0, count))]
-        proposals = await asyncio.gather(*(self._propose_one(r) for r in requests))
-        candidates = [task.seed_instruction]
-        seen = {normalize_instruction(task.seed_instruction)}
+    def _merge(self, existing: Sequence[str], proposals: Sequence[str | None]) -> tuple[str, ...]:
+        candidates = list(existing)
+        seen = {normalize_instruction(text) for text in existing}
         for proposal in proposals:
             key = normalize_instruction(proposal) if proposal else ""
             if proposal and key and key not in seen:
                 seen.add(key)
                 candidates.append(proposal)
-        return tuple(candidates)
+        if self._embedder is None:
+            return tuple(candidates)
+        threshold = self._settings.duplicate_cosine
+        return remove_near_duplicates(candidates, self._embedder, threshold, len(existing))
+
+    async def propose(
+        self, task: TaskSpec, train: Sequence[Example], count: int, seed: int = 0
+    ) -> tuple[str, ...]:
+        """The seed instruction first, then up to `count` distinct proposed instructions."""
+        if count <= 0:
+            return (task.seed_instruction,)
+        summary = await self.summarize(task, train, seed)
+        prompts = [
+            self.meta_prompt(
+                task,
+                self._sample(train, self._settings.num_examples, f"{seed}:proposal:{index}"),
+                STYLE_TIPS[index % len(STYLE_TIPS)],
+                summary,
+            )
+            for index in range(count)
+        ]
+        texts = await asyncio.gather(
+            *(
+                self._ask(PROPOSER_SYSTEM, user, self._settings.max_tokens, i // len(STYLE_TIPS))
+                for i, user in enumerate(prompts)
+            )
+        )
+        return self._merge([task.seed_instruction], [parse_proposal(text) for text in texts])
+
+    def reflection_prompt(
+        self,
+        task: TaskSpec,
+        tried: Sequence[ScoredInstruction],
+        mistakes: Sequence[Mistake],
+        tip: str,
+        summary: str = "",
+    ) -> str:
+        lines = [f"Task: {task.description}"]
+        if summary:
+            lines.append(f"Dataset summary: {summary}")
+        if task.labels:
+            lines.append("Allowed answers: " + ", ".join(task.labels))
+        lines.append("Instructions tried so far, worst to best, with their accuracy:")
+        lines.append(_instruction_history(tried))
+        if mistakes:
+            lines.append("Examples the best instruction gets wrong:")
+            lines.extend(_mistake_block(task, mistake) for mistake in mistakes)
+        lines.append(f"Tip: {tip}")
+        lines.append(
+            "Write one new instruction that avoids these mistakes and scores higher than every "
+            "instruction above. Reply with the instruction only."
+        )
+        return "\n\n".join(lines)
+
+    async def reflect(
+        self,
+        task: TaskSpec,
+        train: Sequence[Example],
+        tried: Sequence[ScoredInstruction],
+        mistakes: Sequence[Mistake],
+        existing: Sequence[str],
+        count: int,
+        seed: int = 0,
+    ) -> tuple[str, ...]:
+        """Up to `count` new instructions (none equal or too close to `existing`)."""
+        if count <= 0 or not tried:
+            return ()
+        summary = await self.summarize(task, train, seed)
+        prompts = []
+        for index in range(count):
+            rng = random.Random(f"{seed}:reflection:{index}")
+            shown = rng.sample(list(mistakes), min(3, len(mistakes)))
+            tip = STYLE_TIPS[(index + 3) % len(STYLE_TIPS)]
+            prompts.append(self.reflection_prompt(task, tried, shown, tip, summary))
+        texts = await asyncio.gather(
+            *(self._ask(PROPOSER_SYSTEM, user, self._settings.max_tokens) for user in prompts)
+        )
+        merged = self._merge(existing, [parse_proposal(text) for text in texts])
+        return merged[len(existing) :]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,16 @@ class ChatModel(Protocol):
         ...
 
     async def complete(self, request: ChatRequest) -> ChatResponse: ...
+
+
+@runtime_checkable
+class MultiSampleChatModel(ChatModel, Protocol):
+    """A chat model that returns `n` samples of one prompt in one call (OpenAI's `n`).
+
+    The call's token usage is carried by the first response; the others report 0 tokens.
+    """
+
+    async def complete_many(self, request: ChatRequest, n: int) -> list[ChatResponse]: ...
 
 
 class Embedder(Protocol):

@@ -1,9 +1,18 @@
 """The search runner: propose candidates, search them with Optuna ask/tell, promote, report.
 
-Phases: "proposing" (instruction candidates and demo sets), "searching" (one Optuna trial per
-prompt configuration, scored on growing minibatches of the validation split and pruned by
-successive halving), "validating" (the best few and the baseline on the full validation
-split; the winner is chosen here) and "testing" (baseline and winner on the test split).
+Phases: "proposing" (dataset summary, instruction candidates, demo sets including a
+bootstrapped set paid through the task gateway), "searching" (one Optuna trial per prompt
+configuration, scored on growing minibatches of the validation split and pruned by
+successive halving), "reflecting" once after half the trials (the proposer sees the best
+instructions with their scores and the current best's mistakes; usable new instructions
+join the space), "validating" (the best few and the baseline on the full validation split;
+the winner is chosen here) and "testing" (baseline and winner on the test split).
+
+Multi-objective runs (`SearchConfig.multi_objective`) maximise the minibatch score and
+minimise prompt tokens with a multi-objective TPE sampler. Optuna cannot prune
+multi-objective trials, so each trial is scored on the first rung only; the minibatch
+Pareto front is then promoted to full validation and the result's Pareto set is computed on
+validation scores.
 """
 
 from __future__ import annotations
@@ -11,43 +20,59 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, replace
 
 import optuna
 import structlog
-from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 from optuna.trial import Trial, TrialState
 
 from prompttune.search._budget import Budget, estimate_call_tokens
-from prompttune.search._demos import DemoSet, build_demo_sets
+from prompttune.search._demos import (
+    DemoSet,
+    bootstrap_candidates,
+    bootstrapped_demo_set,
+    build_demo_sets,
+    knn_demo_set,
+)
 from prompttune.search._errors import BudgetExceeded, SearchCancelled
 from prompttune.search._evaluate import CallSettings, score_examples
-from prompttune.search._gateway import LLMGateway, add_usage
-from prompttune.search._proposer import MAX_INSTRUCTION_CHARS, InstructionProposer
+from prompttune.search._finalize import conclude, finalist_count, validate_finalists
+from prompttune.search._flow import GatewayRegistry
+from prompttune.search._gateway import EndpointPolicy, LLMGateway, UsageLedger
+from prompttune.search._proposer import (
+    MAX_INSTRUCTION_CHARS,
+    InstructionProposer,
+    Mistake,
+    ProposerSettings,
+    ScoredInstruction,
+)
 from prompttune.search._protocols import ChatModel, Embedder, ResponseCache, SearchObserver
 from prompttune.search._render import prompt_token_count, render_messages
-from prompttune.search._stats import make_score, paired_bootstrap_lower_bound
+from prompttune.search._scorers import build_scorer, calls_per_example
+from prompttune.search._space import BASELINE, REASONING_MAX_TOKENS, SearchSpace, TrialConfig
+from prompttune.search._state import (
+    COMPLETE,
+    FAILED,
+    PRUNED,
+    SearchState,
+    TrialRecord,
+    minibatch_rungs,
+)
 from prompttune.search._types import (
     BudgetUsed,
     DatasetSplits,
-    DemoLayout,
     Estimate,
-    Evaluation,
-    Example,
-    ExampleResult,
-    InstructionPlacement,
+    MetricName,
     NewBest,
     PhaseChanged,
     Prompt,
     PromptFormat,
-    PromptScores,
     SearchConfig,
     SearchEvent,
     SearchResult,
     TaskSpec,
     TrialFinished,
-    Usage,
 )
 from prompttune.search._validate import validate_splits, validate_task
 
@@ -56,7 +81,9 @@ log = structlog.get_logger(__name__)
 # The search phase may use this share of the wall budget; the rest is kept for promotion.
 SEARCH_WALL_SHARE = 0.75
 MAX_FAILED_SHARE = 0.5
-COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
+# Instructions shown to the reflection round, and mistakes of the current best offered to it.
+REFLECTION_HISTORY = 5
+REFLECTION_MISTAKES = 6
 
 
 @dataclass(frozen=True)
@@ -74,131 +101,75 @@ class RunnerDeps:
     task_max_concurrency: int = 4
     proposer_max_concurrency: int = 2
     clock: Callable[[], float] = time.monotonic
+    # Process-wide flow control shared by all jobs, and per-endpoint limits and prices.
+    registry: GatewayRegistry | None = None
+    task_policy: EndpointPolicy | None = None
+    proposer_policy: EndpointPolicy | None = None
+    # Grades answers when the task's metric is llm_judge (role "judge").
+    judge_model: ChatModel | None = None
+    judge_policy: EndpointPolicy | None = None
+    judge_max_concurrency: int = 4
 
 
 @dataclass(frozen=True)
-class TrialConfig:
-    """One point of the search space: candidate indices and format choices."""
+class JobGateways:
+    """The gateways of one job; they share its budget and usage ledger."""
 
-    instruction: int = 0
-    demo_set: int = 0
-    n_demos: int = 0
-    placement: InstructionPlacement = InstructionPlacement.SYSTEM
-    layout: DemoLayout = DemoLayout.CHAT_TURNS
-    answer_prefix: str = ""
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "instruction": self.instruction,
-            "demo_set": self.demo_set,
-            "n_demos": self.n_demos,
-            "placement": self.placement.value,
-            "layout": self.layout.value,
-            "answer_prefix": self.answer_prefix,
-        }
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> TrialConfig:
-        return cls(
-            instruction=int(params["instruction"]),
-            demo_set=int(params["demo_set"]),
-            n_demos=int(params["n_demos"]),
-            placement=InstructionPlacement(params["placement"]),
-            layout=DemoLayout(params["layout"]),
-            answer_prefix=str(params["answer_prefix"]),
-        )
-
-    def describe(self) -> str:
-        return " ".join(f"{name}={value!r}" for name, value in self.params().items())
+    task: LLMGateway
+    proposer: LLMGateway
+    judge: LLMGateway | None
+    ledger: UsageLedger
 
 
-BASELINE = TrialConfig()
-PromptKey = tuple[int, tuple[str, ...], str, str, str]
-
-
-@dataclass
-class TrialRecord:
-    """Our own record of one trial; `scored` is the rung reached (examples scored)."""
-
-    number: int
-    config: TrialConfig
-    key: PromptKey
-    prompt: Prompt
-    results: list[ExampleResult] = field(default_factory=list)
-    intermediate: list[tuple[int, float]] = field(default_factory=list)
-    state: str = COMPLETE
-    duplicate_of: int | None = None
-
-    @property
-    def scored(self) -> int:
-        return len(self.results)
-
-    @property
-    def score(self) -> float:
-        values = [r.score for r in self.results if not r.error]
-        return sum(values) / len(values) if values else 0.0
-
-    def failed_share(self) -> float:
-        failed = sum(1 for r in self.results if r.error)
-        return failed / len(self.results) if self.results else 0.0
-
-
-@dataclass(frozen=True)
-class Finalist:
-    key: PromptKey
-    prompt: Prompt
-    evaluation: Evaluation
-
-
-@dataclass
-class SearchState:
-    """All mutable state of one `Runner.run` call."""
-
-    task: TaskSpec
-    data: DatasetSplits
-    config: SearchConfig
-    budget: Budget
-    task_gateway: LLMGateway
-    proposer_gateway: LLMGateway
-    settings: CallSettings
-    val_order: tuple[Example, ...]
-    rungs: tuple[int, ...]
-    instructions: tuple[str, ...] = ()
-    demo_sets: tuple[DemoSet, ...] = ()
-    records: list[TrialRecord] = field(default_factory=list)
-    by_key: dict[PromptKey, TrialRecord] = field(default_factory=dict)
-    best: TrialRecord | None = None
-    stop_reason: str = ""
-    notes: list[str] = field(default_factory=list)
-
-    def usage(self) -> Usage:
-        return add_usage(self.task_gateway.usage(), self.proposer_gateway.usage())
-
-
-def minibatch_rungs(minibatch_size: int, total: int) -> tuple[int, ...]:
-    """Example counts of the growing minibatches: m, 2m, 4m, ... capped at `total`."""
-    rungs: list[int] = []
-    size = max(1, minibatch_size)
-    while size < total:
-        rungs.append(size)
-        size *= 2
-    rungs.append(total)
-    return tuple(rungs)
-
-
-def pareto_front(scores: list[PromptScores]) -> tuple[PromptScores, ...]:
-    """Prompts not dominated on (validation mean up, prompt tokens down), shortest first."""
-    front = [
-        s
-        for s in scores
-        if not any(
-            o.validation.mean >= s.validation.mean
-            and o.prompt_tokens <= s.prompt_tokens
-            and (o.validation.mean > s.validation.mean or o.prompt_tokens < s.prompt_tokens)
-            for o in scores
-        )
+def job_gateways(deps: RunnerDeps, budget: Budget, use_cache: bool) -> JobGateways:
+    """Task, proposer and (for llm_judge) judge gateways sharing `budget` and one ledger."""
+    ledger = UsageLedger()
+    roles = [
+        (deps.task_model, deps.task_max_concurrency, deps.task_policy),
+        (deps.proposer_model, deps.proposer_max_concurrency, deps.proposer_policy),
+        (deps.judge_model, deps.judge_max_concurrency, deps.judge_policy),
     ]
-    return tuple(sorted(front, key=lambda s: (s.prompt_tokens, -s.validation.mean)))
+    task, proposer, judge = (
+        None
+        if model is None
+        else LLMGateway(
+            model,
+            budget,
+            deps.cache,
+            concurrency,
+            use_cache,
+            policy=policy,
+            registry=deps.registry,
+            ledger=ledger,
+        )
+        for model, concurrency, policy in roles
+    )
+    assert task is not None and proposer is not None
+    return JobGateways(task, proposer, judge, ledger)
+
+
+def reasoning_max_tokens(config: SearchConfig, task_max_tokens: int, validation: int) -> int:
+    """Answer cap of reasoning prompts: max(task cap, 256), bounded by a token budget so
+    that the answers of one full validation pass take at most a quarter of it (never below
+    the task cap)."""
+    cap = max(task_max_tokens, REASONING_MAX_TOKENS)
+    if config.max_tokens:
+        cap = min(cap, config.max_tokens // max(1, 4 * validation))
+    return max(task_max_tokens, cap)
+
+
+def reasoning_enabled(task: TaskSpec, config: SearchConfig) -> bool:
+    """Reasoning is a search dimension when allowed explicitly, or by default for tasks that
+    are not pure classification."""
+    if config.allow_reasoning is not None:
+        return config.allow_reasoning
+    return task.metric is not MetricName.LABEL_CHOICE
+
+
+def _proposer_calls(config: SearchConfig, train: int) -> int:
+    proposals = max(0, config.num_instruction_candidates)
+    summary = 1 if proposals and train else 0
+    return proposals + summary + max(0, config.num_reflection_candidates)
 
 
 def estimate(
@@ -215,8 +186,12 @@ def estimate(
     validate_task(task)
     validate_splits(task, data)
     n_val, n_test = len(data.validation), len(data.test)
-    proposals = max(0, config.num_instruction_candidates)
-    calls = proposals + (config.max_trials + config.num_finalists + 1) * n_val + 2 * n_test
+    bootstrap = len(bootstrap_candidates(data.train, config.max_demos, config.seed))
+    finalists = finalist_count(config)
+    calls = _proposer_calls(config, len(data.train))
+    calls += calls_per_example(task) * (
+        (config.max_trials + finalists + 1) * n_val + 2 * n_test + bootstrap
+    )
     if config.max_llm_calls:
         calls = min(calls, config.max_llm_calls)
     widest = Prompt(
@@ -228,7 +203,10 @@ def estimate(
     )
     longest = max((*data.validation, *data.test), key=lambda ex: len(str(ex.inputs)))
     chars = sum(len(m.content) for m in render_messages(widest, longest.inputs))
-    tokens = calls * estimate_call_tokens(chars, max(task_max_tokens, proposer_max_tokens))
+    answer = max(task_max_tokens, proposer_max_tokens)
+    if reasoning_enabled(task, config):
+        answer = max(answer, reasoning_max_tokens(config, task_max_tokens, n_val))
+    tokens = calls * estimate_call_tokens(chars, answer)
     if config.max_tokens:
         tokens = min(tokens, config.max_tokens)
     return Estimate(calls, tokens)
@@ -260,9 +238,9 @@ class Runner:
         await self._search(state, study_name)
         state.budget.release_held_calls()
         self._emit(PhaseChanged("validating"))
-        finalists = await self._validate_finalists(state)
+        finalists = await validate_finalists(state)
         self._emit(PhaseChanged("testing"))
-        result = await self._conclude(state, finalists)
+        result = await conclude(state, finalists)
         self._emit(BudgetUsed(result.usage))
         log.info("search.done", stop_reason=result.stop_reason, improved=result.improved)
         return result
@@ -276,49 +254,91 @@ class Runner:
 
     def _new_state(self, task: TaskSpec, data: DatasetSplits, config: SearchConfig) -> SearchState:
         deps = self._deps
-        budget = Budget(
-            config.max_llm_calls, config.max_tokens, config.max_wall_seconds, deps.clock
-        )
-        finals = (config.num_finalists + 1) * len(data.validation) + 2 * len(data.test)
-        budget.hold_calls(finals)  # the search phase must not starve promotion and testing
-        cache, use_cache = deps.cache, config.use_cache
+        budget = self._new_budget(task, data, config)
         val_order = list(sorted(data.validation, key=lambda ex: ex.id))
         random.Random(f"{config.seed}:validation").shuffle(val_order)
+        gateways = job_gateways(deps, budget, config.use_cache)
+        proposer_settings = ProposerSettings(max_tokens=deps.proposer_max_tokens)
+        scorer = build_scorer(task, gateways.judge, deps.embedder)
         return SearchState(
             task=task,
             data=data,
             config=config,
             budget=budget,
-            task_gateway=LLMGateway(
-                deps.task_model, budget, cache, deps.task_max_concurrency, use_cache
+            task_gateway=gateways.task,
+            proposer_gateway=gateways.proposer,
+            ledger=gateways.ledger,
+            proposer=InstructionProposer(gateways.proposer, proposer_settings, deps.embedder),
+            settings=CallSettings(
+                deps.task_temperature, deps.task_max_tokens, config.seed, deps.embedder, scorer
             ),
-            proposer_gateway=LLMGateway(
-                deps.proposer_model, budget, cache, deps.proposer_max_concurrency, use_cache
-            ),
-            settings=CallSettings(deps.task_temperature, deps.task_max_tokens, config.seed),
             val_order=tuple(val_order),
             rungs=minibatch_rungs(config.minibatch_size, len(val_order)),
+            reflected=config.num_reflection_candidates <= 0,  # no round to wait for
+            space=SearchSpace(
+                instructions=(task.seed_instruction,),
+                demo_sets=(),
+                max_demos=0,
+                answer_prefix=f"{task.output_name.capitalize()}:",
+                reasoning=reasoning_enabled(task, config),
+                reasoning_max_tokens=reasoning_max_tokens(
+                    config, deps.task_max_tokens, len(val_order)
+                ),
+            ),
         )
 
+    def _new_budget(self, task: TaskSpec, data: DatasetSplits, config: SearchConfig) -> Budget:
+        budget = Budget(
+            config.max_llm_calls,
+            config.max_tokens,
+            config.max_wall_seconds,
+            self._deps.clock,
+            max_cost_usd=config.max_cost_usd,
+        )
+        finals = (finalist_count(config) + 1) * len(data.validation) + 2 * len(data.test)
+        # the search phase must not starve promotion and testing
+        budget.hold_calls(calls_per_example(task) * finals)
+        return budget
+
     async def _propose(self, state: SearchState) -> None:
-        config, train = state.config, state.data.train
-        proposer = InstructionProposer(state.proposer_gateway, self._deps.proposer_max_tokens)
-        state.instructions = await proposer.propose(
+        config, train, space = state.config, state.data.train, state.space
+        space.instructions = await state.proposer.propose(
             state.task, train, config.num_instruction_candidates, config.seed
         )
-        state.demo_sets = build_demo_sets(
-            state.task,
-            train,
-            self._deps.embedder,
-            config.num_demo_sets,
-            config.max_demos,
-            config.seed,
+        sets = list(
+            build_demo_sets(
+                state.task,
+                train,
+                self._deps.embedder,
+                config.num_demo_sets,
+                config.max_demos,
+                config.seed,
+            )
         )
+        if config.max_demos > 0:
+            bootstrapped = await self._bootstrap(state)
+            knn = knn_demo_set(train, config.seed)
+            sets.extend(s for s in (bootstrapped, knn) if s is not None)
+        space.demo_sets = tuple(sets)
+        space.max_demos = max((min(len(s.examples), config.max_demos) for s in sets), default=0)
         log.info(
             "search.candidates",
-            instructions=len(state.instructions),
-            demo_sets=len(state.demo_sets),
+            instructions=len(space.instructions),
+            demo_sets=[s.name for s in sets],
         )
+
+    async def _bootstrap(self, state: SearchState) -> DemoSet | None:
+        """Train examples the task model answers correctly under the baseline prompt."""
+        tried = bootstrap_candidates(state.data.train, state.config.max_demos, state.config.seed)
+        _, prompt = state.space.prompt_for(state.task, BASELINE)
+        try:
+            results = await score_examples(
+                state.task_gateway, state.task, prompt, tried, state.settings
+            )
+        except BudgetExceeded:
+            return None
+        correct = {r.example_id for r in results if not r.error and r.score >= 1.0}
+        return bootstrapped_demo_set(state.task, tried, correct, state.config.max_demos)
 
     # ----------------------------------------------------------------- search phase
 
@@ -327,64 +347,63 @@ class Runner:
         sampler = optuna.samplers.TPESampler(
             seed=config.seed, n_startup_trials=max(3, min(10, config.max_trials // 3))
         )
-        pruner = optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=state.rungs[0], reduction_factor=2
-        )
-        study = optuna.create_study(
-            study_name=study_name,
-            storage=self._storage,
-            load_if_exists=True,
-            sampler=sampler,
-            pruner=pruner,
-            direction="maximize",
-        )
+        if config.multi_objective:
+            study = optuna.create_study(
+                study_name=study_name,
+                storage=self._storage,
+                load_if_exists=True,
+                sampler=sampler,
+                directions=["maximize", "minimize"],
+            )
+        else:
+            study = optuna.create_study(
+                study_name=study_name,
+                storage=self._storage,
+                load_if_exists=True,
+                sampler=sampler,
+                pruner=optuna.pruners.SuccessiveHalvingPruner(
+                    min_resource=state.rungs[0], reduction_factor=2
+                ),
+                direction="maximize",
+            )
         if not study.trials:
-            study.enqueue_trial(BASELINE.params())
+            study.enqueue_trial(state.space.params(BASELINE))
         return study
-
-    def _distributions(self, state: SearchState) -> dict[str, BaseDistribution]:
-        max_demos = max((len(ds.examples) for ds in state.demo_sets), default=0)
-        prefix = f"{state.task.output_name.capitalize()}:"
-        return {
-            "instruction": IntDistribution(0, len(state.instructions) - 1),
-            "demo_set": IntDistribution(0, max(0, len(state.demo_sets) - 1)),
-            "n_demos": IntDistribution(0, max_demos),
-            "placement": CategoricalDistribution([p.value for p in InstructionPlacement]),
-            "layout": CategoricalDistribution([d.value for d in DemoLayout]),
-            "answer_prefix": CategoricalDistribution(["", prefix]),
-        }
-
-    def _space_size(self, state: SearchState) -> int:
-        ids = [tuple(ex.id for ex in ds.examples) for ds in state.demo_sets]
-        prefixes = {demo_ids[:k] for demo_ids in ids for k in range(1, len(demo_ids) + 1)}
-        formats = len(InstructionPlacement) * 2
-        return len(state.instructions) * formats * (1 + len(DemoLayout) * len(prefixes))
 
     async def _search(self, state: SearchState, study_name: str) -> None:
         study = self._create_study(state, study_name)
-        distributions = self._distributions(state)
-        space = self._space_size(state)
-        while not state.stop_reason:
-            state.stop_reason = self._stop_reason(state, space)
+        distributions = state.space.distributions()
+        while True:
+            if self._reflection_due(state):
+                await self._reflect(state, study)
+                distributions = state.space.distributions()
+            state.stop_reason = self._stop_reason(state)
             if state.stop_reason:
                 break
-            trial = study.ask(distributions)
-            try:
-                record = await self._run_trial(state, trial)
-            except BudgetExceeded as error:
-                study.tell(trial, state=TrialState.FAIL)
-                state.stop_reason = error.limit
-                break
-            except BaseException:
-                study.tell(trial, state=TrialState.FAIL)
-                raise
-            self._tell(study, trial, record)
-            self._record(state, record)
+            await self._one_trial(state, study, distributions)
 
-    def _stop_reason(self, state: SearchState, space: int) -> str:
+    async def _one_trial(
+        self, state: SearchState, study: optuna.Study, distributions: dict[str, BaseDistribution]
+    ) -> None:
+        trial = study.ask(distributions)
+        try:
+            record = await self._run_trial(state, trial)
+        except BudgetExceeded as error:
+            study.tell(trial, state=TrialState.FAIL)
+            state.stop_reason = error.limit
+            return
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        self._tell(state, study, trial, record)
+        self._record(state, record)
+
+    def _stop_reason(self, state: SearchState) -> str:
         if self._deps.observer.cancelled():
             raise SearchCancelled("search cancelled")
         budget, config = state.budget, state.config
+        if state.stop_reason:
+            return state.stop_reason
         if len(state.records) >= config.max_trials:
             return "max_trials"
         if (
@@ -394,42 +413,32 @@ class Runner:
             return "max_wall_seconds"
         if budget.calls_available() == 0:
             return "max_llm_calls"
-        if len(state.by_key) >= space:
+        exhausted = len(state.by_key) >= state.space.size()
+        if exhausted and (state.reflected or state.best is None):
             return "search_space_exhausted"
         return ""
 
-    def _prompt_for(self, state: SearchState, config: TrialConfig) -> tuple[PromptKey, Prompt]:
-        demos: tuple[Example, ...] = ()
-        if state.demo_sets and config.n_demos:
-            demos = state.demo_sets[config.demo_set].examples[: config.n_demos]
-        layout = config.layout if demos else DemoLayout.CHAT_TURNS
-        task = state.task
-        prompt = Prompt(
-            instruction=state.instructions[config.instruction],
-            demos=demos,
-            format=PromptFormat(config.placement, layout, config.answer_prefix),
-            input_fields=task.input_fields,
-            output_name=task.output_name,
-            labels=task.labels,
-        )
-        ids = tuple(demo.id for demo in demos)
-        key = (config.instruction, ids, layout.value, config.placement.value, config.answer_prefix)
-        return key, prompt
+    def _trial_rungs(self, state: SearchState) -> tuple[int, ...]:
+        # Multi-objective studies cannot prune: one rung per trial keeps them affordable.
+        return state.rungs[:1] if state.config.multi_objective else state.rungs
 
     async def _run_trial(self, state: SearchState, trial: Trial) -> TrialRecord:
         config = TrialConfig.from_params(trial.params)
-        key, prompt = self._prompt_for(state, config)
+        key, prompt = state.space.prompt_for(state.task, config)
         previous = state.by_key.get(key)
         if previous is not None:
             return self._duplicate(trial.number, config, previous)
         record = TrialRecord(trial.number, config, key, prompt)
         state.by_key[key] = record
-        for size in state.rungs:
+        multi = state.config.multi_objective
+        for size in self._trial_rungs(state):
             await self._score_rung(state, record, size)
             if record.failed_share() > MAX_FAILED_SHARE:
                 record.state = FAILED
                 break
             record.intermediate.append((size, record.score))
+            if multi:
+                continue
             trial.report(record.score, size)
             if size < len(state.val_order) and trial.should_prune():
                 record.state = PRUNED
@@ -440,8 +449,9 @@ class Runner:
         if self._deps.observer.cancelled():
             raise SearchCancelled("search cancelled")
         batch = state.val_order[record.scored : size]
+        settings = state.space.call_settings(record.prompt, state.settings)
         results = await score_examples(
-            state.task_gateway, state.task, record.prompt, batch, state.settings
+            state.task_gateway, state.task, record.prompt, batch, settings
         )
         record.results.extend(results)
 
@@ -459,7 +469,13 @@ class Runner:
         )
 
     @staticmethod
-    def _tell(study: optuna.Study, trial: Trial, record: TrialRecord) -> None:
+    def _tell(state: SearchState, study: optuna.Study, trial: Trial, record: TrialRecord) -> None:
+        if state.config.multi_objective:
+            if record.state == COMPLETE:
+                study.tell(trial, [record.score, float(prompt_token_count(record.prompt))])
+            else:
+                study.tell(trial, state=TrialState.FAIL)
+            return
         if record.duplicate_of is not None:
             for step, value in record.intermediate:
                 trial.report(value, step)
@@ -495,115 +511,60 @@ class Runner:
             self._emit(NewBest(record.number, record.score))
         self._emit(BudgetUsed(state.usage()))
 
-    # ----------------------------------------------------------------- validation and test
-
-    def _finalist_records(self, state: SearchState) -> list[TrialRecord]:
-        usable = [r for r in state.by_key.values() if r.state != FAILED]
-        ranked = sorted(usable, key=lambda r: (-r.scored, -r.score, r.number))
-        return ranked[: state.config.num_finalists]
-
-    async def _full_validation(
-        self, state: SearchState, key: PromptKey, prompt: Prompt
-    ) -> Evaluation:
-        record = state.by_key.get(key)
-        done = list(record.results) if record is not None else []
-        rest = state.val_order[len(done) :]
-        done.extend(
-            await score_examples(state.task_gateway, state.task, prompt, rest, state.settings)
-        )
-        score = make_score(state.task, state.val_order, done, state.config.seed)
-        return Evaluation(score, tuple(done))
-
-    async def _validate_finalists(self, state: SearchState) -> list[Finalist]:
-        baseline_key, baseline_prompt = self._prompt_for(state, BASELINE)
-        candidates = [(baseline_key, baseline_prompt)] + [
-            (r.key, r.prompt) for r in self._finalist_records(state) if r.key != baseline_key
-        ]
-        finalists: list[Finalist] = []
-        for key, prompt in candidates:
-            try:
-                evaluation = await self._full_validation(state, key, prompt)
-            except BudgetExceeded as error:
-                if not finalists:
-                    raise
-                state.notes.append(f"validation stopped early ({error.limit})")
-                break
-            finalists.append(Finalist(key, prompt, evaluation))
-        return finalists
-
-    def _improvement(
-        self, state: SearchState, winner: Finalist, baseline: Finalist
-    ) -> tuple[bool, str]:
-        if winner is baseline:
-            return False, "no candidate beat the baseline on validation"
-        ours = {r.example_id: r for r in winner.evaluation.results if not r.error}
-        theirs = {r.example_id: r for r in baseline.evaluation.results if not r.error}
-        shared = sorted(set(ours) & set(theirs))
-        lower = paired_bootstrap_lower_bound(
-            [ours[i].score for i in shared], [theirs[i].score for i in shared], state.config.seed
-        )
-        gain = winner.evaluation.score.mean - baseline.evaluation.score.mean
-        if lower <= 0:
-            return False, (
-                f"best candidate gained {gain:+.3f} on validation, but the paired bootstrap "
-                f"95% lower bound {lower:+.3f} is not above 0; keeping the baseline"
-            )
-        return True, f"validation {gain:+.3f} over the baseline (95% lower bound {lower:+.3f})"
-
-    async def _test_score(self, state: SearchState, prompt: Prompt) -> Evaluation | None:
-        if not state.data.test:
-            return None
-        try:
-            results = await score_examples(
-                state.task_gateway, state.task, prompt, state.data.test, state.settings
-            )
-        except BudgetExceeded as error:
-            state.notes.append(f"test scoring skipped ({error.limit})")
-            return None
-        return Evaluation(
-            make_score(state.task, state.data.test, results, state.config.seed), results
-        )
-
-    async def _conclude(self, state: SearchState, finalists: list[Finalist]) -> SearchResult:
-        baseline = finalists[0]
-        winner = max(
-            finalists,
-            key=lambda f: (f.evaluation.score.mean, f is baseline, -prompt_token_count(f.prompt)),
-        )
-        improved, summary = self._improvement(state, winner, baseline)
-        best = winner if improved else baseline
-        baseline_test = await self._test_score(state, baseline.prompt)
-        best_test = await self._test_score(state, best.prompt) if improved else baseline_test
-        if (
-            improved
-            and baseline_test
-            and best_test
-            and best_test.score.mean < baseline_test.score.mean
-        ):
-            summary += "; note: worse than the baseline on test"
-        tests = {baseline.key: baseline_test, best.key: best_test}
-        validated = [self._prompt_scores(f, tests.get(f.key)) for f in finalists]
-        return SearchResult(
-            baseline=self._prompt_scores(baseline, baseline_test),
-            best=self._prompt_scores(best, best_test),
-            improved=improved,
-            summary="; ".join([summary, *state.notes]),
-            usage=state.usage(),
-            trials_completed=sum(1 for r in state.records if r.state == COMPLETE),
-            trials_pruned=sum(1 for r in state.records if r.state == PRUNED),
-            wall_seconds=state.budget.elapsed(),
-            stop_reason=state.stop_reason,
-            pareto=pareto_front(validated),
-        )
+    # ----------------------------------------------------------------- reflection round
 
     @staticmethod
-    def _prompt_scores(finalist: Finalist, test: Evaluation | None) -> PromptScores:
-        return PromptScores(
-            prompt=finalist.prompt,
-            validation=finalist.evaluation.score,
-            test=test.score if test is not None else None,
-            prompt_tokens=prompt_token_count(finalist.prompt),
+    def _reflection_due(state: SearchState) -> bool:
+        if state.reflected or state.best is None:
+            return False
+        halfway = max(1, state.config.max_trials // 2)
+        return len(state.records) >= halfway or len(state.by_key) >= state.space.size()
+
+    async def _reflect(self, state: SearchState, study: optuna.Study) -> None:
+        """Asks for improved instructions and enqueues each new one in the current best's
+        configuration, so every reflected candidate is scored at least once."""
+        state.reflected = True
+        self._emit(PhaseChanged("reflecting"))
+        added = await state.proposer.reflect(
+            state.task,
+            state.data.train,
+            self._tried_instructions(state),
+            self._mistakes(state),
+            state.space.instructions,
+            state.config.num_reflection_candidates,
+            state.config.seed,
         )
+        first = len(state.space.instructions)
+        state.space.instructions = state.space.instructions + added
+        best = state.best.config if state.best is not None else BASELINE
+        for index in range(first, len(state.space.instructions)):
+            study.enqueue_trial(state.space.params(replace(best, instruction=index)))
+        log.info("search.reflected", added=len(added), instructions=len(state.space.instructions))
+        self._emit(PhaseChanged("searching"))
+
+    @staticmethod
+    def _tried_instructions(state: SearchState) -> list[ScoredInstruction]:
+        deepest: dict[int, TrialRecord] = {}
+        for record in state.by_key.values():
+            if record.state == FAILED or not record.scored:
+                continue
+            index = record.config.instruction
+            known = deepest.get(index)
+            if known is None or (record.scored, record.score) > (known.scored, known.score):
+                deepest[index] = record
+        tried = [
+            ScoredInstruction(state.space.instructions[i], r.score, r.scored)
+            for i, r in sorted(deepest.items())
+        ]
+        return sorted(tried, key=lambda t: -t.score)[:REFLECTION_HISTORY]
+
+    @staticmethod
+    def _mistakes(state: SearchState) -> list[Mistake]:
+        if state.best is None:
+            return []
+        examples = {ex.id: ex for ex in state.val_order}
+        wrong = [r for r in state.best.results if not r.error and r.score < 1.0]
+        return [Mistake(examples[r.example_id], r.answer) for r in wrong][:REFLECTION_MISTAKES]
 
     def _emit(self, event: SearchEvent) -> None:
         self._deps.observer.on_event(event)

@@ -16,6 +16,8 @@ class MetricName(enum.Enum):
     CONTAINS = "contains"
     NUMERIC = "numeric"
     TOKEN_F1 = "token_f1"
+    LLM_JUDGE = "llm_judge"
+    EMBEDDING_SIMILARITY = "embedding_similarity"
 
 
 class InstructionPlacement(enum.Enum):
@@ -47,6 +49,8 @@ class TaskSpec:
     labels: tuple[str, ...] = ()
     metric: MetricName = MetricName.EXACT_MATCH
     output_name: str = "answer"
+    # LLM_JUDGE only: what a good answer looks like, shown to the judge model.
+    rubric: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,11 +67,18 @@ class PromptFormat:
     instruction_placement: InstructionPlacement = InstructionPlacement.SYSTEM
     demo_layout: DemoLayout = DemoLayout.CHAT_TURNS
     answer_prefix: str = ""
+    # Think step by step, then end with "Answer: ..."; the metric reads the text after the
+    # last "Answer:". The answer prefix is not used with reasoning.
+    reasoning: bool = False
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """A complete prompt: instruction, demonstrations and layout. Render with `render_messages`."""
+    """A complete prompt: instruction, demonstrations and layout. Render with `render_messages`.
+
+    With `knn_k` > 0 the demonstrations are chosen per input at render time: the `knn_k`
+    examples of `demo_pool` most similar to the input (sentence embeddings), after `demos`.
+    """
 
     instruction: str
     demos: tuple[Example, ...] = ()
@@ -75,6 +86,8 @@ class Prompt:
     input_fields: tuple[str, ...] = ("input",)
     output_name: str = "answer"
     labels: tuple[str, ...] = ()
+    demo_pool: tuple[Example, ...] = ()
+    knn_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,8 +108,20 @@ class ModelEndpoint:
     max_concurrency: int = 4
     timeout_seconds: float = 60.0
     max_retries: int = 4
+    # First retry delay in seconds; doubles per attempt (jittered, at most 30 s).
+    retry_backoff_seconds: float = 0.5
     # Stable name for cache keys when base_url is not stable (a local server on a random port).
     cache_identity: str = ""
+    # Shared by every job of the process (0 = unlimited): in-flight calls, requests and
+    # prompt + completion tokens per minute to this endpoint.
+    shared_max_concurrency: int = 0
+    requests_per_minute: float = 0.0
+    tokens_per_minute: float = 0.0
+    # An endpoint failing every call for longer than this fails the job (0 = never).
+    max_outage_seconds: float = 300.0
+    # Prices in USD per 1,000,000 tokens; 0 = free.
+    usd_per_million_prompt_tokens: float = 0.0
+    usd_per_million_completion_tokens: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +132,7 @@ class Usage:
     cache_hits: int = 0
     cache_misses: int = 0
     failed_calls: int = 0
+    cost_usd: float = 0.0
 
     @property
     def tokens(self) -> int:
@@ -155,6 +181,7 @@ class SearchConfig:
     max_llm_calls: int = 2000
     max_wall_seconds: float = 1800.0
     max_tokens: int = 0
+    max_cost_usd: float = 0.0
     num_instruction_candidates: int = 4
     max_demos: int = 4
     minibatch_size: int = 16
@@ -162,6 +189,12 @@ class SearchConfig:
     num_demo_sets: int = 3
     num_finalists: int = 3
     use_cache: bool = True
+    # Instructions asked for in the reflection round after half the trials; 0 = no round.
+    num_reflection_candidates: int = 2
+    # Reasoning format as a search dimension: None = only for non-classification tasks.
+    allow_reasoning: bool | None = None
+    # Maximise score and minimise prompt tokens (no pruning; see `Runner`).
+    multi_objective: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,6 +215,7 @@ class SearchResult:
     wall_seconds: float
     stop_reason: str
     pareto: tuple[PromptScores, ...] = ()
+    usage_by_role: Mapping[str, Usage] = field(default_factory=dict)
 
 
 # Events the runner reports while it works; the service persists them with sequence numbers.

@@ -28,6 +28,8 @@ def validate_task(task: TaskSpec) -> None:
 
 
 def _validate_labels(task: TaskSpec) -> None:
+    if task.metric is MetricName.LLM_JUDGE and not task.rubric.strip():
+        raise InvalidArgument("task.rubric", "llm_judge needs a rubric")
     if task.metric is MetricName.LABEL_CHOICE and len(task.labels) < 2:
         raise InvalidArgument("task.labels", "label_choice needs at least two labels")
     keys = [normalize_answer(label) for label in task.labels]

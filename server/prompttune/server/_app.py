@@ -7,22 +7,33 @@ import asyncio
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
-from prompttune.search import ChatModel, Embedder, ModelEndpoint, OpenAIChatModel
+from prompttune.search import (
+    ChatModel,
+    Embedder,
+    GatewayRegistry,
+    ModelEndpoint,
+    OpenAIChatModels,
+)
+from prompttune.server._auth import AuthInterceptor, TokenRegistry
 from prompttune.server._cache import SqlResponseCache
 from prompttune.server._db import create_db_engine
 from prompttune.server._interceptor import ServiceInterceptor
 from prompttune.server._jobs import JobService
 from prompttune.server._limits import Limits
 from prompttune.server._local_model import LocalModelConfig, LocalModelServer
-from prompttune.server._models import ModelResolver
+from prompttune.server._models import EndpointDefaults, ModelResolver
 from prompttune.server._service import OptimizerServicer
 from prompttune.server._store import SqlJobStore
+from prompttune.server._telemetry import MeasuredResponseCache, ServiceMetrics
 from prompttune.server._worker import ExecutorDeps, JobExecutor, WorkerConfig, WorkerPool
 from prompttune.v1 import optimizer_pb2 as pb
 from prompttune.v1 import optimizer_pb2_grpc as pb_grpc
@@ -34,8 +45,29 @@ ChatModelFactory = Callable[[ModelEndpoint], ChatModel]
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """PEM file paths. With `client_ca` the server requires client certificates (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        client_ca = self.client_ca.read_bytes() if self.client_ca is not None else None
+        return grpc.ssl_server_credentials(
+            ((self.key.read_bytes(), self.cert.read_bytes()),),
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+
+
+@dataclass(frozen=True)
 class ServerConfig:
-    """Server settings. `workers=0` runs the API only (workers elsewhere share the database)."""
+    """Server settings. `workers=0` runs the API only (workers elsewhere share the database).
+
+    `auth` None is single-tenant mode (no tokens, tenant "default"); `tls` None listens in
+    plaintext; `metrics_port` None serves no metrics, 0 picks a free port.
+    """
 
     host: str = "127.0.0.1"
     port: int = 50051
@@ -45,6 +77,12 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     local_model: LocalModelConfig = field(default_factory=LocalModelConfig)
+    auth: TokenRegistry | None = None
+    tls: TlsConfig | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    # Flow control of LLM endpoints shared by all jobs of this process.
+    endpoints: EndpointDefaults = field(default_factory=EndpointDefaults)
 
 
 def default_embedder() -> Embedder:
@@ -57,7 +95,8 @@ def default_embedder() -> Embedder:
 class Adapters:
     """The outside world, injectable: tests pass fakes, production the real adapters."""
 
-    chat_models: ChatModelFactory = OpenAIChatModel
+    # Default: OpenAI-compatible clients sharing one connection pool per endpoint and loop.
+    chat_models: ChatModelFactory = field(default_factory=OpenAIChatModels)
     embedder_factory: Callable[[], Embedder] = default_embedder
 
 
@@ -69,22 +108,34 @@ class PromptTuneServer:
         adapters = adapters or Adapters()
         engine = create_db_engine(config.db_url)
         self.store = SqlJobStore(engine)
+        self.metrics = ServiceMetrics.create(self.store.count_by_state)
         self.cache = SqlResponseCache(engine)
+        cache = MeasuredResponseCache(self.cache, self.metrics)
+        chat_models = self.metrics.chat_models(adapters.chat_models)
         self.local_model = LocalModelServer(config.local_model)
-        resolver = ModelResolver(self.local_model)
+        resolver = ModelResolver(self.local_model, config.endpoints)
         embedder = adapters.embedder_factory()
+        self.gateways = GatewayRegistry()
         self.jobs = JobService(
-            self.store, resolver, self.cache, adapters.chat_models, config.limits
+            self.store,
+            resolver,
+            cache,
+            chat_models,
+            config.limits,
+            registry=self.gateways,
+            embedder=embedder,
         )
         executor = JobExecutor(
             ExecutorDeps(
                 store=self.store,
-                cache=self.cache,
+                cache=cache,
                 resolver=resolver,
                 embedder=embedder,
-                chat_models=adapters.chat_models,
+                chat_models=chat_models,
                 study_storage=config.db_url,
                 limits=config.limits,
+                metrics=self.metrics,
+                registry=self.gateways,
             ),
             config.worker,
         )
@@ -95,11 +146,14 @@ class PromptTuneServer:
         )
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._metrics_http: WSGIServer | None = None
+        self.metrics_port: int | None = None
 
     async def start(self) -> int:
         limits = self.config.limits
         server = grpc.aio.server(
-            interceptors=[ServiceInterceptor()],
+            # ServiceInterceptor is outermost: it logs and maps AuthInterceptor's errors too.
+            interceptors=[ServiceInterceptor(), AuthInterceptor(self.config.auth)],
             options=[
                 ("grpc.max_receive_message_length", limits.max_request_bytes + 1024 * 1024),
                 ("grpc.max_send_message_length", limits.max_request_bytes + 1024 * 1024),
@@ -112,15 +166,36 @@ class PromptTuneServer:
              reflection.SERVICE_NAME),
             server,
         )  # fmt: skip
-        port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        address = f"{self.config.host}:{self.config.port}"
+        if self.config.tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, self.config.tls.credentials())
         await server.start()
+        self._start_metrics()
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.config.workers > 0:
             self.workers.start()
-        log.info("server.started", host=self.config.host, port=port, workers=self.config.workers)
+        log.info(
+            "server.started",
+            host=self.config.host,
+            port=port,
+            workers=self.config.workers,
+            tls=self.config.tls is not None,
+            auth=self.config.auth is not None,
+            metrics_port=self.metrics_port,
+        )
         return int(port)
+
+    def _start_metrics(self) -> None:
+        if self.config.metrics_port is None:
+            return
+        self._metrics_http, _thread = start_http_server(
+            self.config.metrics_port, self.config.metrics_host, registry=self.metrics.registry
+        )
+        self.metrics_port = int(self._metrics_http.server_port)
 
     async def stop(self) -> None:
         """Reports NOT_SERVING, finishes in-flight RPCs within the grace period, stops workers
@@ -130,6 +205,9 @@ class PromptTuneServer:
             await self._server.stop(self.config.grace_seconds)
         await asyncio.to_thread(self.workers.stop)
         await asyncio.to_thread(self.local_model.close)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
         log.info("server.stopped")
 
     async def wait_for_termination(self) -> None:

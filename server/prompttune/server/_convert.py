@@ -37,6 +37,8 @@ _METRICS = {
     pb.METRIC_CONTAINS: MetricName.CONTAINS,
     pb.METRIC_NUMERIC: MetricName.NUMERIC,
     pb.METRIC_TOKEN_F1: MetricName.TOKEN_F1,
+    pb.METRIC_LLM_JUDGE: MetricName.LLM_JUDGE,
+    pb.METRIC_EMBEDDING_SIMILARITY: MetricName.EMBEDDING_SIMILARITY,
 }
 _PLACEMENTS = {
     pb.INSTRUCTION_PLACEMENT_SYSTEM: InstructionPlacement.SYSTEM,
@@ -65,6 +67,7 @@ def task_from_proto(task: pb.TaskSpec, limits: Limits, field: str = "task") -> T
     _require(bool(task.description.strip()), f"{field}.description", "is required")
     _check_text(task.description, f"{field}.description", limits)
     _check_text(task.seed_instruction, f"{field}.seed_instruction", limits)
+    _check_text(task.rubric, f"{field}.rubric", limits)
     _require(
         task.metric in _METRICS,
         f"{field}.metric",
@@ -88,6 +91,7 @@ def task_from_proto(task: pb.TaskSpec, limits: Limits, field: str = "task") -> T
         labels=labels,
         metric=_METRICS[task.metric],
         output_name=task.output_name.strip() or "answer",
+        rubric=task.rubric.strip(),
     )
 
 
@@ -127,10 +131,13 @@ def prompt_from_proto(prompt: pb.Prompt, limits: Limits, field: str = "prompt") 
             instruction_placement=_PLACEMENTS[placement],
             demo_layout=_LAYOUTS[layout],
             answer_prefix=prompt.format.answer_prefix,
+            reasoning=prompt.format.reasoning,
         ),
         input_fields=tuple(prompt.input_fields) or ("input",),
         output_name=prompt.output_name or "answer",
         labels=tuple(prompt.labels),
+        demo_pool=examples_from_proto(prompt.demo_pool, f"{field}.demo_pool", limits),
+        knn_k=prompt.knn_k,
     )
 
 
@@ -144,10 +151,13 @@ def prompt_to_proto(prompt: Prompt) -> pb.Prompt:
             instruction_placement=placement,
             demo_layout=layout,
             answer_prefix=prompt.format.answer_prefix,
+            reasoning=prompt.format.reasoning,
         ),
         input_fields=list(prompt.input_fields),
         output_name=prompt.output_name,
         labels=list(prompt.labels),
+        demo_pool=[example_to_proto(demo) for demo in prompt.demo_pool],
+        knn_k=prompt.knn_k,
     )
 
 
@@ -159,6 +169,7 @@ def search_config_from_proto(search: pb.SearchSpec, limits: Limits) -> SearchCon
         max_llm_calls=budget.max_llm_calls or defaults.max_llm_calls,
         max_wall_seconds=budget.max_wall_seconds or defaults.max_wall_seconds,
         max_tokens=budget.max_tokens,
+        max_cost_usd=budget.max_cost_usd,
         num_instruction_candidates=_or_default(
             search, "num_instruction_candidates", defaults.num_instruction_candidates
         ),
@@ -168,6 +179,11 @@ def search_config_from_proto(search: pb.SearchSpec, limits: Limits) -> SearchCon
         num_demo_sets=search.num_demo_sets or defaults.num_demo_sets,
         num_finalists=search.num_finalists or defaults.num_finalists,
         use_cache=not search.disable_cache,
+        num_reflection_candidates=_or_default(
+            search, "num_reflection_candidates", defaults.num_reflection_candidates
+        ),
+        allow_reasoning=search.allow_reasoning if search.HasField("allow_reasoning") else None,
+        multi_objective=search.multi_objective,
     )
     _check_ranges(config, limits)
     return config
@@ -175,7 +191,7 @@ def search_config_from_proto(search: pb.SearchSpec, limits: Limits) -> SearchCon
 
 def _or_default(
     search: pb.SearchSpec,
-    name: Literal["num_instruction_candidates", "max_demos"],
+    name: Literal["num_instruction_candidates", "max_demos", "num_reflection_candidates"],
     default: int,
 ) -> int:
     # Zero is meaningful for these ("no proposals", "zero-shot only") only when set explicitly.
@@ -189,6 +205,7 @@ def _check_ranges(config: SearchConfig, limits: Limits) -> None:
         f"must be at most {limits.max_trials}",
     )
     _require(config.max_wall_seconds > 0, "search.budget.max_wall_seconds", "must be positive")
+    _require(config.max_cost_usd >= 0, "search.budget.max_cost_usd", "must not be negative")
     _require(
         config.num_instruction_candidates <= 32,
         "search.num_instruction_candidates",
@@ -198,6 +215,11 @@ def _check_ranges(config: SearchConfig, limits: Limits) -> None:
     _require(config.minibatch_size <= 10_000, "search.minibatch_size", "is too large")
     _require(config.num_demo_sets <= 32, "search.num_demo_sets", "must be at most 32")
     _require(config.num_finalists <= 16, "search.num_finalists", "must be at most 16")
+    _require(
+        config.num_reflection_candidates <= 16,
+        "search.num_reflection_candidates",
+        "must be at most 16",
+    )
 
 
 def splits_from_proto(dataset: pb.Dataset, limits: Limits) -> tuple[DatasetSplits, bool]:
@@ -247,6 +269,7 @@ def usage_to_proto(usage: Usage) -> pb.Usage:
         cache_hits=usage.cache_hits,
         cache_misses=usage.cache_misses,
         failed_calls=usage.failed_calls,
+        cost_usd=usage.cost_usd,
     )
 
 
@@ -284,6 +307,7 @@ def result_to_proto(result: SearchResult) -> pb.JobResult:
         wall_seconds=result.wall_seconds,
         stop_reason=result.stop_reason,
         pareto=[prompt_scores_to_proto(point) for point in result.pareto],
+        usage_by_role={role: usage_to_proto(u) for role, u in result.usage_by_role.items()},
     )
 
 

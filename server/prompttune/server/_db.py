@@ -17,10 +17,13 @@ class Base(DeclarativeBase):
 
 class JobRow(Base):
     __tablename__ = "pt_jobs"
+    # Idempotency keys are per tenant: two tenants may use the same request_id.
+    __table_args__ = (sa.UniqueConstraint("tenant", "request_id", name="uq_job_tenant_request"),)
 
     num: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(sa.String(40), unique=True, index=True)
-    request_id: Mapped[str | None] = mapped_column(sa.String(128), unique=True, nullable=True)
+    tenant: Mapped[str] = mapped_column(sa.String(64), index=True, default="default")
+    request_id: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
     state: Mapped[int] = mapped_column(sa.Integer, index=True)
     # Serialised prompttune.v1.CreateJobRequest (task, dataset, model, search).
     request: Mapped[bytes] = mapped_column(sa.LargeBinary)
@@ -74,4 +77,16 @@ def create_db_engine(url: str) -> Engine:
     else:
         engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     Base.metadata.create_all(engine)
+    _add_tenant_column(engine)
     return engine
+
+
+def _add_tenant_column(engine: Engine) -> None:
+    """Databases created before tenants existed get the column; their jobs become tenant
+    `default`. (Their old global request_id uniqueness stays in place.)"""
+    columns = {column["name"] for column in sa.inspect(engine).get_columns("pt_jobs")}
+    if "tenant" not in columns:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text("ALTER TABLE pt_jobs ADD COLUMN tenant VARCHAR(64) DEFAULT 'default'")
+            )

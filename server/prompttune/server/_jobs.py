@@ -13,12 +13,21 @@ from prompttune.search import (
     Budget as CallBudget,
 )
 from prompttune.search import (
+    CallSettings,
     ChatModel,
     DatasetSplits,
+    Embedder,
+    EndpointPolicy,
+    GatewayFactory,
+    GatewayRegistry,
     LLMGateway,
+    MetricName,
     ModelEndpoint,
     ResponseCache,
     TaskSpec,
+    answer_max_tokens,
+    build_scorer,
+    calls_per_example,
     estimate,
     evaluate_prompt,
     render_messages,
@@ -30,6 +39,7 @@ from prompttune.search import (
     InvalidArgument as InvalidArgumentError,
 )
 from prompttune.server import _convert as convert
+from prompttune.server._auth import DEFAULT_TENANT
 from prompttune.server._limits import Limits
 from prompttune.server._models import ModelResolver, validate_model_spec
 from prompttune.server._store import TERMINAL_STATES, SqlJobStore
@@ -37,6 +47,14 @@ from prompttune.v1 import optimizer_pb2 as pb
 
 _MAX_REQUEST_ID = 128
 _EVALUATE_CALL_CAP = 20_000
+
+
+def _job_id(job_id: str) -> str:
+    if not job_id:
+        raise InvalidArgumentError("job_id", "is required")
+    if len(job_id) > 40:
+        raise InvalidArgumentError("job_id", "is not a job id")
+    return job_id
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,8 @@ def validate_create_request(request: pb.CreateJobRequest, limits: Limits) -> Val
     task = convert.task_from_proto(request.task, limits)
     validate_task(task)
     validate_model_spec(request.model, "model", limits)
+    if request.task.HasField("judge"):
+        validate_model_spec(request.task.judge, "task.judge", limits)
     if request.search.HasField("proposer"):
         validate_model_spec(request.search.proposer, "search.proposer", limits)
     convert.search_config_from_proto(request.search, limits)
@@ -77,44 +97,61 @@ class JobService:
         cache: ResponseCache,
         chat_models: Callable[[ModelEndpoint], ChatModel],
         limits: Limits,
+        *,
+        registry: GatewayRegistry | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self._store = store
         self._resolver = resolver
         self._cache = cache
         self._chat_models = chat_models
         self._limits = limits
+        self._registry = registry or GatewayRegistry()
+        self._embedder = embedder
 
-    def create(self, request: pb.CreateJobRequest) -> pb.CreateJobResponse:
+    def create(
+        self, request: pb.CreateJobRequest, tenant: str = DEFAULT_TENANT
+    ) -> pb.CreateJobResponse:
         validated = validate_create_request(request, self._limits)
         config = convert.search_config_from_proto(request.search, self._limits)
         guess = estimate(validated.task, validated.splits, config)
         message = pb.Estimate(llm_calls=guess.llm_calls, tokens=guess.tokens)
         if request.dry_run:
             return pb.CreateJobResponse(estimate=message)
-        job = self._store.create(request, message)
+        job = self._store.create(request, message, tenant)
         return pb.CreateJobResponse(job=job, estimate=job.estimate)
 
-    def get(self, job_id: str) -> pb.Job:
-        return self._store.get(job_id)
+    def get(self, job_id: str, tenant: str = DEFAULT_TENANT) -> pb.Job:
+        """`tenant`'s job; another tenant's job is NotFound."""
+        return self._store.get(_job_id(job_id), tenant)
 
-    def list(self, request: pb.ListJobsRequest) -> pb.ListJobsResponse:
+    def list(
+        self, request: pb.ListJobsRequest, tenant: str = DEFAULT_TENANT
+    ) -> pb.ListJobsResponse:
         if request.page_size > 200:
             raise InvalidArgumentError("page_size", "must be at most 200")
-        if request.page_token and not request.page_token.isdigit():
+        token = request.page_token
+        if token and not (token.isascii() and token.isdigit() and len(token) <= 18):
             raise InvalidArgumentError("page_token", "is not a token from ListJobs")
-        jobs, token = self._store.list_jobs(
-            int(request.state), request.page_size or 50, request.page_token
+        if request.state not in pb.JobState.values():
+            raise InvalidArgumentError("state", f"unknown job state {request.state}")
+        jobs, next_token = self._store.list_jobs(
+            int(request.state), request.page_size or 50, token, tenant
         )
-        return pb.ListJobsResponse(jobs=jobs, next_page_token=token)
+        return pb.ListJobsResponse(jobs=jobs, next_page_token=next_token)
 
-    def cancel(self, job_id: str) -> pb.Job:
-        return self._store.request_cancel(job_id)
+    def cancel(self, job_id: str, tenant: str = DEFAULT_TENANT) -> pb.Job:
+        return self._store.request_cancel(_job_id(job_id), tenant)
 
     async def watch(
-        self, job_id: str, after_sequence: int, poll_seconds: float = 0.2
+        self,
+        job_id: str,
+        after_sequence: int,
+        tenant: str = DEFAULT_TENANT,
+        poll_seconds: float = 0.2,
     ) -> AsyncIterator[pb.JobEvent]:
         """Yields events after `after_sequence` until the job's terminal state event."""
-        self._store.get(job_id)  # NotFound before the stream starts
+        self._store.get(_job_id(job_id), tenant)  # NotFound before the stream starts
         sequence = after_sequence
         while True:
             events = await asyncio.to_thread(self._store.events_after, job_id, sequence, 500)
@@ -135,23 +172,45 @@ class JobService:
         task = convert.task_from_proto(request.task, self._limits)
         validate_task(task)
         prompt = convert.prompt_from_proto(request.prompt, self._limits)
+        if request.ByteSize() > self._limits.max_request_bytes:
+            raise InvalidArgumentError(
+                "request", f"is larger than {self._limits.max_request_bytes} bytes"
+            )
+        if len(request.examples) > self._limits.max_examples:
+            raise InvalidArgumentError(
+                "examples",
+                f"has {len(request.examples)} examples; the limit is {self._limits.max_examples}",
+            )
         examples = convert.examples_from_proto(request.examples, "examples", self._limits)
         if not examples:
             raise InvalidArgumentError("examples", "at least one example is required")
         validate_splits(task, DatasetSplits(train=(), validation=examples))
         validate_model_spec(request.model, "model", self._limits)
+        if request.task.HasField("judge"):
+            validate_model_spec(request.task.judge, "task.judge", self._limits)
         endpoint = await asyncio.to_thread(self._resolver.resolve, request.model)
-        gateway = self._gateway(endpoint, len(examples))
-        evaluation = await evaluate_prompt(gateway, task, prompt, examples)
+        calls = min(len(examples) * calls_per_example(task), _EVALUATE_CALL_CAP)
+        gateways = GatewayFactory(CallBudget(max_llm_calls=calls), self._cache, self._registry)
+        gateway = self._gateway(gateways, endpoint)
+        judge = None
+        if task.metric is MetricName.LLM_JUDGE:
+            judge_endpoint = endpoint
+            if request.task.HasField("judge"):
+                judge_endpoint = await asyncio.to_thread(
+                    self._resolver.resolve, request.task.judge, "task.judge"
+                )
+            judge = self._gateway(gateways, judge_endpoint)
+        settings = CallSettings(
+            max_tokens=answer_max_tokens(prompt, endpoint.max_tokens),
+            embedder=self._embedder,
+            scorer=build_scorer(task, judge, self._embedder),
+        )
+        evaluation = await evaluate_prompt(gateway, task, prompt, examples, settings)
         return convert.evaluation_to_proto(evaluation, gateway.usage())
 
-    def _gateway(self, endpoint: ModelEndpoint, calls: int) -> LLMGateway:
-        budget = CallBudget(max_llm_calls=min(calls, _EVALUATE_CALL_CAP))
-        return LLMGateway(
-            self._chat_models(endpoint),
-            budget=budget,
-            cache=self._cache,
-            max_concurrency=endpoint.max_concurrency,
+    def _gateway(self, gateways: GatewayFactory, endpoint: ModelEndpoint) -> LLMGateway:
+        return gateways.gateway(
+            self._chat_models(endpoint), endpoint.max_concurrency, EndpointPolicy.of(endpoint)
         )
 
     def render(self, request: pb.RenderPromptRequest) -> pb.RenderPromptResponse:
@@ -159,7 +218,13 @@ class JobService:
         missing = [name for name in prompt.input_fields if name not in request.inputs]
         if missing:
             raise InvalidArgumentError("inputs", f"missing input field(s) {missing}")
-        messages = render_messages(prompt, dict(request.inputs))
+        for name, text in request.inputs.items():
+            if len(text) > self._limits.max_chars_per_field:
+                raise InvalidArgumentError(
+                    f"inputs.{name}",
+                    f"is longer than {self._limits.max_chars_per_field} characters",
+                )
+        messages = render_messages(prompt, dict(request.inputs), self._embedder)
         return pb.RenderPromptResponse(
             messages=[pb.ChatMessage(role=m.role, content=m.content) for m in messages]
         )

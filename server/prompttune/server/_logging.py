@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 
-def configure_logging(level: str = "INFO", json: bool = True) -> None:
+def configure_logging(level: str = "INFO", json: bool = True, stream: TextIO | None = None) -> None:
     """Idempotent. Library loggers (optuna, httpx, sentence-transformers) go through the same
-    output at WARNING, so one stream holds everything."""
+    output at WARNING, so one stream (default stderr) holds everything."""
+    output = stream or sys.stderr
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     )
@@ -23,9 +25,14 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=output),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=output,
+        format="%(name)s %(message)s",
+        force=stream is not None,
+    )
     for noisy in ("optuna", "httpx", "sentence_transformers", "openai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import urllib.parse
+from dataclasses import dataclass
 
 from prompttune.search import InvalidArgument, ModelEndpoint
 from prompttune.server._limits import Limits
@@ -11,6 +13,22 @@ from prompttune.server._local_model import LOCAL_MODEL_NAME, LocalModelServer
 from prompttune.v1 import optimizer_pb2 as pb
 
 DEFAULT_MAX_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class EndpointDefaults:
+    """Server-wide flow control of every endpoint, shared by all jobs of the process.
+
+    A model spec's `requests_per_minute` / `tokens_per_minute` override the rates; 0 means
+    unlimited. `max_outage_seconds`: an endpoint failing every call (after retries) for longer
+    fails the job; 0 = never.
+    """
+
+    max_concurrency: int = 64
+    local_max_concurrency: int = 2
+    requests_per_minute: float = 0.0
+    tokens_per_minute: float = 0.0
+    max_outage_seconds: float = 300.0
 
 
 def validate_model_spec(spec: pb.ModelSpec, field: str, limits: Limits) -> None:
@@ -36,15 +54,38 @@ def validate_model_spec(spec: pb.ModelSpec, field: str, limits: Limits) -> None:
         raise InvalidArgument(
             f"{field}.max_concurrency", f"must be at most {limits.max_concurrency}"
         )
+    for price in ("usd_per_million_prompt_tokens", "usd_per_million_completion_tokens"):
+        if not 0.0 <= getattr(spec, price) < 1e6:
+            raise InvalidArgument(f"{field}.{price}", "must be in [0, 1e6)")
 
 
 class ModelResolver:
     """Turns model specs into endpoints; the local spec starts the managed server on demand."""
 
-    def __init__(self, local_server: LocalModelServer) -> None:
+    def __init__(
+        self, local_server: LocalModelServer, defaults: EndpointDefaults | None = None
+    ) -> None:
         self._local = local_server
+        self._defaults = defaults or EndpointDefaults()
 
     def resolve(self, spec: pb.ModelSpec, field: str = "model") -> ModelEndpoint:
+        """The endpoint of `spec` with its flow-control limits and prices."""
+        defaults = self._defaults
+        endpoint = self._resolve_location(spec, field)
+        local = (spec.kind or pb.MODEL_KIND_LOCAL) == pb.MODEL_KIND_LOCAL
+        return dataclasses.replace(
+            endpoint,
+            shared_max_concurrency=(
+                defaults.local_max_concurrency if local else defaults.max_concurrency
+            ),
+            requests_per_minute=spec.requests_per_minute or defaults.requests_per_minute,
+            tokens_per_minute=spec.tokens_per_minute or defaults.tokens_per_minute,
+            max_outage_seconds=defaults.max_outage_seconds,
+            usd_per_million_prompt_tokens=spec.usd_per_million_prompt_tokens,
+            usd_per_million_completion_tokens=spec.usd_per_million_completion_tokens,
+        )
+
+    def _resolve_location(self, spec: pb.ModelSpec, field: str) -> ModelEndpoint:
         max_tokens = spec.max_tokens or DEFAULT_MAX_TOKENS
         if (spec.kind or pb.MODEL_KIND_LOCAL) == pb.MODEL_KIND_LOCAL:
             # llama.cpp serves one request at a time; a second request in flight only hides the

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
+from prompttune.server._auth import current_tenant
 from prompttune.server._jobs import JobService
 from prompttune.v1 import optimizer_pb2 as pb
 from prompttune.v1 import optimizer_pb2_grpc as pb_grpc
@@ -21,21 +22,23 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
     async def CreateJob(
         self, request: pb.CreateJobRequest, context: Context
     ) -> pb.CreateJobResponse:
-        return self._jobs.create(request)
+        return self._jobs.create(request, current_tenant())
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
-        return self._jobs.get(request.job_id)
+        return self._jobs.get(request.job_id, current_tenant())
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
-        return self._jobs.list(request)
+        return self._jobs.list(request, current_tenant())
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
-        return self._jobs.cancel(request.job_id)
+        return self._jobs.cancel(request.job_id, current_tenant())
 
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: Context
     ) -> AsyncIterator[pb.JobEvent]:
-        async for event in self._jobs.watch(request.job_id, request.after_sequence):
+        async for event in self._jobs.watch(
+            request.job_id, request.after_sequence, current_tenant()
+        ):
             yield event
 
     async def EvaluatePrompt(

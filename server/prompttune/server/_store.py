@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from prompttune.search import NotFound
+from prompttune.server._auth import DEFAULT_TENANT
 from prompttune.server._db import EventRow, JobRow
 from prompttune.v1 import optimizer_pb2 as pb
 
@@ -29,17 +30,21 @@ TERMINAL_STATES = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB
 class ClaimedJob:
     job_id: str
     request: pb.CreateJobRequest
+    tenant: str = DEFAULT_TENANT
 
 
 class JobStore(Protocol):
     """Where jobs and events live. Implementations are thread-safe."""
 
-    def create(self, request: pb.CreateJobRequest, estimate: pb.Estimate) -> pb.Job: ...
-    def get(self, job_id: str) -> pb.Job: ...
+    def create(
+        self, request: pb.CreateJobRequest, estimate: pb.Estimate, tenant: str = ...
+    ) -> pb.Job: ...
+    def get(self, job_id: str, tenant: str | None = None) -> pb.Job: ...
     def list_jobs(
-        self, state: int, page_size: int, page_token: str
+        self, state: int, page_size: int, page_token: str, tenant: str | None = None
     ) -> tuple[list[pb.Job], str]: ...
-    def request_cancel(self, job_id: str) -> pb.Job: ...
+    def request_cancel(self, job_id: str, tenant: str | None = None) -> pb.Job: ...
+    def count_by_state(self) -> dict[int, int]: ...
     def cancel_requested(self, job_id: str) -> bool: ...
     def claim(self, worker_id: str, lease_seconds: float) -> ClaimedJob | None: ...
     def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> bool: ...
@@ -67,15 +72,19 @@ class SqlJobStore:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._skip_locked = engine.dialect.name == "postgresql"
 
-    def create(self, request: pb.CreateJobRequest, estimate: pb.Estimate) -> pb.Job:
-        """Inserts a QUEUED job; an existing job with the same request_id is returned instead."""
+    def create(
+        self, request: pb.CreateJobRequest, estimate: pb.Estimate, tenant: str = DEFAULT_TENANT
+    ) -> pb.Job:
+        """Inserts a QUEUED job of `tenant`; that tenant's existing job with the same
+        request_id is returned instead."""
         if request.request_id:
-            existing = self._by_request_id(request.request_id)
+            existing = self._by_request_id(tenant, request.request_id)
             if existing is not None:
                 return existing
         now = time.time()
         row = JobRow(
             id=new_job_id(),
+            tenant=tenant,
             request_id=request.request_id or None,
             state=pb.JOB_STATE_QUEUED,
             request=request.SerializeToString(),
@@ -91,36 +100,48 @@ class SqlJobStore:
                 session.add(row)
         except IntegrityError:
             # A concurrent CreateJob with the same request_id won the race.
-            existing = self._by_request_id(request.request_id)
+            existing = self._by_request_id(tenant, request.request_id)
             if existing is None:
                 raise
             return existing
         self.append_event(row.id, _state_event(pb.JOB_STATE_QUEUED, ""))
         return self.get(row.id)
 
-    def _by_request_id(self, request_id: str) -> pb.Job | None:
+    def _by_request_id(self, tenant: str, request_id: str) -> pb.Job | None:
+        query = sa.select(JobRow).where(JobRow.tenant == tenant, JobRow.request_id == request_id)
         with self._sessions() as session:
-            row = session.scalar(sa.select(JobRow).where(JobRow.request_id == request_id))
+            row = session.scalar(query)
             return None if row is None else _to_job(row)
 
-    def get(self, job_id: str) -> pb.Job:
+    def get(self, job_id: str, tenant: str | None = None) -> pb.Job:
+        """The job; NotFound also when it belongs to another tenant (None: any tenant)."""
         with self._sessions() as session:
-            return _to_job(self._row(session, job_id))
+            return _to_job(self._row(session, job_id, tenant))
+
+    def tenant_of(self, job_id: str) -> str:
+        with self._sessions() as session:
+            return self._row(session, job_id).tenant
 
     def get_request(self, job_id: str) -> pb.CreateJobRequest:
         with self._sessions() as session:
             return pb.CreateJobRequest.FromString(self._row(session, job_id).request)
 
     @staticmethod
-    def _row(session: Session, job_id: str) -> JobRow:
+    def _row(session: Session, job_id: str, tenant: str | None = None) -> JobRow:
         row = session.scalar(sa.select(JobRow).where(JobRow.id == job_id))
-        if row is None:
+        # Another tenant's job looks exactly like a missing one.
+        if row is None or (tenant is not None and row.tenant != tenant):
             raise NotFound(f"job {job_id!r} not found")
         return row
 
-    def list_jobs(self, state: int, page_size: int, page_token: str) -> tuple[list[pb.Job], str]:
-        """Newest first. The page token is the row number to continue below."""
+    def list_jobs(
+        self, state: int, page_size: int, page_token: str, tenant: str | None = None
+    ) -> tuple[list[pb.Job], str]:
+        """Newest first, only `tenant`'s jobs (None: all). The page token is the row number
+        to continue below."""
         query = sa.select(JobRow).order_by(JobRow.num.desc()).limit(page_size + 1)
+        if tenant is not None:
+            query = query.where(JobRow.tenant == tenant)
         if state:
             query = query.where(JobRow.state == state)
         if page_token:
@@ -130,11 +151,17 @@ class SqlJobStore:
         next_token = str(rows[page_size - 1].num) if len(rows) > page_size else ""
         return [_to_job(row) for row in rows[:page_size]], next_token
 
-    def request_cancel(self, job_id: str) -> pb.Job:
+    def count_by_state(self) -> dict[int, int]:
+        """Number of jobs per state, for metrics."""
+        query = sa.select(JobRow.state, sa.func.count()).group_by(JobRow.state)
+        with self._sessions() as session:
+            return {int(state): int(count) for state, count in session.execute(query)}
+
+    def request_cancel(self, job_id: str, tenant: str | None = None) -> pb.Job:
         """Queued jobs are cancelled at once; running ones are flagged for their worker."""
         cancelled_now = False
         with self._sessions.begin() as session:
-            row = self._row(session, job_id)
+            row = self._row(session, job_id, tenant)
             if row.state == pb.JOB_STATE_QUEUED:
                 row.state = pb.JOB_STATE_CANCELLED
                 cancelled_now = True
@@ -177,8 +204,9 @@ class SqlJobStore:
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 return None
             job_id, request = row.id, pb.CreateJobRequest.FromString(row.request)
+            tenant = row.tenant
         self.append_event(job_id, _state_event(pb.JOB_STATE_RUNNING, ""))
-        return ClaimedJob(job_id=job_id, request=request)
+        return ClaimedJob(job_id=job_id, request=request, tenant=tenant)
 
     def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> bool:
         with self._sessions.begin() as session:

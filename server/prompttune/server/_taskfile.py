@@ -41,11 +41,16 @@ class OptimizationRequest:
 
 
 def load_task_file(path: Path) -> OptimizationRequest:
-    document = _read_document(path)
+    return request_from_document(_read_document(path), path.parent, path)
+
+
+def request_from_document(
+    document: Mapping[str, Any], base: Path, path: Path
+) -> OptimizationRequest:
+    """A task-file document; data paths are relative to `base`; errors name `path`."""
     task_doc = _section(document, "task", path)
     task = _task(task_doc, path)
     data_doc = _section(document, "data", path)
-    base = path.parent
     fields = task.input_fields or ("input",)
     if "examples" in data_doc:
         dataset = Dataset.from_examples(

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -21,6 +21,9 @@ from prompttune.search import (
     BudgetUsed,
     ChatModel,
     Embedder,
+    EndpointPolicy,
+    GatewayRegistry,
+    MetricName,
     ModelEndpoint,
     NewBest,
     PhaseChanged,
@@ -37,6 +40,7 @@ from prompttune.server._jobs import validate_create_request
 from prompttune.server._limits import Limits
 from prompttune.server._models import ModelResolver
 from prompttune.server._store import ClaimedJob, SqlJobStore
+from prompttune.server._telemetry import ServiceMetrics
 from prompttune.v1 import optimizer_pb2 as pb
 
 log = structlog.get_logger(__name__)
@@ -53,8 +57,15 @@ class WorkerConfig:
 class StoreObserver:
     """Persists the runner's events and progress; tells the runner when a cancel arrived."""
 
-    def __init__(self, store: SqlJobStore, job_id: str, check_seconds: float) -> None:
+    def __init__(
+        self,
+        store: SqlJobStore,
+        job_id: str,
+        check_seconds: float,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
         self._store = store
+        self._metrics = metrics
         self._job_id = job_id
         self._check_seconds = check_seconds
         self._checked_at = 0.0
@@ -67,6 +78,8 @@ class StoreObserver:
             self._progress.phase = event.phase
         elif isinstance(event, TrialFinished):
             self._progress.trials_completed += 1
+            if self._metrics is not None:
+                self._metrics.trials.labels("pruned" if event.pruned else "completed").inc()
         elif isinstance(event, NewBest):
             self._progress.best_score = event.score
         elif isinstance(event, BudgetUsed):
@@ -90,6 +103,9 @@ class ExecutorDeps:
     chat_models: Callable[[ModelEndpoint], ChatModel]
     study_storage: str
     limits: Limits
+    metrics: ServiceMetrics | None = None
+    # Process-wide flow control: every job's calls to one endpoint share its limits.
+    registry: GatewayRegistry = field(default_factory=GatewayRegistry)
 
 
 class JobExecutor:
@@ -101,7 +117,7 @@ class JobExecutor:
 
     def execute(self, claimed: ClaimedJob) -> None:
         job_id = claimed.job_id
-        bound = structlog.contextvars.bound_contextvars(job_id=job_id)
+        bound = structlog.contextvars.bound_contextvars(job_id=job_id, tenant=claimed.tenant)
         with bound:
             log.info("job.started")
             try:
@@ -130,7 +146,15 @@ class JobExecutor:
             proposer_endpoint = await asyncio.to_thread(
                 deps.resolver.resolve, proposer_spec, "search.proposer"
             )
-        observer = StoreObserver(deps.store, claimed.job_id, self._config.cancel_check_seconds)
+        judge_endpoint = task_endpoint
+        if request.task.HasField("judge"):
+            judge_endpoint = await asyncio.to_thread(
+                deps.resolver.resolve, request.task.judge, "task.judge"
+            )
+        judged = validated.task.metric is MetricName.LLM_JUDGE
+        observer = StoreObserver(
+            deps.store, claimed.job_id, self._config.cancel_check_seconds, deps.metrics
+        )
         runner = Runner(
             RunnerDeps(
                 task_model=deps.chat_models(task_endpoint),
@@ -142,6 +166,12 @@ class JobExecutor:
                 task_max_tokens=task_endpoint.max_tokens,
                 task_max_concurrency=task_endpoint.max_concurrency,
                 proposer_max_concurrency=proposer_endpoint.max_concurrency,
+                registry=deps.registry,
+                task_policy=EndpointPolicy.of(task_endpoint),
+                proposer_policy=EndpointPolicy.of(proposer_endpoint),
+                judge_model=deps.chat_models(judge_endpoint) if judged else None,
+                judge_policy=EndpointPolicy.of(judge_endpoint),
+                judge_max_concurrency=judge_endpoint.max_concurrency,
             ),
             storage=deps.study_storage,
         )

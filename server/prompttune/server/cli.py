@@ -17,14 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from prompttune.client import (
+    BatchItemResult,
     Client,
     Example,
     Job,
+    JobEvent,
     JobState,
     Prompt,
     PromptTuneError,
 )
-from prompttune.server._app import ServerConfig, serve
+from prompttune.server._app import ServerConfig, TlsConfig, serve
+from prompttune.server._auth import AuthConfigError, load_registry
 from prompttune.server._embedded import EmbeddedServer
 from prompttune.server._logging import configure_logging
 from prompttune.server._progress import ProgressLine
@@ -37,6 +40,7 @@ from prompttune.server._taskfile import (
 )
 
 DEFAULT_DB_ENV = "PROMPTTUNE_DB"
+TOKEN_ENV = "PROMPTTUNE_TOKEN"
 # The demo data ships in the repository's examples/; PROMPTTUNE_DEMO_TASK points elsewhere.
 DEMO_TASK = Path(
     os.environ.get(
@@ -73,7 +77,13 @@ def to_jsonable(value: Any) -> Any:
 def connect(args: argparse.Namespace) -> Iterator[Client]:
     """A client for --server, or for an embedded in-process server on the local database."""
     if args.server:
-        with Client(args.server) as client:
+        token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
+        credentials = None
+        if getattr(args, "tls_ca", None):
+            import grpc
+
+            credentials = grpc.ssl_channel_credentials(Path(args.tls_ca).read_bytes())
+        with Client(args.server, token=token, credentials=credentials) as client:
             yield client
         return
     config = ServerConfig(db_url=args.db or default_db_url(), workers=1)
@@ -86,8 +96,25 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise TaskFileError("--tls-cert and --tls-key go together")
+        client_ca = Path(args.tls_client_ca) if args.tls_client_ca else None
+        tls = TlsConfig(Path(args.tls_cert), Path(args.tls_key), client_ca)
+    try:
+        auth = load_registry(Path(args.auth_tokens) if args.auth_tokens else None)
+    except AuthConfigError as error:
+        raise TaskFileError(str(error)) from error
     config = ServerConfig(
-        host=args.host, port=args.port, db_url=args.db or default_db_url(), workers=args.workers
+        host=args.host,
+        port=args.port,
+        db_url=args.db or default_db_url(),
+        workers=args.workers,
+        auth=auth,
+        tls=tls,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
     asyncio.run(serve(config))
     return 0
@@ -242,6 +269,113 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from prompttune.server._batchfile import BatchState, load_batch, result_record
+
+    batch_path = Path(args.batch_file)
+    entries = load_batch(batch_path)
+    results = Path(args.out or batch_path.with_suffix(".results.jsonl"))
+    state = BatchState(results)
+    pending = [entry for entry in entries if entry.line not in state.done]
+    print(
+        f"batch {batch_path}: {len(entries)} jobs, {len(entries) - len(pending)} already done, "
+        f"{len(pending)} to run (at most {args.max_in_flight} at a time)",
+        file=sys.stderr,
+    )
+    display = BatchProgress(len(entries), len(entries) - len(pending), quiet=args.quiet)
+
+    def on_done(result: BatchItemResult) -> None:
+        entry = pending[result.index]
+        record = result_record(entry, result)
+        state.record(entry.line, record)
+        display.finished(entry.line, record)
+
+    with connect(args) as client:
+        client.submit_batch(
+            [entry.request for entry in pending],
+            max_in_flight=args.max_in_flight,
+            on_event=lambda index, event: display.event(pending[index].line, event),
+            on_done=on_done,
+        )
+    failed = [r for r in state.done.values() if r["state"] != "succeeded"]
+    print(f"results written to {results} ({len(state.done)}/{len(entries)} finished, "
+          f"{len(failed)} not succeeded)", file=sys.stderr)  # fmt: skip
+    return 0 if len(state.done) == len(entries) and not failed else 1
+
+
+class BatchProgress:
+    """Per-job and overall progress lines on stderr."""
+
+    def __init__(self, total: int, done: int, quiet: bool) -> None:
+        import threading
+
+        self._total, self._done, self._quiet = total, done, quiet
+        self._trials: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def event(self, line: int, event: JobEvent) -> None:
+        with self._lock:
+            if event.trial_finished is not None:
+                self._trials[line] = self._trials.get(line, 0) + 1
+            now = time.monotonic()
+            if self._quiet or now - self._last < 2:
+                return
+            self._last = now
+            running = ", ".join(f"line {k}: {v} trials" for k, v in sorted(self._trials.items()))
+            print(f"[{self._done}/{self._total} done] {running}", file=sys.stderr)
+
+    def finished(self, line: int, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._done += 1
+            self._trials.pop(line, None)
+            best = record.get("scores", {}).get("best", {}).get("validation")
+            score = "" if best is None else f" best {best:.3f}"
+            error = f" ({record['error']})" if record["error"] else ""
+            print(
+                f"[{self._done}/{self._total} done] line {line} {record['job_id'] or '-'}: "
+                f"{record['state']}{score}{error}",
+                file=sys.stderr,
+            )
+
+
+def _finished_job(client: Client, job_id: str) -> tuple[Job, list[JobEvent]]:
+    job = client.get_job(job_id)
+    events = list(client.watch_job(job_id)) if job.done else []
+    return job, events
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from prompttune.server._report import export
+
+    with connect(args) as client:
+        job = client.get_job(args.job_id)
+    try:
+        text = export(job, args.format)
+    except ValueError as error:
+        raise TaskFileError(str(error)) from error
+    _write_or_print(text, args.out)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from prompttune.server._report import report
+
+    with connect(args) as client:
+        job, events = _finished_job(client, args.job_id)
+    out = args.out or f"prompttune-report-{job.id}.{args.format}"
+    _write_or_print(report(job, events, args.format), out)
+    return 0
+
+
+def _write_or_print(text: str, out: str | None) -> None:
+    if out in (None, "-"):
+        sys.stdout.write(text)
+        return
+    Path(str(out)).write_text(text, encoding="utf-8")
+    print(f"written to {out}", file=sys.stderr)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Optimises the SST-2 slice with the local model and prints baseline vs optimised."""
     configure_logging("WARNING")
@@ -273,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     def client_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--server", help="HOST:PORT of a prompttune server (default: embedded)")
         sub.add_argument("--db", help="database URL of the embedded server")
+        sub.add_argument("--token", help=f"bearer token for --server (default ${TOKEN_ENV})")
+        sub.add_argument("--tls-ca", help="CA certificate (PEM) to connect to --server over TLS")
 
     serve_cmd = commands.add_parser("serve", help="run the gRPC server with in-process workers")
     serve_cmd.add_argument("--host", default="127.0.0.1")
@@ -280,6 +416,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--db", help=f"database URL (default ${DEFAULT_DB_ENV} or SQLite)")
     serve_cmd.add_argument("--workers", type=int, default=1, help="job workers; 0 = API only")
     serve_cmd.add_argument("--log-level", default="INFO")
+    serve_cmd.add_argument(
+        "--auth-tokens",
+        help="YAML/JSON file mapping token (or its sha256) -> tenant; default "
+        "$PROMPTTUNE_AUTH_TOKENS ('tok=tenant,...'); neither: single-tenant, no auth",
+    )
+    serve_cmd.add_argument("--tls-cert", help="server certificate chain (PEM)")
+    serve_cmd.add_argument("--tls-key", help="server private key (PEM)")
+    serve_cmd.add_argument("--tls-client-ca", help="CA (PEM) for client certs: mutual TLS")
+    serve_cmd.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = any)"
+    )
+    serve_cmd.add_argument("--metrics-host", default="127.0.0.1")
     serve_cmd.set_defaults(handler=cmd_serve)
 
     worker_cmd = commands.add_parser("worker", help="run job workers without the API")
@@ -326,6 +474,30 @@ def build_parser() -> argparse.ArgumentParser:
     render_cmd.add_argument("inputs", help="input text, or a JSON object of input fields")
     client_options(render_cmd)
     render_cmd.set_defaults(handler=cmd_render)
+
+    batch_cmd = commands.add_parser("batch", help="run many optimisation jobs from a JSONL file")
+    batch_sub = batch_cmd.add_subparsers(dest="batch_command", required=True)
+    submit_cmd = batch_sub.add_parser("submit", help="submit (or resume) a batch")
+    submit_cmd.add_argument("batch_file", help="JSONL: one task-file reference or task per line")
+    submit_cmd.add_argument("--out", help="results JSONL (default BATCH.results.jsonl)")
+    submit_cmd.add_argument("--max-in-flight", type=int, default=4, help="jobs followed at once")
+    submit_cmd.add_argument("--quiet", action="store_true", help="only per-job result lines")
+    client_options(submit_cmd)
+    submit_cmd.set_defaults(handler=cmd_batch)
+
+    export_cmd = commands.add_parser("export", help="write a job's best prompt ready to use")
+    export_cmd.add_argument("job_id")
+    export_cmd.add_argument("--format", choices=["openai", "json", "yaml"], default="openai")
+    export_cmd.add_argument("--out", help="output file (default: stdout)")
+    client_options(export_cmd)
+    export_cmd.set_defaults(handler=cmd_export)
+
+    report_cmd = commands.add_parser("report", help="write an HTML or Markdown job report")
+    report_cmd.add_argument("job_id")
+    report_cmd.add_argument("--format", choices=["html", "md"], default="html")
+    report_cmd.add_argument("--out", help="output file (default prompttune-report-JOB.FORMAT)")
+    client_options(report_cmd)
+    report_cmd.set_defaults(handler=cmd_report)
 
     demo_cmd = commands.add_parser("demo", help="optimise an SST-2 slice with the local model")
     demo_cmd.add_argument("--quiet", action="store_true")

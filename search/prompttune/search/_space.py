@@ -1,0 +1,167 @@
+"""The search space: candidate tables, Optuna distributions and trial -> prompt mapping.
+
+Optuna sees only small parameters: candidate indices and format choices. The instruction
+table grows during a run (a reflection round appends candidates), so the "instruction"
+parameter uses a fresh `IntDistribution(0, n - 1)` per phase. Optuna accepts a changed range
+for an int parameter (only the distribution kind and `log` must match), and TPE samples each
+parameter independently against the current range, so the earlier trials' indices keep
+their meaning and their history. Categorical choices never change within a study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+
+from prompttune.search._demos import DemoSet
+from prompttune.search._evaluate import CallSettings
+from prompttune.search._render import answer_max_tokens
+from prompttune.search._types import (
+    DemoLayout,
+    Example,
+    InstructionPlacement,
+    Prompt,
+    PromptFormat,
+    TaskSpec,
+)
+
+# Answer cap of reasoning prompts: the model writes its steps before "Answer: ...".
+REASONING_MAX_TOKENS = 256
+
+# (instruction index, demo key, layout, placement, answer prefix, reasoning)
+PromptKey = tuple[int, tuple[str, ...], str, str, str, bool]
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One point of the search space: candidate indices and format choices."""
+
+    instruction: int = 0
+    demo_set: int = 0
+    n_demos: int = 0
+    placement: InstructionPlacement = InstructionPlacement.SYSTEM
+    layout: DemoLayout = DemoLayout.CHAT_TURNS
+    answer_prefix: str = ""
+    reasoning: bool = False
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "instruction": self.instruction,
+            "demo_set": self.demo_set,
+            "n_demos": self.n_demos,
+            "placement": self.placement.value,
+            "layout": self.layout.value,
+            "answer_prefix": self.answer_prefix,
+            "reasoning": self.reasoning,
+        }
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> TrialConfig:
+        return cls(
+            instruction=int(params["instruction"]),
+            demo_set=int(params["demo_set"]),
+            n_demos=int(params["n_demos"]),
+            placement=InstructionPlacement(params["placement"]),
+            layout=DemoLayout(params["layout"]),
+            answer_prefix=str(params["answer_prefix"]),
+            reasoning=bool(params.get("reasoning", False)),
+        )
+
+    def describe(self) -> str:
+        return " ".join(f"{name}={value!r}" for name, value in self.params().items())
+
+
+BASELINE = TrialConfig()
+
+
+@dataclass
+class SearchSpace:
+    """Candidate tables of one run. `instructions[0]` is the seed instruction."""
+
+    instructions: tuple[str, ...]
+    demo_sets: tuple[DemoSet, ...]
+    max_demos: int
+    answer_prefix: str
+    reasoning: bool = False
+    reasoning_max_tokens: int = REASONING_MAX_TOKENS
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        found: dict[str, BaseDistribution] = {
+            "instruction": IntDistribution(0, len(self.instructions) - 1),
+            "demo_set": IntDistribution(0, max(0, len(self.demo_sets) - 1)),
+            "n_demos": IntDistribution(0, self.max_demos),
+            "placement": CategoricalDistribution([p.value for p in InstructionPlacement]),
+            "layout": CategoricalDistribution([d.value for d in DemoLayout]),
+            "answer_prefix": CategoricalDistribution(["", self.answer_prefix]),
+        }
+        if self.reasoning:
+            found["reasoning"] = CategoricalDistribution([False, True])
+        return found
+
+    def params(self, config: TrialConfig) -> dict[str, Any]:
+        """`config` as Optuna parameters of this space (no "reasoning" when it is off)."""
+        names = self.distributions()
+        return {name: value for name, value in config.params().items() if name in names}
+
+    def size(self) -> int:
+        """Number of distinct prompts (keys) in the space; the search stops when all ran."""
+        demo_keys: set[tuple[str, ...]] = set()
+        for demo_set in self.demo_sets:
+            for k in range(1, min(self.max_demos, len(demo_set.examples)) + 1):
+                demo_keys.add(_demo_key(demo_set, k))
+        # two answer prefixes, plus one reasoning variant (which ignores the prefix)
+        formats = len(InstructionPlacement) * (3 if self.reasoning else 2)
+        return len(self.instructions) * formats * (1 + len(DemoLayout) * len(demo_keys))
+
+    def prompt_for(self, task: TaskSpec, config: TrialConfig) -> tuple[PromptKey, Prompt]:
+        """The prompt of a trial and its identity key (equal keys render equal prompts)."""
+        demo_set = self.demo_sets[config.demo_set] if self.demo_sets and config.n_demos else None
+        demos: tuple[Example, ...] = ()
+        pool: tuple[Example, ...] = ()
+        k = 0
+        if demo_set is not None and demo_set.knn:
+            pool, k = demo_set.examples, min(config.n_demos, len(demo_set.examples))
+        elif demo_set is not None:
+            demos = demo_set.examples[: config.n_demos]
+        layout = config.layout if demos or k else DemoLayout.CHAT_TURNS
+        reasoning = config.reasoning and self.reasoning
+        prefix = "" if reasoning else config.answer_prefix
+        prompt = Prompt(
+            instruction=self.instructions[config.instruction],
+            demos=demos,
+            format=PromptFormat(config.placement, layout, prefix, reasoning),
+            input_fields=task.input_fields,
+            output_name=task.output_name,
+            labels=task.labels,
+            demo_pool=pool,
+            knn_k=k,
+        )
+        demo_key = _demo_key(demo_set, k) if demo_set is not None and k else _ids(demos)
+        key = (
+            config.instruction,
+            demo_key,
+            layout.value,
+            config.placement.value,
+            prefix,
+            reasoning,
+        )
+        return key, prompt
+
+    def call_settings(self, prompt: Prompt, base: CallSettings) -> CallSettings:
+        """Reasoning prompts get a larger answer cap: max(task cap, reasoning cap)."""
+        if not prompt.format.reasoning:
+            return base
+        cap = answer_max_tokens(prompt, base.max_tokens, self.reasoning_max_tokens)
+        return replace(base, max_tokens=cap)
+
+
+def _ids(demos: tuple[Example, ...]) -> tuple[str, ...]:
+    return tuple(demo.id for demo in demos)
+
+
+def _demo_key(demo_set: DemoSet, k: int) -> tuple[str, ...]:
+    if demo_set.knn:
+        return (f"knn:{demo_set.name}:{k}",)
+    return _ids(demo_set.examples[:k])

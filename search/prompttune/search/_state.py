@@ -1,0 +1,101 @@
+"""Mutable state of one search run: our own trial records and the candidate tables.
+
+Optuna only sees small integer and string parameters; the candidate texts, demo sets and
+per-example results live here, owned by the `Runner` for the duration of one `run` call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prompttune.search._budget import Budget
+from prompttune.search._demos import DemoSet
+from prompttune.search._evaluate import CallSettings
+from prompttune.search._gateway import LLMGateway, UsageLedger
+from prompttune.search._proposer import InstructionProposer
+from prompttune.search._space import PromptKey, SearchSpace, TrialConfig
+from prompttune.search._types import (
+    DatasetSplits,
+    Example,
+    ExampleResult,
+    Prompt,
+    SearchConfig,
+    TaskSpec,
+    Usage,
+)
+
+COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
+
+
+@dataclass
+class TrialRecord:
+    """Our own record of one trial; `scored` is the rung reached (examples scored)."""
+
+    number: int
+    config: TrialConfig
+    key: PromptKey
+    prompt: Prompt
+    results: list[ExampleResult] = field(default_factory=list)
+    intermediate: list[tuple[int, float]] = field(default_factory=list)
+    state: str = COMPLETE
+    duplicate_of: int | None = None
+
+    @property
+    def scored(self) -> int:
+        return len(self.results)
+
+    @property
+    def score(self) -> float:
+        values = [r.score for r in self.results if not r.error]
+        return sum(values) / len(values) if values else 0.0
+
+    def failed_share(self) -> float:
+        failed = sum(1 for r in self.results if r.error)
+        return failed / len(self.results) if self.results else 0.0
+
+
+@dataclass
+class SearchState:
+    """All mutable state of one `Runner.run` call."""
+
+    task: TaskSpec
+    data: DatasetSplits
+    config: SearchConfig
+    budget: Budget
+    task_gateway: LLMGateway
+    proposer_gateway: LLMGateway
+    ledger: UsageLedger
+    proposer: InstructionProposer
+    settings: CallSettings
+    val_order: tuple[Example, ...]
+    rungs: tuple[int, ...]
+    space: SearchSpace
+    records: list[TrialRecord] = field(default_factory=list)
+    by_key: dict[PromptKey, TrialRecord] = field(default_factory=dict)
+    best: TrialRecord | None = None
+    reflected: bool = False
+    stop_reason: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def instructions(self) -> tuple[str, ...]:
+        return self.space.instructions
+
+    @property
+    def demo_sets(self) -> tuple[DemoSet, ...]:
+        return self.space.demo_sets
+
+    def usage(self) -> Usage:
+        """Usage of every role of the job (task, proposer, judge)."""
+        return self.ledger.total()
+
+
+def minibatch_rungs(minibatch_size: int, total: int) -> tuple[int, ...]:
+    """Example counts of the growing minibatches: m, 2m, 4m, ... capped at `total`."""
+    rungs: list[int] = []
+    size = max(1, minibatch_size)
+    while size < total:
+        rungs.append(size)
+        size *= 2
+    rungs.append(total)
+    return tuple(rungs)

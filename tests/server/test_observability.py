@@ -1,0 +1,83 @@
+"""Prometheus metrics, logs with tenant/job/trial context, and the Optuna storage of jobs
+being readable by Optuna's public API (what optuna-dashboard uses)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import structlog
+from tests.fakes import FakeEmbedder
+from tests.server.conftest import FAKE_MODEL, SMALL_SEARCH, TASK, FakeModels, small_dataset
+
+from prompttune.client import Client, JobState
+from prompttune.server import Adapters, EmbeddedServer, ServerConfig, WorkerConfig
+from prompttune.server._auth import TokenRegistry
+from prompttune.server._logging import configure_logging
+
+
+@pytest.fixture
+def logs() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    yield stream
+    structlog.reset_defaults()
+    logging.basicConfig(force=True)
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and labels in line and not line.startswith("#"):
+            head = line.split(" ")[0]
+            if head.split("{")[0] == name:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_logs_and_optuna_storage(tmp_path: Path, logs: io.StringIO) -> None:
+    db_url = f"sqlite:///{tmp_path / 'obs.db'}"
+    config = ServerConfig(
+        db_url=db_url,
+        worker=WorkerConfig(poll_seconds=0.05, cancel_check_seconds=0.05),
+        metrics_port=0,
+        auth=TokenRegistry.from_mapping({"obs-token": "acme"}),
+    )
+    adapters = Adapters(chat_models=FakeModels(), embedder_factory=FakeEmbedder)
+    with (
+        EmbeddedServer(config, adapters) as server,
+        Client(server.target, timeout=10, token="obs-token") as client,
+    ):
+        job = client.optimize(TASK, small_dataset(), FAKE_MODEL, SMALL_SEARCH)
+        client.optimize(TASK, small_dataset(), FAKE_MODEL, SMALL_SEARCH)  # all cache hits
+        assert server.app is not None and server.app.metrics_port
+        url = f"http://127.0.0.1:{server.app.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    assert job.state is JobState.SUCCEEDED and job.result is not None
+    assert _metric(text, "prompttune_jobs", 'state="succeeded"') == 2
+    assert _metric(text, "prompttune_queue_depth") == 0
+    assert _metric(text, "prompttune_trials_total") >= job.result.trials_completed
+    calls = _metric(text, "prompttune_llm_calls_total", 'endpoint="http://fake.invalid/v1"')
+    assert calls == job.result.usage.llm_calls > 0
+    assert _metric(text, "prompttune_llm_tokens_total", 'kind="prompt"') > 0
+    assert _metric(text, "prompttune_llm_latency_seconds_count") == calls
+    assert _metric(text, "prompttune_cache_lookups_total", 'result="hit"') > 0
+    assert _metric(text, "prompttune_cache_lookups_total", 'result="miss"') > 0
+
+    records = [json.loads(line) for line in logs.getvalue().splitlines() if line.startswith("{")]
+    rpc = next(r for r in records if r["event"] == "rpc.done")
+    assert rpc["tenant"] == "acme" and rpc["request_id"]
+    trial = next(r for r in records if r["event"] == "search.trial.completed")
+    assert trial["job_id"] == job.id and trial["tenant"] == "acme" and "trial" in trial
+
+    summaries = optuna.get_all_study_summaries(storage=db_url)
+    assert job.id in {summary.study_name for summary in summaries}
+    study = optuna.load_study(study_name=job.id, storage=db_url)
+    assert len(study.trials) >= job.result.trials_completed > 0

@@ -143,6 +143,8 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "optimisation requests (what a cold cache pays; test scoring excluded) against the "
         "method's budget where it has one; *incl. hits* counts every request made.",
         "",
+        f"Settings: `{json.dumps(report['settings'], sort_keys=True)}`",
+        "",
         f"Progress: {report['finished']} of {report['planned']} planned (task, method) pairs.",
         "",
         "| task | method | status | test acc. [95% CI] | best val. | calls / budget "
@@ -205,6 +207,7 @@ def write_report(
     run_name: str,
     command: str,
     pairs: Sequence[tuple[str, str]],
+    settings: dict[str, Any],
 ) -> Path:
     """Writes ``<run_name>-<date>.{json,md,png}`` in `out_dir`; returns the Markdown path."""
     date = datetime.now(UTC).date().isoformat()
@@ -213,6 +216,7 @@ def write_report(
     report = {
         "date": date,
         "command": command,
+        "settings": settings,
         "planned": len(pairs),
         "finished": sum(len(methods) for methods in results.values()),
         "plot": stem.with_suffix(".png").name,

@@ -166,7 +166,7 @@ def run_method(
             timeout_seconds=config.dspy_timeout_seconds,
             num_candidate_programs=config.dspy_candidates,
         )
-        log_path = plan.results_dir / "logs" / f"{task.slug}-{method}.log"
+        log_path = CACHE_DIR / "logs" / plan.run_name / f"{task.slug}-{method}.log"
         base_url = session.ensure_server().base_url
         return run_dspy(method, task, data, base_url, settings, log_path)
     model = session.new_model()
@@ -282,18 +282,33 @@ def parse_args(argv: list[str]) -> Plan:
     )
 
 
+def report(plan: Plan) -> None:
+    settings = {
+        **asdict(plan.config),
+        "tasks": list(plan.tasks),
+        "dspy_tasks": list(plan.dspy_tasks),
+        "methods": list(plan.methods),
+        "dspy": {
+            "task_max_tokens": DspySettings.task_max_tokens,
+            "prompt_max_tokens": DspySettings.prompt_max_tokens,
+            "max_demos": DspySettings.max_demos,
+        },
+    }
+    write_report(plan.results_dir, RESULTS_DIR, plan.run_name, plan.command, plan.pairs(), settings)
+
+
 def main(argv: list[str]) -> int:
     plan = parse_args(argv)
     log.info("bench.plan", pairs=len(plan.pairs()), command=plan.command)
     if not plan.methods or "--report-only" in argv:
-        write_report(plan.results_dir, RESULTS_DIR, plan.run_name, plan.command, plan.pairs())
+        report(plan)
         return 0
     session = Session(plan)
     started = time.monotonic()
     try:
         for method, task in plan.pairs():
             run_pair(session, method, task)
-            write_report(plan.results_dir, RESULTS_DIR, plan.run_name, plan.command, plan.pairs())
+            report(plan)
     finally:
         session.close()
     log.info("bench.done", wall_seconds=round(time.monotonic() - started, 1))

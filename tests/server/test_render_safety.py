@@ -91,6 +91,7 @@ def prompts(draw: st.DrawFn) -> tuple[Prompt, dict[str, str]]:
             draw(st.sampled_from(list(InstructionPlacement))),
             draw(st.sampled_from(list(DemoLayout))),
             draw(st.sampled_from(["", "Answer:", "{0}"])),
+            reasoning=draw(st.booleans()),
         ),
         input_fields=() if fields == ("input",) and draw(st.booleans()) else fields,
         output_name=draw(st.sampled_from(["", "sentiment", "final_answer"])),

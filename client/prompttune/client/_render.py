@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from prompttune.client._types import ChatMessage, DemoLayout, Example, InstructionPlacement, Prompt
+from prompttune.client._types import ChatMessage, DemoLayout, InstructionPlacement, Prompt
 
 
 def _title(name: str) -> str:
@@ -22,14 +22,23 @@ def _inputs_text(inputs: Mapping[str, str], fields: tuple[str, ...], labelled: b
     return "\n".join(f"{_title(name)}: {inputs.get(name, '')}" for name in fields)
 
 
-def _with_prefix(text: str, prefix: str) -> str:
+REASONING_CUE = (
+    'Think step by step, then write the final answer on the last line as "Answer: <answer>".'
+)
+
+
+def _with_cue(text: str, prompt: Prompt) -> str:
+    if prompt.format.reasoning:
+        return f"{text}\n\n{REASONING_CUE}"
+    prefix = prompt.format.answer_prefix
     return f"{text}\n{prefix}" if prefix else text
 
 
-def _inline_block(demos: tuple[Example, ...], fields: tuple[str, ...], output: str) -> str:
+def _inline_block(prompt: Prompt, fields: tuple[str, ...]) -> str:
+    title = "Answer" if prompt.format.reasoning else _title(prompt.output_name or "answer")
     blocks = [
-        f"{_inputs_text(demo.inputs, fields, True)}\n{_title(output)}: {demo.output}"
-        for demo in demos
+        f"{_inputs_text(demo.inputs, fields, True)}\n{title}: {demo.output}"
+        for demo in prompt.demos
     ]
     return "Examples:\n\n" + "\n\n".join(blocks)
 
@@ -37,7 +46,9 @@ def _inline_block(demos: tuple[Example, ...], fields: tuple[str, ...], output: s
 def render(prompt: Prompt, inputs: Mapping[str, str] | str) -> list[ChatMessage]:
     """The chat messages for one new input, as the server's ``RenderPrompt`` returns them.
 
-    A plain string is short for ``{"input": text}``. Raises KeyError naming a missing field.
+    A plain string is short for ``{"input": text}``. Raises KeyError naming a missing field,
+    and ValueError for dynamic kNN prompts (``knn_k`` > 0): their demonstrations are retrieved
+    with the server's embedder, so use ``Client.render_prompt`` for them.
     Use ``[{"role": m.role, "content": m.content} for m in messages]`` for the OpenAI API.
     """
     values = {"input": inputs} if isinstance(inputs, str) else dict(inputs)
@@ -45,7 +56,8 @@ def render(prompt: Prompt, inputs: Mapping[str, str] | str) -> list[ChatMessage]
     missing = [name for name in fields if name not in values]
     if missing:
         raise KeyError(f"missing input field(s) {missing}")
-    prefix, output = prompt.format.answer_prefix, prompt.output_name or "answer"
+    if prompt.knn_k > 0 and prompt.demo_pool:
+        raise ValueError("dynamic kNN prompts are rendered by the server: use render_prompt")
     messages: list[ChatMessage] = []
     instruction = prompt.instruction.strip()
     placement = prompt.format.instruction_placement
@@ -53,12 +65,14 @@ def render(prompt: Prompt, inputs: Mapping[str, str] | str) -> list[ChatMessage]
         messages.append(ChatMessage("system", instruction))
     inline = prompt.format.demo_layout is DemoLayout.INLINE
     if not inline:
+        reasoning = prompt.format.reasoning
         for demo in prompt.demos:
-            user = _with_prefix(_inputs_text(demo.inputs, fields, False), prefix)
-            messages += [ChatMessage("user", user), ChatMessage("assistant", demo.output)]
-    parts = [_inline_block(prompt.demos, fields, output)] if inline and prompt.demos else []
+            user = _with_cue(_inputs_text(demo.inputs, fields, False), prompt)
+            answer = f"Answer: {demo.output}" if reasoning else demo.output
+            messages += [ChatMessage("user", user), ChatMessage("assistant", answer)]
+    parts = [_inline_block(prompt, fields)] if inline and prompt.demos else []
     parts.append(_inputs_text(values, fields, inline and bool(prompt.demos)))
-    messages.append(ChatMessage("user", _with_prefix("\n\n".join(parts), prefix)))
+    messages.append(ChatMessage("user", _with_cue("\n\n".join(parts), prompt)))
     if instruction and placement is InstructionPlacement.USER:
         first = next(i for i, message in enumerate(messages) if message.role == "user")
         messages[first] = ChatMessage("user", f"{instruction}\n\n{messages[first].content}")

@@ -70,23 +70,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def create_db_engine(url: str) -> Engine:
-    """Creates the engine and the schema (idempotent). SQLite files get WAL mode."""
+    """Creates the engine and migrates the schema to the latest revision (idempotent).
+    SQLite files get WAL mode."""
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    Base.metadata.create_all(engine)
-    _add_tenant_column(engine)
+    from prompttune.server._migrate import upgrade
+
+    upgrade(engine)
     return engine
-
-
-def _add_tenant_column(engine: Engine) -> None:
-    """Databases created before tenants existed get the column; their jobs become tenant
-    `default`. (Their old global request_id uniqueness stays in place.)"""
-    columns = {column["name"] for column in sa.inspect(engine).get_columns("pt_jobs")}
-    if "tenant" not in columns:
-        with engine.begin() as connection:
-            connection.execute(
-                sa.text("ALTER TABLE pt_jobs ADD COLUMN tenant VARCHAR(64) DEFAULT 'default'")
-            )

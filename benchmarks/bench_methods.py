@@ -311,6 +311,9 @@ def _wait_or_stop(process: subprocess.Popen[bytes], timeout_seconds: float) -> i
         return process.wait(timeout=timeout_seconds)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGTERM)
+    except BaseException:  # the benchmark itself is stopping: do not leave the worker behind
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
     try:
         return process.wait(timeout=60)
     except subprocess.TimeoutExpired:

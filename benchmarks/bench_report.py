@@ -188,6 +188,7 @@ def write_plot(path: Path, results: dict[str, dict[str, Any]]) -> None:
             scores.append(scores[-1])
             style = "o" if method == "zero_shot" else "-"
             axis.step(calls, scores, style, where="post", label=METHOD_TITLES.get(method, method))
+        axis.set_ylim(0.0, 1.02)
         axis.set_title(task)
         axis.set_xlabel("LLM calls")
         axis.set_ylabel("best validation score")

@@ -224,6 +224,21 @@ def make_metric(job: dict[str, Any]) -> Any:
     return metric
 
 
+def make_lm(dspy: Any, job: dict[str, Any], max_tokens: int) -> Any:
+    """An LM on the shared server. The LiteLLM engine, because DSPy 3.4's native engine sends
+    the cap as ``max_completion_tokens``, which llama-cpp-python ignores (one call generated
+    1,873 tokens, until the context was full); LiteLLM sends ``max_tokens``."""
+    return dspy.LM(
+        job["model"],
+        api_base=job["api_base"],
+        api_key="x",
+        max_tokens=max_tokens,
+        temperature=0.0,
+        cache=True,
+        engine="litellm",
+    )
+
+
 def compile_program(dspy: Any, job: dict[str, Any], train: list[Any], val: list[Any]) -> Any:
     options = job["options"]
     metric = make_metric(job)
@@ -237,14 +252,7 @@ def compile_program(dspy: Any, job: dict[str, Any], train: list[Any], val: list[
             num_threads=options["num_threads"],
         )
         return optimizer.compile(student, trainset=train, valset=val)
-    prompt_lm = dspy.LM(
-        job["model"],
-        api_base=job["api_base"],
-        api_key="x",
-        max_tokens=job["prompt_max_tokens"],
-        temperature=0.0,
-        cache=True,
-    )
+    prompt_lm = make_lm(dspy, job, job["prompt_max_tokens"])
     optimizer = dspy.MIPROv2(
         metric=metric,
         prompt_model=prompt_lm,
@@ -290,20 +298,13 @@ def main(job_path: str, result_path: str) -> int:
     cache_dir = Path(job["cache_dir"])
     cache_dir.mkdir(parents=True, exist_ok=True)
     os.environ["DSPY_CACHEDIR"] = str(cache_dir)
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # no network fetch at start-up
     import dspy
 
     dspy.configure_cache(
         enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=str(cache_dir / "disk")
     )
-    lm = dspy.LM(
-        job["model"],
-        api_base=job["api_base"],
-        api_key="x",
-        max_tokens=job["task_max_tokens"],
-        temperature=0.0,
-        cache=True,
-    )
-    dspy.configure(lm=lm)
+    dspy.configure(lm=make_lm(dspy, job, job["task_max_tokens"]))
     ledger = CallLedger(cache_dir / "usage-ledger.jsonl")
     ledger.load_usage()
     trace: list[dict[str, Any]] = []

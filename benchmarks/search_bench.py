@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import shlex
+import signal
 import sys
 import time
 import traceback
@@ -40,7 +41,7 @@ from bench_methods import (
     run_random_demos,
     run_zero_shot,
 )
-from bench_model import LlamaServer, PersistentChatModel, task_model
+from bench_model import LlamaServer, PersistentChatModel, ServerConfig, task_model
 from bench_report import write_report
 from bench_tasks import TASKS, BenchTask, SplitSizes, load_splits
 
@@ -88,6 +89,7 @@ class Plan:
     config: BenchConfig
     force: bool
     command: str
+    server_threads: int = 2
 
     @property
     def results_dir(self) -> Path:
@@ -141,7 +143,8 @@ class Session:
 
     def ensure_server(self) -> LlamaServer:
         if self.server is None:
-            self.server = LlamaServer(CACHE_DIR / "llama-server.log").__enter__()
+            config = ServerConfig(n_threads=self.plan.server_threads)
+            self.server = LlamaServer(CACHE_DIR / "llama-server.log", config).__enter__()
             log.info("bench.server.ready", base_url=self.server.base_url)
         return self.server
 
@@ -243,6 +246,12 @@ def parse_args(argv: list[str]) -> Plan:
     parser.add_argument("--fixed-budget", type=int, default=600, help="LLM calls without DSPy")
     parser.add_argument("--dspy-candidates", type=int, default=8, help="BFSRS candidate sets")
     parser.add_argument("--dspy-timeout", type=float, default=3 * 3600.0, help="seconds per run")
+    parser.add_argument(
+        "--server-threads",
+        type=int,
+        default=2,
+        help="llama.cpp threads; 1 decodes far faster while another server shares the 2 cores",
+    )
     parser.add_argument("--run-name", default="search")
     parser.add_argument("--force", action="store_true", help="redo finished pairs")
     parser.add_argument("--report-only", action="store_true")
@@ -279,6 +288,7 @@ def parse_args(argv: list[str]) -> Plan:
         config,
         args.force,
         command,
+        args.server_threads,
     )
 
 
@@ -288,6 +298,7 @@ def report(plan: Plan) -> None:
         "tasks": list(plan.tasks),
         "dspy_tasks": list(plan.dspy_tasks),
         "methods": list(plan.methods),
+        "server_threads": plan.server_threads,
         "dspy": {
             "task_max_tokens": DspySettings.task_max_tokens,
             "prompt_max_tokens": DspySettings.prompt_max_tokens,
@@ -305,6 +316,8 @@ def main(argv: list[str]) -> int:
         return 0
     session = Session(plan)
     started = time.monotonic()
+    # `kill PID` ends the run through the `finally` below, so the model server stops too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         for method, task in plan.pairs():
             run_pair(session, method, task)

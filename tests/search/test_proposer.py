@@ -13,6 +13,7 @@ from prompttune.search import (
 from prompttune.search._proposer import (
     Mistake,
     ScoredInstruction,
+    answers_instead_of_instructing,
     parse_summary,
     remove_near_duplicates,
 )
@@ -60,6 +61,14 @@ def test_parse_proposal(text: str, parsed: str | None) -> None:
 )
 def test_parse_summary(text: str, parsed: str) -> None:
     assert parse_summary(text) == parsed
+
+
+def test_proposals_that_answer_instead_of_instructing_are_skipped() -> None:
+    labels = SENTIMENT_TASK.labels
+    assert answers_instead_of_instructing("The sentiment of the review is Positive.", labels)
+    assert not answers_instead_of_instructing("Answer positive or negative.", labels)
+    assert not answers_instead_of_instructing("Classify the review.", labels)
+    assert not answers_instead_of_instructing("The answer is 4.", ())
 
 
 def is_summary(request: ChatRequest) -> bool:

@@ -29,9 +29,7 @@ def test_migrated_schema_matches_the_models(
         )
         assert context.get_current_revision() is not None
         ours = [
-            diff
-            for diff in compare_metadata(context, Base.metadata)
-            if not _is_foreign_table(diff)
+            diff for diff in compare_metadata(context, Base.metadata) if not _is_foreign_table(diff)
         ]
     assert ours == []
     assert "pt_jobs" in sa.inspect(engine).get_table_names()

@@ -124,6 +124,13 @@ class Budget:
             self._pending_tokens -= reservation.tokens
             self._pending_cost -= reservation.cost_usd
 
+    def carry_over(self, calls: int, tokens: int, cost_usd: float = 0.0) -> None:
+        """Counts usage an earlier process spent on this job, so a resumed job keeps its caps."""
+        with self._lock:
+            self._calls += calls
+            self._tokens += tokens
+            self._cost += cost_usd
+
     def hold_calls(self, calls: int) -> None:
         """Set aside `calls` for a later phase; `reserve` cannot use them until released."""
         with self._lock:

@@ -21,6 +21,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import structlog
+
 from prompttune.search._errors import BudgetExceeded, LLMCallFailed
 from prompttune.search._gateway import LLMGateway
 from prompttune.search._protocols import ChatRequest, Embedder
@@ -43,6 +45,7 @@ MIN_SUMMARY_CHARS = 20
 MAX_SUMMARY_CHARS = 400
 DUPLICATE_COSINE = 0.95
 PROPOSER_ROLE = "proposer"
+log = structlog.get_logger(__name__)
 PROPOSER_SYSTEM = "You write clear instructions for a small language model."
 SUMMARY_SYSTEM = "You describe datasets briefly and accurately."
 
@@ -114,6 +117,20 @@ def parse_proposal(text: str) -> str | None:
     if not MIN_INSTRUCTION_CHARS <= len(candidate) <= MAX_INSTRUCTION_CHARS:
         return None
     return candidate
+
+
+def answers_instead_of_instructing(candidate: str, labels: Sequence[str]) -> bool:
+    """True when a classification proposal reads like an answer ("The sentiment is
+    positive."): it names exactly one of several labels. Small proposer models often solve an
+    example instead of writing an instruction."""
+    if len(labels) < 2:
+        return False
+    named = [
+        label
+        for label in labels
+        if re.search(rf"(?<!\w){re.escape(label.strip())}(?!\w)", candidate, re.IGNORECASE)
+    ]
+    return len(named) == 1
 
 
 def parse_summary(text: str) -> str:
@@ -234,18 +251,31 @@ class InstructionProposer:
         )
         return "\n\n".join(lines)
 
-    def _merge(self, existing: Sequence[str], proposals: Sequence[str | None]) -> tuple[str, ...]:
+    def _merge(
+        self, task: TaskSpec, existing: Sequence[str], texts: Sequence[str]
+    ) -> tuple[str, ...]:
+        """`existing` plus the usable, distinct proposals parsed from `texts`."""
         candidates = list(existing)
         seen = {normalize_instruction(text) for text in existing}
-        for proposal in proposals:
+        for text in texts:
+            proposal = parse_proposal(text)
+            if proposal and answers_instead_of_instructing(proposal, task.labels):
+                proposal = None
             key = normalize_instruction(proposal) if proposal else ""
             if proposal and key and key not in seen:
                 seen.add(key)
                 candidates.append(proposal)
+            else:
+                log.info(
+                    "proposer.skipped", reason="duplicate" if key else "unusable", text=text[:160]
+                )
         if self._embedder is None:
             return tuple(candidates)
         threshold = self._settings.duplicate_cosine
-        return remove_near_duplicates(candidates, self._embedder, threshold, len(existing))
+        kept = remove_near_duplicates(candidates, self._embedder, threshold, len(existing))
+        if len(kept) < len(candidates):
+            log.info("proposer.near_duplicates", dropped=len(candidates) - len(kept))
+        return kept
 
     async def propose(
         self, task: TaskSpec, train: Sequence[Example], count: int, seed: int = 0
@@ -269,7 +299,7 @@ class InstructionProposer:
                 for i, user in enumerate(prompts)
             )
         )
-        return self._merge([task.seed_instruction], [parse_proposal(text) for text in texts])
+        return self._merge(task, [task.seed_instruction], texts)
 
     def reflection_prompt(
         self,
@@ -319,5 +349,5 @@ class InstructionProposer:
         texts = await asyncio.gather(
             *(self._ask(PROPOSER_SYSTEM, user, self._settings.max_tokens) for user in prompts)
         )
-        merged = self._merge(existing, [parse_proposal(text) for text in texts])
+        merged = self._merge(task, existing, texts)
         return merged[len(existing) :]

@@ -49,6 +49,14 @@ from prompttune.search._proposer import (
 )
 from prompttune.search._protocols import ChatModel, Embedder, ResponseCache, SearchObserver
 from prompttune.search._render import prompt_token_count, render_messages
+from prompttune.search._resume import (
+    interrupted_trials,
+    load_record,
+    load_usage,
+    save_record,
+    save_usage,
+    trial_sampler,
+)
 from prompttune.search._scorers import build_scorer, calls_per_example
 from prompttune.search._space import BASELINE, REASONING_MAX_TOKENS, SearchSpace, TrialConfig
 from prompttune.search._state import (
@@ -220,7 +228,8 @@ class Runner:
 
     def __init__(self, deps: RunnerDeps, storage: optuna.storages.BaseStorage | str | None = None):
         self._deps = deps
-        self._storage = storage
+        # A storage object, not None: the runner re-binds the study to a new sampler per ask.
+        self._storage = storage if storage is not None else optuna.storages.InMemoryStorage()
 
     # ----------------------------------------------------------------- entry points
 
@@ -232,10 +241,13 @@ class Runner:
         validate_task(task)
         validate_splits(task, data)
         state = self._new_state(task, data, config)
+        study = self._create_study(state, study_name)
+        self._restore_usage(state, study)
         self._emit(PhaseChanged("proposing"))
         await self._propose(state)
+        save_usage(study, state.usage())
         self._emit(PhaseChanged("searching"))
-        await self._search(state, study_name)
+        await self._search(state, study)
         state.budget.release_held_calls()
         self._emit(PhaseChanged("validating"))
         finalists = await validate_finalists(state)
@@ -342,11 +354,13 @@ class Runner:
 
     # ----------------------------------------------------------------- search phase
 
+    @staticmethod
+    def _startup_trials(config: SearchConfig) -> int:
+        return max(3, min(10, config.max_trials // 3))
+
     def _create_study(self, state: SearchState, study_name: str) -> optuna.Study:
         config = state.config
-        sampler = optuna.samplers.TPESampler(
-            seed=config.seed, n_startup_trials=max(3, min(10, config.max_trials // 3))
-        )
+        sampler = trial_sampler(config.seed, 0, self._startup_trials(config))
         if config.multi_objective:
             study = optuna.create_study(
                 study_name=study_name,
@@ -370,8 +384,8 @@ class Runner:
             study.enqueue_trial(state.space.params(BASELINE))
         return study
 
-    async def _search(self, state: SearchState, study_name: str) -> None:
-        study = self._create_study(state, study_name)
+    async def _search(self, state: SearchState, study: optuna.Study) -> None:
+        await self._resume(state, study)
         distributions = state.space.distributions()
         while True:
             if self._reflection_due(state):
@@ -385,18 +399,57 @@ class Runner:
     async def _one_trial(
         self, state: SearchState, study: optuna.Study, distributions: dict[str, BaseDistribution]
     ) -> None:
-        trial = study.ask(distributions)
+        study.sampler = trial_sampler(
+            state.config.seed, len(state.records), self._startup_trials(state.config)
+        )
+        await self._finish_trial(state, study, study.ask(distributions))
+
+    async def _finish_trial(self, state: SearchState, study: optuna.Study, trial: Trial) -> None:
         try:
             record = await self._run_trial(state, trial)
         except BudgetExceeded as error:
             study.tell(trial, state=TrialState.FAIL)
             state.stop_reason = error.limit
             return
+        except SearchCancelled:
+            raise  # left RUNNING: a resumed run continues it
         except BaseException:
             study.tell(trial, state=TrialState.FAIL)
             raise
+        save_record(trial, record)
         self._tell(state, study, trial, record)
         self._record(state, record)
+        save_usage(study, state.usage())
+
+    async def _resume(self, state: SearchState, study: optuna.Study) -> None:
+        """Rebuilds the records of trials an earlier process finished (no LLM calls), then
+        continues the trials it left running. A fresh study returns at once."""
+        by_number: dict[int, TrialRecord] = {}
+        for frozen in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+            if self._reflection_due(state):
+                await self._reflect(state, study, enqueue=False)
+            record = load_record(frozen, state.space, state.task, by_number)
+            if record is not None:
+                by_number[record.number] = record
+                state.by_key.setdefault(record.key, record)
+                self._remember(state, record)
+        for frozen in interrupted_trials(study):
+            if self._reflection_due(state):
+                await self._reflect(state, study, enqueue=False)
+            log.info("search.trial.resumed", trial=frozen.number)
+            # Optuna's FrozenTrial keeps the storage id privately; Trial(study, id) is public.
+            await self._finish_trial(state, study, Trial(study, frozen._trial_id))
+        if by_number:
+            log.info("search.resumed", trials=len(by_number))
+
+    @staticmethod
+    def _restore_usage(state: SearchState, study: optuna.Study) -> None:
+        """Counts what an earlier process of this job spent against the budget and in the
+        reported usage (its calls are in the cache, so none is paid again)."""
+        prior = load_usage(study)
+        state.prior_usage = prior
+        state.budget.carry_over(prior.llm_calls, prior.tokens, prior.cost_usd)
+        state.study = study
 
     def _stop_reason(self, state: SearchState) -> str:
         if self._deps.observer.cancelled():
@@ -454,6 +507,8 @@ class Runner:
             state.task_gateway, state.task, record.prompt, batch, settings
         )
         record.results.extend(results)
+        if state.study is not None:
+            save_usage(state.study, state.usage())  # a crash loses at most one rung's accounting
 
     @staticmethod
     def _duplicate(number: int, config: TrialConfig, previous: TrialRecord) -> TrialRecord:
@@ -486,8 +541,18 @@ class Runner:
         else:
             study.tell(trial, state=TrialState.FAIL)
 
-    def _record(self, state: SearchState, record: TrialRecord) -> None:
+    @staticmethod
+    def _remember(state: SearchState, record: TrialRecord) -> bool:
+        """Adds the record; True when it is the new best."""
         state.records.append(record)
+        best = state.best
+        if record.state == COMPLETE and (best is None or record.score > best.score):
+            state.best = record
+            return True
+        return False
+
+    def _record(self, state: SearchState, record: TrialRecord) -> None:
+        new_best = self._remember(state, record)
         self._emit(
             TrialFinished(
                 record.number,
@@ -505,9 +570,7 @@ class Runner:
             state=record.state,
             duplicate_of=record.duplicate_of,
         )
-        best = state.best
-        if record.state == COMPLETE and (best is None or record.score > best.score):
-            state.best = record
+        if new_best:
             self._emit(NewBest(record.number, record.score))
         self._emit(BudgetUsed(state.usage()))
 
@@ -520,9 +583,11 @@ class Runner:
         halfway = max(1, state.config.max_trials // 2)
         return len(state.records) >= halfway or len(state.by_key) >= state.space.size()
 
-    async def _reflect(self, state: SearchState, study: optuna.Study) -> None:
+    async def _reflect(self, state: SearchState, study: optuna.Study, enqueue: bool = True) -> None:
         """Asks for improved instructions and enqueues each new one in the current best's
-        configuration, so every reflected candidate is scored at least once."""
+        configuration, so every reflected candidate is scored at least once. A resumed run
+        repeats the round (from the cache) without enqueuing: the study already holds those
+        trials."""
         state.reflected = True
         self._emit(PhaseChanged("reflecting"))
         added = await state.proposer.reflect(
@@ -537,7 +602,7 @@ class Runner:
         first = len(state.space.instructions)
         state.space.instructions = state.space.instructions + added
         best = state.best.config if state.best is not None else BASELINE
-        for index in range(first, len(state.space.instructions)):
+        for index in range(first, len(state.space.instructions) if enqueue else first):
             study.enqueue_trial(state.space.params(replace(best, instruction=index)))
         log.info("search.reflected", added=len(added), instructions=len(state.space.instructions))
         self._emit(PhaseChanged("searching"))

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import optuna
+
 from prompttune.search._budget import Budget
 from prompttune.search._demos import DemoSet
 from prompttune.search._evaluate import CallSettings
-from prompttune.search._gateway import LLMGateway, UsageLedger
+from prompttune.search._gateway import LLMGateway, UsageLedger, add_usage
 from prompttune.search._proposer import InstructionProposer
 from prompttune.search._space import PromptKey, SearchSpace, TrialConfig
 from prompttune.search._types import (
@@ -76,6 +78,10 @@ class SearchState:
     reflected: bool = False
     stop_reason: str = ""
     notes: list[str] = field(default_factory=list)
+    # Usage checkpointed by an earlier process that ran this job before it died.
+    prior_usage: Usage = field(default_factory=Usage)
+    # The job's Optuna study, where usage is checkpointed after every scored rung.
+    study: optuna.Study | None = None
 
     @property
     def instructions(self) -> tuple[str, ...]:
@@ -86,8 +92,8 @@ class SearchState:
         return self.space.demo_sets
 
     def usage(self) -> Usage:
-        """Usage of every role of the job (task, proposer, judge)."""
-        return self.ledger.total()
+        """Usage of every role of the job (task, proposer, judge), across restarts."""
+        return add_usage(self.prior_usage, self.ledger.total())
 
 
 def minibatch_rungs(minibatch_size: int, total: int) -> tuple[int, ...]:

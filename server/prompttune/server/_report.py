@@ -4,6 +4,7 @@ Markdown report with a PNG plot, or its best prompt in a ready-to-use format."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -159,17 +160,22 @@ def export(job: Job, fmt: str) -> str:
         return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
     fields = prompt.input_fields or ("input",)
     placeholders = {name: f"{{{{{name}}}}}" for name in fields}
-    template = to_openai_messages(render(prompt, placeholders))
-    return (
-        json.dumps(
-            {
-                "job_id": job.id,
-                "input_fields": list(fields),
-                "placeholder_syntax": "{{field}} marks where each input goes; substitute literally",
-                "messages": template,
-                "prompt": document,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    exported: dict[str, Any] = {
+        "job_id": job.id,
+        "input_fields": list(fields),
+        "placeholder_syntax": "{{field}} marks where each input goes; substitute literally",
+    }
+    if prompt.knn_k > 0 and prompt.demo_pool:
+        # Demonstrations are chosen per input, so the template holds the static part only.
+        static = dataclasses.replace(prompt, knn_k=0, demo_pool=())
+        exported["dynamic_demos"] = {
+            "k": prompt.knn_k,
+            "how": "insert the k pool examples most similar to the input (all-MiniLM-L6-v2 "
+            "cosine), most similar last, before the input; or call RenderPrompt per input",
+            "pool": document.get("demo_pool", []),
+        }
+    else:
+        static = prompt
+    exported["messages"] = to_openai_messages(render(static, placeholders))
+    exported["prompt"] = document
+    return json.dumps(exported, indent=2) + "\n"

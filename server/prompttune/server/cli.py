@@ -38,6 +38,7 @@ from prompttune.server._taskfile import (
     load_task_file,
     model_from_dict,
 )
+from prompttune.server._worker import WorkerConfig
 
 DEFAULT_DB_ENV = "PROMPTTUNE_DB"
 TOKEN_ENV = "PROMPTTUNE_TOKEN"
@@ -122,7 +123,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
-    config = ServerConfig(db_url=args.db or default_db_url(), workers=args.slots)
+    config = ServerConfig(
+        db_url=args.db or default_db_url(),
+        workers=args.slots,
+        worker=WorkerConfig(slots=args.slots, lease_seconds=args.lease_seconds),
+    )
     asyncio.run(_run_workers_only(config))
     return 0
 
@@ -433,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker_cmd = commands.add_parser("worker", help="run job workers without the API")
     worker_cmd.add_argument("--db", help="database URL shared with the API servers")
     worker_cmd.add_argument("--slots", type=int, default=1)
+    worker_cmd.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=60.0,
+        help="a job whose worker stops renewing its lease is reclaimed after this long",
+    )
     worker_cmd.add_argument("--log-level", default="INFO")
     worker_cmd.set_defaults(handler=cmd_worker)
 

@@ -1,0 +1,93 @@
+"""A search interrupted mid-trial resumes from its Optuna study: finished trials are rebuilt,
+not re-run, no LLM call is paid twice, and the result equals an uninterrupted run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import optuna
+import pytest
+
+from prompttune.search import Runner, RunnerDeps, SearchCancelled, SearchEvent, SearchResult
+from prompttune.search._resume import interrupted_trials
+from tests.fakes import (
+    SENTIMENT_TASK,
+    FakeChatModel,
+    FakeEmbedder,
+    InMemoryResponseCache,
+    fixed_clock,
+    routing_responder,
+)
+from tests.search.test_runner import CONFIG, DATA
+
+
+@dataclass
+class DyingObserver:
+    """Asks to stop at its `die_at`-th cancellation check: mid-trial, like a killed process
+    that leaves its current trial RUNNING in the study."""
+
+    die_at: int = 0
+    checks: int = 0
+    events: list[SearchEvent] = field(default_factory=list)
+
+    def on_event(self, event: SearchEvent) -> None:
+        self.events.append(event)
+
+    def cancelled(self) -> bool:
+        self.checks += 1
+        return 0 < self.die_at <= self.checks
+
+
+def runner(
+    model: FakeChatModel,
+    cache: InMemoryResponseCache,
+    storage: optuna.storages.BaseStorage,
+    die_at: int = 0,
+) -> Runner:
+    deps = RunnerDeps(
+        model, model, FakeEmbedder(), DyingObserver(die_at), cache, clock=fixed_clock()
+    )
+    return Runner(deps, storage)
+
+
+async def uninterrupted() -> tuple[SearchResult, int]:
+    model = FakeChatModel(routing_responder)
+    storage = optuna.storages.InMemoryStorage()
+    result = await runner(model, InMemoryResponseCache(), storage).run(
+        SENTIMENT_TASK, DATA, CONFIG, "job"
+    )
+    return result, model.calls
+
+
+async def test_resumed_search_equals_an_uninterrupted_one() -> None:
+    reference, reference_calls = await uninterrupted()
+    mid_trial = 0
+    for die_at in range(3, 43, 3):
+        mid_trial += await interrupt_and_resume(die_at, reference, reference_calls)
+    assert mid_trial >= 3, "some interruptions should land inside a trial"
+
+
+async def interrupt_and_resume(die_at: int, reference: SearchResult, reference_calls: int) -> int:
+    """Returns 1 when the interruption left a trial RUNNING (mid-trial), else 0."""
+    model = FakeChatModel(routing_responder)
+    cache = InMemoryResponseCache()
+    storage = optuna.storages.InMemoryStorage()
+
+    with pytest.raises(SearchCancelled):
+        await runner(model, cache, storage, die_at).run(SENTIMENT_TASK, DATA, CONFIG, "job")
+    study = optuna.load_study(study_name="job", storage=storage)
+    running = len(interrupted_trials(study))
+
+    resumed = await runner(model, cache, storage).run(SENTIMENT_TASK, DATA, CONFIG, "job")
+
+    assert resumed.best == reference.best
+    assert resumed.baseline == reference.baseline
+    assert resumed.improved == reference.improved
+    assert resumed.trials_completed == reference.trials_completed
+    assert resumed.trials_pruned == reference.trials_pruned
+    assert resumed.pareto == reference.pareto
+    assert model.calls == reference_calls  # nothing paid twice across the two processes
+    assert resumed.usage.llm_calls == reference.usage.llm_calls
+    numbers = [t.number for t in optuna.load_study(study_name="job", storage=storage).trials]
+    assert numbers == sorted(set(numbers))  # finished trials were not asked again
+    return min(running, 1)

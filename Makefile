@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 LLAMA_VERSION := 0.3.36
 
-.PHONY: install proto proto-check lint typecheck test test-fast bench bench-search demo clean
+.PHONY: install proto lint typecheck check test test-fast bench bench-gateway bench-load bench-scaleout bench-search demo clean
 
 install: $(STAMP)
 
@@ -38,7 +38,19 @@ test: install
 test-fast: install
 	$(VENV)/bin/pytest -q -m "not e2e"
 
-bench: bench-search
+check: lint typecheck test
+
+# Each benchmark prints its figures and writes JSON + Markdown under benchmarks/results/.
+bench: bench-gateway bench-load bench-scaleout bench-search
+
+bench-gateway: install
+	$(PY) benchmarks/gateway_bench.py
+
+bench-load: install
+	$(PY) benchmarks/load_bench.py
+
+bench-scaleout: install
+	$(PY) benchmarks/scaleout_bench.py
 
 # Search quality vs DSPy (hours; resumable: finished (task, method) pairs are skipped).
 # Arguments go through BENCH_SEARCH_ARGS, e.g. make bench-search BENCH_SEARCH_ARGS=--tiny

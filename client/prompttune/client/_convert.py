@@ -155,6 +155,7 @@ def search_to_proto(search: t.SearchSpec) -> pb.SearchSpec:
         allow_reasoning=search.allow_reasoning,
         multi_objective=search.multi_objective,
         num_reflection_candidates=search.num_reflection_candidates,
+        parallelism=search.parallelism,
     )
 
 
@@ -249,6 +250,7 @@ def search_from_proto(message: pb.SearchSpec) -> t.SearchSpec:
             if message.HasField("num_reflection_candidates")
             else None
         ),
+        parallelism=message.parallelism if message.HasField("parallelism") else None,
     )
 
 

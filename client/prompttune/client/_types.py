@@ -176,6 +176,7 @@ class SearchSpec:
     allow_reasoning: bool | None = None
     multi_objective: bool = False
     num_reflection_candidates: int | None = None
+    parallelism: int | None = None
 
 
 @dataclass(frozen=True)

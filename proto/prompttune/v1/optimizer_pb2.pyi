@@ -465,6 +465,7 @@ class SearchSpec(_message.Message):
     ALLOW_REASONING_FIELD_NUMBER: _builtins.int
     MULTI_OBJECTIVE_FIELD_NUMBER: _builtins.int
     NUM_REFLECTION_CANDIDATES_FIELD_NUMBER: _builtins.int
+    PARALLELISM_FIELD_NUMBER: _builtins.int
     num_instruction_candidates: _builtins.int
     """Instructions proposed by the LLM in addition to the seed instruction. Default 4, max 32."""
     max_demos: _builtins.int
@@ -493,6 +494,11 @@ class SearchSpec(_message.Message):
     sees the best instructions with their scores and the current best's mistakes on
     validation examples. Default 2, max 16. 0 = no reflection round.
     """
+    parallelism: _builtins.int
+    """Worker processes that may run this job's trials at once, sharing its Optuna study: the
+    worker that claimed the job plus up to parallelism - 1 helpers during the search phase.
+    Each budget cap's search share is split evenly between them. Default 1, max 16.
+    """
     @_builtins.property
     def budget(self) -> Global___Budget: ...
     @_builtins.property
@@ -514,10 +520,11 @@ class SearchSpec(_message.Message):
         allow_reasoning: _builtins.bool | None = ...,
         multi_objective: _builtins.bool = ...,
         num_reflection_candidates: _builtins.int | None = ...,
+        parallelism: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_allow_reasoning", b"_allow_reasoning", "_max_demos", b"_max_demos", "_num_instruction_candidates", b"_num_instruction_candidates", "_num_reflection_candidates", b"_num_reflection_candidates", "allow_reasoning", b"allow_reasoning", "budget", b"budget", "max_demos", b"max_demos", "num_instruction_candidates", b"num_instruction_candidates", "num_reflection_candidates", b"num_reflection_candidates", "proposer", b"proposer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_allow_reasoning", b"_allow_reasoning", "_max_demos", b"_max_demos", "_num_instruction_candidates", b"_num_instruction_candidates", "_num_reflection_candidates", b"_num_reflection_candidates", "_parallelism", b"_parallelism", "allow_reasoning", b"allow_reasoning", "budget", b"budget", "max_demos", b"max_demos", "num_instruction_candidates", b"num_instruction_candidates", "num_reflection_candidates", b"num_reflection_candidates", "parallelism", b"parallelism", "proposer", b"proposer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_reasoning", b"_allow_reasoning", "_max_demos", b"_max_demos", "_num_instruction_candidates", b"_num_instruction_candidates", "_num_reflection_candidates", b"_num_reflection_candidates", "allow_reasoning", b"allow_reasoning", "budget", b"budget", "disable_cache", b"disable_cache", "max_demos", b"max_demos", "minibatch_size", b"minibatch_size", "multi_objective", b"multi_objective", "num_demo_sets", b"num_demo_sets", "num_finalists", b"num_finalists", "num_instruction_candidates", b"num_instruction_candidates", "num_reflection_candidates", b"num_reflection_candidates", "proposer", b"proposer", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_reasoning", b"_allow_reasoning", "_max_demos", b"_max_demos", "_num_instruction_candidates", b"_num_instruction_candidates", "_num_reflection_candidates", b"_num_reflection_candidates", "_parallelism", b"_parallelism", "allow_reasoning", b"allow_reasoning", "budget", b"budget", "disable_cache", b"disable_cache", "max_demos", b"max_demos", "minibatch_size", b"minibatch_size", "multi_objective", b"multi_objective", "num_demo_sets", b"num_demo_sets", "num_finalists", b"num_finalists", "num_instruction_candidates", b"num_instruction_candidates", "num_reflection_candidates", b"num_reflection_candidates", "parallelism", b"parallelism", "proposer", b"proposer", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__allow_reasoning: _TypeAlias = _typing.Literal["allow_reasoning"]  # noqa: Y015
     _WhichOneofArgType__allow_reasoning: _TypeAlias = _typing.Literal["_allow_reasoning", b"_allow_reasoning"]  # noqa: Y015
@@ -527,6 +534,8 @@ class SearchSpec(_message.Message):
     _WhichOneofArgType__num_instruction_candidates: _TypeAlias = _typing.Literal["_num_instruction_candidates", b"_num_instruction_candidates"]  # noqa: Y015
     _WhichOneofReturnType__num_reflection_candidates: _TypeAlias = _typing.Literal["num_reflection_candidates"]  # noqa: Y015
     _WhichOneofArgType__num_reflection_candidates: _TypeAlias = _typing.Literal["_num_reflection_candidates", b"_num_reflection_candidates"]  # noqa: Y015
+    _WhichOneofReturnType__parallelism: _TypeAlias = _typing.Literal["parallelism"]  # noqa: Y015
+    _WhichOneofArgType__parallelism: _TypeAlias = _typing.Literal["_parallelism", b"_parallelism"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__allow_reasoning) -> _WhichOneofReturnType__allow_reasoning | None: ...
     @_typing.overload
@@ -535,6 +544,8 @@ class SearchSpec(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__num_instruction_candidates) -> _WhichOneofReturnType__num_instruction_candidates | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__num_reflection_candidates) -> _WhichOneofReturnType__num_reflection_candidates | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallelism) -> _WhichOneofReturnType__parallelism | None: ...
 
 Global___SearchSpec: _TypeAlias = SearchSpec  # noqa: Y015
 

@@ -195,6 +195,8 @@ class SearchConfig:
     allow_reasoning: bool | None = None
     # Maximise score and minimise prompt tokens (no pruning; see `Runner`).
     multi_objective: bool = False
+    # Workers running this job's trials at once (the primary plus parallelism - 1 helpers).
+    parallelism: int = 1
 
 
 @dataclass(frozen=True)

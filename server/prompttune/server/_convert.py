@@ -184,6 +184,7 @@ def search_config_from_proto(search: pb.SearchSpec, limits: Limits) -> SearchCon
         ),
         allow_reasoning=search.allow_reasoning if search.HasField("allow_reasoning") else None,
         multi_objective=search.multi_objective,
+        parallelism=search.parallelism if search.HasField("parallelism") else defaults.parallelism,
     )
     _check_ranges(config, limits)
     return config
@@ -219,6 +220,9 @@ def _check_ranges(config: SearchConfig, limits: Limits) -> None:
         config.num_reflection_candidates <= 16,
         "search.num_reflection_candidates",
         "must be at most 16",
+    )
+    _require(
+        1 <= config.parallelism <= 16, "search.parallelism", "must be between 1 and 16"
     )
 
 

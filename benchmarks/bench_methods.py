@@ -353,6 +353,7 @@ def run_dspy(
     started = time.monotonic()
     outcome = _run_worker(_dspy_job(optimizer, task, data, base_url, settings), settings, log_path)
     compile_usage = outcome.pop("compile", {})
+    answers = outcome.pop("test_outputs", None)
     result: dict[str, Any] = {
         **outcome,
         "usage": {k: v for k, v in compile_usage.items() if k != "wall_seconds"},
@@ -367,7 +368,6 @@ def run_dspy(
             points.append((point["calls"], best))
     result["trace"] = points
     result["validation"] = {"mean": best} if points else {}
-    answers = outcome.pop("test_outputs", None)
     if answers is not None:
         spec, gold = task.spec(), {ex.id: ex.output for ex in data.test}
         results = [

@@ -19,6 +19,14 @@ METHOD_TITLES = {
     "dspy_mipro": "DSPy MIPROv2 light",
     "prompttune_mipro_budget": "prompttune (budget of DSPy MIPROv2)",
 }
+PLOT_STYLES: dict[str, dict[str, Any]] = {
+    "zero_shot": {"color": "black", "marker": "o", "linestyle": ":"},
+    "random_demos": {"color": "tab:green", "linestyle": "--"},
+    "dspy_bfsrs": {"color": "tab:orange"},
+    "dspy_mipro": {"color": "tab:purple"},
+    "prompttune": {"color": "tab:red", "linewidth": 2.2},
+    "prompttune_mipro_budget": {"color": "tab:brown", "linewidth": 2.2, "linestyle": "-."},
+}
 # (prompttune method, the method it is compared with)
 COMPARISONS = (
     ("prompttune", "dspy_bfsrs"),
@@ -35,7 +43,7 @@ def load_results(results_dir: Path, pairs: Sequence[tuple[str, str]]) -> dict[st
         path = results_dir / TASKS[task].slug / f"{method}.json"
         if path.exists():
             record = json.loads(path.read_text())
-            record.pop("test_answers", None)
+            record.pop("test_answers", None)  # per-example answers stay in the pair's file
             found.setdefault(task, {})[method] = record
     return found
 
@@ -136,7 +144,9 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         f"Command: `{report['command']}`",
         "",
         "Task model: SmolLM2-135M-Instruct (Q4_1 GGUF) behind one llama-cpp-python server "
-        "(n_ctx 2048, 2 threads), temperature 0, every call capped by max_tokens. Same fixed "
+        f"(n_ctx 2048, {report['settings'].get('server_threads', 2)} thread(s)), temperature 0, "
+        "every call capped by max_tokens (32 for prompttune's prompts, 128 for DSPy's field "
+        "format, 384 for MIPROv2's proposer). Same fixed "
         "splits (train / validation / test, seeded and label-stratified) and the same test "
         "metric (label choice on the free-text answer, prompttune's `score_answer`) for every "
         "method. Test accuracy in % with its 95% bootstrap interval. *Calls* are the distinct "
@@ -174,7 +184,8 @@ def write_plot(path: Path, results: dict[str, dict[str, Any]]) -> None:
         return
     columns = min(3, len(tasks))
     rows = (len(tasks) + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    size = (max(5.0 * columns, 10.0), 3.6 * rows + 0.8)
+    figure, axes = plt.subplots(rows, columns, figsize=size, squeeze=False)
     for index, task in enumerate(tasks):
         axis = axes[index // columns][index % columns]
         for method, record in results[task].items():
@@ -186,8 +197,13 @@ def write_plot(path: Path, results: dict[str, dict[str, Any]]) -> None:
             total = record.get("usage", {}).get("calls", calls[-1])
             calls.append(max(int(total or 0), calls[-1]))
             scores.append(scores[-1])
-            style = "o" if method == "zero_shot" else "-"
-            axis.step(calls, scores, style, where="post", label=METHOD_TITLES.get(method, method))
+            axis.step(
+                calls,
+                scores,
+                where="post",
+                label=METHOD_TITLES.get(method, method),
+                **PLOT_STYLES.get(method, {}),
+            )
         axis.set_ylim(0.0, 1.02)
         axis.set_title(task)
         axis.set_xlabel("LLM calls")
@@ -195,9 +211,12 @@ def write_plot(path: Path, results: dict[str, dict[str, Any]]) -> None:
         axis.grid(alpha=0.3)
     for index in range(len(tasks), rows * columns):
         axes[index // columns][index % columns].axis("off")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
-    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    shown: dict[str, Any] = {}
+    for axis in axes.flat:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            shown.setdefault(label, handle)
+    figure.legend(list(shown.values()), list(shown), loc="lower center", ncol=3, fontsize=8)
+    figure.tight_layout(rect=(0, 0.8 / size[1] + 0.04, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 

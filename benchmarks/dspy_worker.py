@@ -243,6 +243,9 @@ def compile_program(dspy: Any, job: dict[str, Any], train: list[Any], val: list[
     options = job["options"]
     metric = make_metric(job)
     student = build_program(dspy, job)
+    # An unparsable answer scores 0 (DSPy's failure_score) instead of aborting the whole run
+    # after DSPy's default of 10 errors; crashes outside evaluation still end the run.
+    max_errors = len(train) + len(val)
     if job["optimizer"] == "dspy_bfsrs":
         optimizer = dspy.BootstrapFewShotWithRandomSearch(
             metric=metric,
@@ -250,6 +253,7 @@ def compile_program(dspy: Any, job: dict[str, Any], train: list[Any], val: list[
             max_labeled_demos=options["max_labeled_demos"],
             num_candidate_programs=options["num_candidate_programs"],
             num_threads=options["num_threads"],
+            max_errors=max_errors,
         )
         return optimizer.compile(student, trainset=train, valset=val)
     prompt_lm = make_lm(dspy, job, job["prompt_max_tokens"])
@@ -260,6 +264,7 @@ def compile_program(dspy: Any, job: dict[str, Any], train: list[Any], val: list[
         max_bootstrapped_demos=options["max_bootstrapped_demos"],
         max_labeled_demos=options["max_labeled_demos"],
         num_threads=options["num_threads"],
+        max_errors=max_errors,
         seed=job["seed"],
     )
     return optimizer.compile(student, trainset=train, valset=val)

@@ -279,7 +279,8 @@ def parse_args(argv: list[str]) -> Plan:
     shown = python.relative_to(REPO_ROOT) if python.is_relative_to(REPO_ROOT) else python
     script = Path(sys.argv[0]).resolve()
     shown_script = script.relative_to(REPO_ROOT) if script.is_relative_to(REPO_ROOT) else script
-    command = shlex.join([str(shown), str(shown_script), *argv])
+    producing = [arg for arg in argv if arg != "--report-only"]
+    command = shlex.join([str(shown), str(shown_script), *producing])
     return Plan(
         run_name,
         tuple(tasks),

@@ -1,6 +1,7 @@
 """Durable jobs with real processes: an API server, worker processes killed with SIGKILL, a
 fake OpenAI-compatible endpoint on loopback. A killed job is reclaimed when its lease expires
-and finishes with the same result as an uninterrupted run, paying no call twice."""
+and finishes with the same result as an uninterrupted run, paying no call twice. A job with
+parallelism 2 runs its trials on two worker processes, and a cancel stops both."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import optuna
 import pytest
 from tests.server.conftest import TASK, client_examples
 
 from prompttune.client import Budget, Client, Dataset, Job, JobState, ModelSpec, SearchSpec
+from prompttune.search._resume import OVER_CAP_ATTR, RUNNER_ATTR
 from prompttune.server.healthcheck import probe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +52,7 @@ SEARCH = SearchSpec(
     seed=11,
 )
 DATASET = Dataset.from_splits(
-    client_examples(16, "train"), client_examples(24, "val"), client_examples(16, "test")
+    client_examples(16, "train"), client_examples(24, "val"), client_examples(64, "test")
 )
 
 
@@ -112,7 +115,7 @@ def cluster(tmp_path: Path, db_url: str) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[Any]:
-    with fake_openai.serve_in_thread(fake_openai.FakeConfig(latency=0.03)) as server:
+    with fake_openai.serve_in_thread(fake_openai.FakeConfig(latency=0.08)) as server:
         yield server
 
 
@@ -223,3 +226,82 @@ def test_twenty_jobs_survive_random_worker_kills(
             ]
             assert states.count(JobState.SUCCEEDED) == 1
             assert states[-1] is JobState.SUCCEEDED
+
+
+PARALLEL_SEARCH = replace(SEARCH, budget=Budget(max_trials=12, max_llm_calls=3000), parallelism=2)
+
+
+@pytest.fixture(scope="module")
+def slow_endpoint() -> Iterator[Any]:
+    """Slow enough that a job is still searching when the second worker polls."""
+    with fake_openai.serve_in_thread(fake_openai.FakeConfig(latency=0.1)) as server:
+        yield server
+
+
+def study_trials(db_url: str, job_id: str) -> list[optuna.trial.FrozenTrial]:
+    """The job's Optuna trials ([] before its worker created the study)."""
+    storage = optuna.storages.RDBStorage(db_url)
+    try:
+        return optuna.load_study(study_name=job_id, storage=storage).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
+def test_two_workers_run_trials_of_one_job(
+    tmp_path: Path, slow_endpoint: Any, postgres_url: str
+) -> None:
+    with cluster(tmp_path, postgres_url) as nodes, Client(nodes.target) as sdk:
+        nodes.worker()
+        nodes.worker()
+        job = sdk.create_job(TASK, DATASET, model_for(slow_endpoint), PARALLEL_SEARCH)
+        finished = run_to_end(sdk, job.id)
+        logs = nodes.log("worker-1") + nodes.log("worker-2")
+
+    assert finished.state is JobState.SUCCEEDED, finished.error
+    trials = [t for t in study_trials(postgres_url, job.id) if not t.user_attrs.get(OVER_CAP_ATTR)]
+    assert len([t for t in trials if t.state.is_finished()]) == 12
+    assert {t.user_attrs.get(RUNNER_ATTR) for t in trials} == {0, 1}, "both workers ran trials"
+    assert "job.helper.started" in logs and "job.succeeded" in logs
+    assert finished.result is not None
+    assert finished.result.trials_completed + finished.result.trials_pruned == 12
+
+
+def test_cancel_stops_a_job_on_every_worker_within_seconds(
+    tmp_path: Path, slow_endpoint: Any, postgres_url: str
+) -> None:
+    search = replace(PARALLEL_SEARCH, budget=Budget(max_trials=60, max_llm_calls=20_000))
+    with cluster(tmp_path, postgres_url) as nodes, Client(nodes.target) as sdk:
+        nodes.worker()
+        nodes.worker()
+        job = sdk.create_job(TASK, DATASET, model_for(slow_endpoint), search)
+        deadline = time.monotonic() + 120
+        while {t.user_attrs.get(RUNNER_ATTR) for t in study_trials(postgres_url, job.id)} != {
+            0,
+            1,
+        }:
+            assert time.monotonic() < deadline, "the helper never joined"
+            time.sleep(0.2)
+        asked = time.monotonic()
+        sdk.cancel_job(job.id)
+        while not (ended := sdk.get_job(job.id)).done:
+            assert time.monotonic() - asked < 5, f"not cancelled within 5 s: {ended}"
+            time.sleep(0.1)
+        events = list(sdk.watch_job(job.id))
+        time.sleep(3)  # nothing may follow the cancellation, from either worker
+        after = list(sdk.watch_job(job.id))
+        finished_then = {t.number for t in study_trials(postgres_url, job.id)}
+        time.sleep(2)
+        finished_later = {t.number for t in study_trials(postgres_url, job.id)}
+
+    assert sdk_state(events) is JobState.CANCELLED, ended.error
+    assert events[-1].state_changed is not None
+    assert len(after) == len(events)
+    assert finished_later == finished_then, "a worker asked new trials after the cancel"
+
+
+def sdk_state(events: list[Any]) -> JobState:
+    states = [e.state_changed.state for e in events if e.state_changed is not None]
+    return states[-1]

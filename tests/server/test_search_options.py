@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 from tests.server.conftest import FAKE_MODEL, TASK, client_examples
 
 from prompttune.client import Client, Example, Prompt, PromptFormat, SearchSpec
-from prompttune.client._convert import prompt_from_proto, prompt_to_proto, search_to_proto
+from prompttune.client._convert import (
+    prompt_from_proto,
+    prompt_to_proto,
+    search_from_proto,
+    search_to_proto,
+)
+from prompttune.search import InvalidArgument
 from prompttune.server._convert import prompt_from_proto as server_prompt
 from prompttune.server._convert import prompt_to_proto as server_prompt_to_proto
 from prompttune.server._convert import search_config_from_proto
@@ -35,6 +42,19 @@ def test_search_spec_fields_reach_the_engine_config() -> None:
     config = search_config_from_proto(search_to_proto(spec), Limits())
     assert config.allow_reasoning is False and config.multi_objective
     assert config.num_reflection_candidates == 0
+
+
+def test_parallelism_reaches_the_engine_and_is_range_checked() -> None:
+    assert search_config_from_proto(search_to_proto(SearchSpec()), Limits()).parallelism == 1
+    spec = SearchSpec(parallelism=4)
+    assert search_config_from_proto(search_to_proto(spec), Limits()).parallelism == 4
+    assert search_from_proto(search_to_proto(spec)).parallelism == 4
+    for wrong in (SearchSpec(parallelism=0), SearchSpec(parallelism=17)):
+        with pytest.raises(InvalidArgument, match=r"search\.parallelism"):
+            search_config_from_proto(search_to_proto(wrong), Limits())
+    uncached = SearchSpec(parallelism=2, disable_cache=True)
+    with pytest.raises(InvalidArgument, match="response cache"):
+        search_config_from_proto(search_to_proto(uncached), Limits())
 
 
 def test_knn_and_reasoning_prompts_round_trip() -> None:

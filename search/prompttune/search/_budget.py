@@ -140,3 +140,43 @@ class Budget:
     def release_held_calls(self) -> None:
         with self._lock:
             self._held_calls = 0
+
+
+@dataclass(frozen=True)
+class BudgetCaps:
+    """The caps of one `Budget` (0 = unlimited)."""
+
+    max_llm_calls: int
+    max_tokens: int
+    max_cost_usd: float
+
+
+def shared_caps(total: BudgetCaps, held_calls: int, parts: int, index: int) -> BudgetCaps:
+    """The caps of runner `index` of a search run by `parts` workers at once.
+
+    The calls left after the final-phase reservation (`held_calls`), and all tokens and
+    cost, are split into `parts` equal shares, rounded down. Helpers (index >= 1) get one
+    share each; the primary (index 0) gets the rest: its share plus the reservation plus the
+    rounding. The caps sum to at most the job's caps and each `Budget` enforces its own, so
+    the workers together can never exceed the job's budget. An unlimited cap stays unlimited.
+    """
+    calls = max(0, total.max_llm_calls - held_calls) // parts
+    tokens = total.max_tokens // parts
+    cost = total.max_cost_usd / parts
+    if index == 0:
+        return BudgetCaps(
+            total.max_llm_calls - (parts - 1) * calls if total.max_llm_calls else 0,
+            total.max_tokens - (parts - 1) * tokens if total.max_tokens else 0,
+            total.max_cost_usd - (parts - 1) * cost if total.max_cost_usd else 0.0,
+        )
+    return BudgetCaps(calls, tokens, cost)
+
+
+def share_is_empty(total: BudgetCaps, share: BudgetCaps) -> bool:
+    """True when a limited cap's share rounded down to 0 (which a `Budget` would read as
+    unlimited): that helper must not run."""
+    return bool(
+        (total.max_llm_calls and not share.max_llm_calls)
+        or (total.max_tokens and not share.max_tokens)
+        or (total.max_cost_usd and not share.max_cost_usd)
+    )

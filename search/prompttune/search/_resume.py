@@ -23,6 +23,13 @@ RESULTS_ATTR = "prompttune.results"
 DUPLICATE_ATTR = "prompttune.duplicate_of"
 STATE_ATTR = "prompttune.state"
 USAGE_ATTR = "prompttune.usage"
+# Distributed trials (parallelism > 1): which runner asked a trial (0 = the primary, 1.. =
+# helpers), trials asked beyond max_trials and given back, the instruction table (it grows
+# in the primary's reflection round), and the primary's "no new trials" mark.
+RUNNER_ATTR = "prompttune.runner"
+OVER_CAP_ATTR = "prompttune.over_cap"
+INSTRUCTIONS_ATTR = "prompttune.instructions"
+SEARCH_CLOSED_ATTR = "prompttune.search_closed"
 
 _STATES = {COMPLETE: COMPLETE, PRUNED: PRUNED, FAILED: FAILED}
 
@@ -73,18 +80,76 @@ def load_record(
     )
 
 
-def save_usage(study: optuna.Study, usage: Usage) -> None:
-    study.set_user_attr(USAGE_ATTR, asdict(usage))
+def usage_attr(runner_index: int) -> str:
+    """The study attribute holding a runner's own usage (helpers' each under their index)."""
+    return USAGE_ATTR if runner_index == 0 else f"{USAGE_ATTR}.helper.{runner_index}"
 
 
-def load_usage(study: optuna.Study) -> Usage:
-    saved = study.user_attrs.get(USAGE_ATTR)
+def save_usage(study: optuna.Study, usage: Usage, attr: str = USAGE_ATTR) -> None:
+    study.set_user_attr(attr, asdict(usage))
+
+
+def load_usage(study: optuna.Study, attr: str = USAGE_ATTR) -> Usage:
+    saved = study.user_attrs.get(attr)
     return Usage(**saved) if isinstance(saved, dict) else Usage()
 
 
-def interrupted_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials left RUNNING by a process that died; they are continued, not re-asked."""
-    return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+def helper_usages(study: optuna.Study) -> list[Usage]:
+    """The usage every helper of a distributed search checkpointed."""
+    prefix = f"{USAGE_ATTR}.helper."
+    return [
+        Usage(**saved)
+        for name, saved in study.user_attrs.items()
+        if name.startswith(prefix) and isinstance(saved, dict)
+    ]
+
+
+def interrupted_trials(study: optuna.Study, runner_index: int | None = None) -> list[FrozenTrial]:
+    """Trials left RUNNING by a process that died; they are continued, not re-asked.
+
+    With `runner_index` only that runner's trials: in a distributed search the others may
+    belong to live helpers. Each index is held by one process at a time (job or slot lease),
+    so a RUNNING trial of one's own index was left by a dead predecessor.
+    """
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state == TrialState.RUNNING
+        and (runner_index is None or t.user_attrs.get(RUNNER_ATTR, 0) == runner_index)
+    ]
+
+
+def taken_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials counted against max_trials in a distributed search: asked (running or
+    finished) and not given back as over the cap."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.WAITING and not t.user_attrs.get(OVER_CAP_ATTR)
+    ]
+
+
+def over_cap(study: optuna.Study, trial: Trial, max_trials: int) -> bool:
+    """True when `trial`, just asked, would exceed max_trials: the caller gives it back.
+
+    Each asker counts the others' trials after its own ask is stored, so of two concurrent
+    asks for the last place at least the later one sees the earlier and steps back (both
+    may, and then ask again): the study never holds more than max_trials taken trials.
+    """
+    others = [t for t in taken_trials(study) if t.number != trial.number]
+    return len(others) >= max_trials
+
+
+def shared_sampler(
+    seed: int, runner_index: int, finished: int, startup_trials: int
+) -> optuna.samplers.BaseSampler:
+    """The sampler of a distributed search: TPE with the constant liar (running trials of
+    every worker count as bad, so concurrent asks spread out), seeded per runner and per
+    number of finished trials."""
+    mixed = (seed * 1_000_003 + runner_index * 7_919 + finished) % 2**32
+    return optuna.samplers.TPESampler(
+        seed=mixed, n_startup_trials=startup_trials, constant_liar=True
+    )
 
 
 def trial_sampler(seed: int, finished: int, startup_trials: int) -> optuna.samplers.BaseSampler:

@@ -17,6 +17,7 @@ validation scores.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable
@@ -27,7 +28,13 @@ import structlog
 from optuna.distributions import BaseDistribution
 from optuna.trial import Trial, TrialState
 
-from prompttune.search._budget import Budget, estimate_call_tokens
+from prompttune.search._budget import (
+    Budget,
+    BudgetCaps,
+    estimate_call_tokens,
+    share_is_empty,
+    shared_caps,
+)
 from prompttune.search._demos import (
     DemoSet,
     bootstrap_candidates,
@@ -39,7 +46,7 @@ from prompttune.search._errors import BudgetExceeded, SearchCancelled
 from prompttune.search._evaluate import CallSettings, score_examples
 from prompttune.search._finalize import conclude, finalist_count, validate_finalists
 from prompttune.search._flow import GatewayRegistry
-from prompttune.search._gateway import EndpointPolicy, LLMGateway, UsageLedger
+from prompttune.search._gateway import EndpointPolicy, LLMGateway, UsageLedger, add_usage
 from prompttune.search._proposer import (
     MAX_INSTRUCTION_CHARS,
     InstructionProposer,
@@ -50,12 +57,22 @@ from prompttune.search._proposer import (
 from prompttune.search._protocols import ChatModel, Embedder, ResponseCache, SearchObserver
 from prompttune.search._render import prompt_token_count, render_messages
 from prompttune.search._resume import (
+    DUPLICATE_ATTR,
+    INSTRUCTIONS_ATTR,
+    OVER_CAP_ATTR,
+    RUNNER_ATTR,
+    SEARCH_CLOSED_ATTR,
+    helper_usages,
     interrupted_trials,
     load_record,
     load_usage,
+    over_cap,
     save_record,
     save_usage,
+    shared_sampler,
+    taken_trials,
     trial_sampler,
+    usage_attr,
 )
 from prompttune.search._scorers import build_scorer, calls_per_example
 from prompttune.search._space import BASELINE, REASONING_MAX_TOKENS, SearchSpace, TrialConfig
@@ -81,6 +98,7 @@ from prompttune.search._types import (
     SearchResult,
     TaskSpec,
     TrialFinished,
+    Usage,
 )
 from prompttune.search._validate import validate_splits, validate_task
 
@@ -92,6 +110,10 @@ MAX_FAILED_SHARE = 0.5
 # Instructions shown to the reflection round, and mistakes of the current best offered to it.
 REFLECTION_HISTORY = 5
 REFLECTION_MISTAKES = 6
+# Distributed trials: how long the primary waits for helpers' running trials before it leaves
+# the search phase (twice the slowest trial so far, within these bounds), and how often it looks.
+HELPER_WAIT_SECONDS = (1.0, 60.0)
+HELPER_POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -221,9 +243,15 @@ def estimate(
 
 
 class Runner:
-    """Runs one search job. Not thread-safe; one `run` at a time per instance.
+    """Runs one search job. Not thread-safe; one `run` or `assist` at a time per instance.
 
     `storage` is an Optuna storage (object or URL); None keeps the study in memory.
+
+    Distributed trials (`SearchConfig.parallelism` p > 1): the runner of `run` (the primary)
+    runs the whole job; up to p - 1 other runners `assist` it during its search phase, each
+    asking and telling trials on the same study (constant-liar TPE) and storing their results
+    in the trials, which the primary adopts. Each budget cap's search share is split into p
+    parts (see `shared_caps`), so the workers together never exceed the job's budget.
     """
 
     def __init__(self, deps: RunnerDeps, storage: optuna.storages.BaseStorage | str | None = None):
@@ -245,7 +273,7 @@ class Runner:
         self._restore_usage(state, study)
         self._emit(PhaseChanged("proposing"))
         await self._propose(state)
-        save_usage(study, state.usage())
+        self._checkpoint(state, study)
         self._emit(PhaseChanged("searching"))
         await self._search(state, study)
         state.budget.release_held_calls()
@@ -257,6 +285,46 @@ class Runner:
         log.info("search.done", stop_reason=result.stop_reason, improved=result.improved)
         return result
 
+    async def assist(
+        self,
+        task: TaskSpec,
+        data: DatasetSplits,
+        config: SearchConfig,
+        study_name: str,
+        helper_index: int,
+        search_open: Callable[[], bool],
+    ) -> Usage:
+        """Runs trials of another runner's search (the primary's `run` on `study_name`) until
+        the study holds max_trials taken trials, `search_open()` turns False or the primary
+        closes its search, the search space is exhausted, or this helper's budget share
+        (`helper_index` in 1..parallelism-1) runs out. Returns this helper's usage.
+
+        The candidate space is rebuilt like the primary's, from the shared response cache
+        (no paid calls); instructions the primary's reflection added are read from the study.
+        Call only while the primary is searching. Raises `SearchCancelled` and
+        `InvalidArgument`.
+        """
+        validate_task(task)
+        validate_splits(task, data)
+        state = self._new_state(task, data, config, helper_index)
+        if share_is_empty(self._total_caps(config), self._caps(task, data, config, helper_index)):
+            return Usage()
+        state.reflected = True  # only the primary reflects; helpers read its instructions
+        study = self._create_study(state, study_name)
+        self._restore_usage(state, study)
+        await self._propose(state)
+        self._checkpoint(state, study)
+        log.info("search.helper.started", helper=helper_index)
+        for frozen in interrupted_trials(study, helper_index):
+            self._sync_instructions(state, study, publish=False)
+            self._adopt(state, study, emit=False)
+            await self._finish_trial(state, study, Trial(study, frozen._trial_id))
+        while self._helper_may_ask(state, study, search_open):
+            await self._one_shared_trial(state, study)
+        self._checkpoint(state, study)
+        log.info("search.helper.done", helper=helper_index, trials=len(state.records))
+        return state.own_usage()
+
     def estimate(self, task: TaskSpec, data: DatasetSplits, config: SearchConfig) -> Estimate:
         """`estimate` with this runner's answer caps."""
         deps = self._deps
@@ -264,9 +332,11 @@ class Runner:
 
     # ----------------------------------------------------------------- setup
 
-    def _new_state(self, task: TaskSpec, data: DatasetSplits, config: SearchConfig) -> SearchState:
+    def _new_state(
+        self, task: TaskSpec, data: DatasetSplits, config: SearchConfig, runner_index: int = 0
+    ) -> SearchState:
         deps = self._deps
-        budget = self._new_budget(task, data, config)
+        budget = self._new_budget(task, data, config, runner_index)
         val_order = list(sorted(data.validation, key=lambda ex: ex.id))
         random.Random(f"{config.seed}:validation").shuffle(val_order)
         gateways = job_gateways(deps, budget, config.use_cache)
@@ -285,6 +355,7 @@ class Runner:
                 deps.task_temperature, deps.task_max_tokens, config.seed, deps.embedder, scorer
             ),
             val_order=tuple(val_order),
+            runner_index=runner_index,
             rungs=minibatch_rungs(config.minibatch_size, len(val_order)),
             reflected=config.num_reflection_candidates <= 0,  # no round to wait for
             space=SearchSpace(
@@ -299,18 +370,37 @@ class Runner:
             ),
         )
 
-    def _new_budget(self, task: TaskSpec, data: DatasetSplits, config: SearchConfig) -> Budget:
+    def _new_budget(
+        self, task: TaskSpec, data: DatasetSplits, config: SearchConfig, runner_index: int
+    ) -> Budget:
+        caps = self._caps(task, data, config, runner_index)
         budget = Budget(
-            config.max_llm_calls,
-            config.max_tokens,
+            caps.max_llm_calls,
+            caps.max_tokens,
             config.max_wall_seconds,
             self._deps.clock,
-            max_cost_usd=config.max_cost_usd,
+            max_cost_usd=caps.max_cost_usd,
         )
-        finals = (finalist_count(config) + 1) * len(data.validation) + 2 * len(data.test)
-        # the search phase must not starve promotion and testing
-        budget.hold_calls(calls_per_example(task) * finals)
+        if runner_index == 0:
+            # the search phase must not starve promotion and testing
+            budget.hold_calls(self._final_calls(task, data, config))
         return budget
+
+    @staticmethod
+    def _total_caps(config: SearchConfig) -> BudgetCaps:
+        return BudgetCaps(config.max_llm_calls, config.max_tokens, config.max_cost_usd)
+
+    def _caps(
+        self, task: TaskSpec, data: DatasetSplits, config: SearchConfig, runner_index: int
+    ) -> BudgetCaps:
+        """The job's caps (parallelism 1), or this runner's share of them."""
+        held = self._final_calls(task, data, config)
+        return shared_caps(self._total_caps(config), held, config.parallelism, runner_index)
+
+    @staticmethod
+    def _final_calls(task: TaskSpec, data: DatasetSplits, config: SearchConfig) -> int:
+        finals = (finalist_count(config) + 1) * len(data.validation) + 2 * len(data.test)
+        return calls_per_example(task) * finals
 
     async def _propose(self, state: SearchState) -> None:
         config, train, space = state.config, state.data.train, state.space
@@ -385,6 +475,9 @@ class Runner:
         return study
 
     async def _search(self, state: SearchState, study: optuna.Study) -> None:
+        if state.config.parallelism > 1:
+            await self._search_shared(state, study)
+            return
         await self._resume(state, study)
         distributions = state.space.distributions()
         while True:
@@ -419,7 +512,7 @@ class Runner:
         save_record(trial, record)
         self._tell(state, study, trial, record)
         self._record(state, record)
-        save_usage(study, state.usage())
+        self._checkpoint(state, study)
 
     async def _resume(self, state: SearchState, study: optuna.Study) -> None:
         """Rebuilds the records of trials an earlier process finished (no LLM calls), then
@@ -446,7 +539,7 @@ class Runner:
     def _restore_usage(state: SearchState, study: optuna.Study) -> None:
         """Counts what an earlier process of this job spent against the budget and in the
         reported usage (its calls are in the cache, so none is paid again)."""
-        prior = load_usage(study)
+        prior = load_usage(study, usage_attr(state.runner_index))
         state.prior_usage = prior
         state.budget.carry_over(prior.llm_calls, prior.tokens, prior.cost_usd)
         state.study = study
@@ -457,7 +550,7 @@ class Runner:
         budget, config = state.budget, state.config
         if state.stop_reason:
             return state.stop_reason
-        if len(state.records) >= config.max_trials:
+        if self._trials_taken(state) >= config.max_trials:
             return "max_trials"
         if (
             config.max_wall_seconds
@@ -508,7 +601,7 @@ class Runner:
         )
         record.results.extend(results)
         if state.study is not None:
-            save_usage(state.study, state.usage())  # a crash loses at most one rung's accounting
+            self._checkpoint(state, state.study)  # a crash loses at most one rung's accounting
 
     @staticmethod
     def _duplicate(number: int, config: TrialConfig, previous: TrialRecord) -> TrialRecord:
@@ -574,6 +667,120 @@ class Runner:
             self._emit(NewBest(record.number, record.score))
         self._emit(BudgetUsed(state.usage()))
 
+    # ----------------------------------------------------------------- distributed trials
+
+    @staticmethod
+    def _checkpoint(state: SearchState, study: optuna.Study) -> None:
+        """Stores this runner's own usage in the study (helpers each under their index)."""
+        save_usage(study, state.own_usage(), usage_attr(state.runner_index))
+
+    @staticmethod
+    def _trials_taken(state: SearchState) -> int:
+        if state.config.parallelism > 1 and state.study is not None:
+            return len(taken_trials(state.study))  # every worker's, running ones included
+        return len(state.records)
+
+    async def _search_shared(self, state: SearchState, study: optuna.Study) -> None:
+        """The primary's search phase when helpers may join: adopt the trials they finished
+        before every decision, close the search, wait (bounded) for their running trials."""
+        self._sync_instructions(state, study, publish=True)
+        self._adopt(state, study, emit=False)  # a restarted primary: every finished trial
+        for frozen in interrupted_trials(study, state.runner_index):
+            log.info("search.trial.resumed", trial=frozen.number)
+            await self._finish_trial(state, study, Trial(study, frozen._trial_id))
+        while True:
+            self._adopt(state, study)
+            if self._reflection_due(state):
+                await self._reflect(state, study)
+            state.stop_reason = self._stop_reason(state)
+            if state.stop_reason:
+                break
+            await self._one_shared_trial(state, study)
+        study.set_user_attr(SEARCH_CLOSED_ATTR, True)
+        await self._await_helpers(state, study)
+
+    async def _one_shared_trial(self, state: SearchState, study: optuna.Study) -> None:
+        config = state.config
+        study.sampler = shared_sampler(
+            config.seed, state.runner_index, len(state.records), self._startup_trials(config)
+        )
+        trial = study.ask(state.space.distributions())
+        trial.set_user_attr(RUNNER_ATTR, state.runner_index)
+        if over_cap(study, trial, config.max_trials):
+            trial.set_user_attr(OVER_CAP_ATTR, True)
+            study.tell(trial, state=TrialState.FAIL)
+            return
+        await self._finish_trial(state, study, trial)
+
+    @staticmethod
+    def _sync_instructions(state: SearchState, study: optuna.Study, publish: bool) -> None:
+        """Takes the study's instruction table when it is longer (the primary reflected);
+        otherwise, with `publish`, stores ours there."""
+        shared = study.user_attrs.get(INSTRUCTIONS_ATTR)
+        if isinstance(shared, list) and len(shared) > len(state.space.instructions):
+            state.space.instructions = tuple(str(text) for text in shared)
+            state.reflected = True
+        elif publish:
+            study.set_user_attr(INSTRUCTIONS_ATTR, list(state.space.instructions))
+
+    def _adopt(self, state: SearchState, study: optuna.Study, emit: bool = True) -> None:
+        """Adds the trials other runners finished (no LLM calls), reporting them with `emit`,
+        and refreshes the helpers' usage."""
+        by_number = {record.number: record for record in state.records}
+        # Originals before duplicates: a duplicate may name an original that finished later.
+        trials = study.get_trials(deepcopy=False)
+        for frozen in sorted(trials, key=lambda t: (DUPLICATE_ATTR in t.user_attrs, t.number)):
+            if frozen.number in by_number:
+                continue
+            try:
+                record = load_record(frozen, state.space, state.task, by_number)
+            except (KeyError, IndexError):
+                continue  # its original or its instruction is not known here yet
+            if record is None:
+                continue
+            by_number[record.number] = record
+            state.by_key.setdefault(record.key, record)
+            if emit:
+                self._record(state, record)
+            else:
+                self._remember(state, record)
+        if state.runner_index == 0:
+            state.helper_usage = add_usage(*helper_usages(study))
+
+    def _helper_may_ask(
+        self, state: SearchState, study: optuna.Study, search_open: Callable[[], bool]
+    ) -> bool:
+        if self._deps.observer.cancelled():
+            raise SearchCancelled("search cancelled")
+        if not search_open() or study.user_attrs.get(SEARCH_CLOSED_ATTR):
+            return False
+        self._sync_instructions(state, study, publish=False)
+        self._adopt(state, study, emit=False)
+        state.stop_reason = self._stop_reason(state)
+        return not state.stop_reason
+
+    async def _await_helpers(self, state: SearchState, study: optuna.Study) -> None:
+        """Waits for the helpers' running trials (at most twice the slowest trial so far,
+        within HELPER_WAIT_SECONDS), then adopts what they finished. Uses wall time."""
+        deadline = time.monotonic() + self._helper_wait(study)
+        running = (TrialState.RUNNING,)
+        while study.get_trials(deepcopy=False, states=running) and time.monotonic() < deadline:
+            if self._deps.observer.cancelled():
+                raise SearchCancelled("search cancelled")
+            await asyncio.sleep(HELPER_POLL_SECONDS)
+        self._adopt(state, study)
+
+    @staticmethod
+    def _helper_wait(study: optuna.Study) -> float:
+        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        durations = [
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in study.get_trials(deepcopy=False, states=finished)
+            if t.datetime_complete is not None and t.datetime_start is not None
+        ]
+        low, high = HELPER_WAIT_SECONDS
+        return min(high, max(low, 2 * max(durations, default=high)))
+
     # ----------------------------------------------------------------- reflection round
 
     @staticmethod
@@ -602,6 +809,8 @@ class Runner:
         first = len(state.space.instructions)
         state.space.instructions = state.space.instructions + added
         best = state.best.config if state.best is not None else BASELINE
+        if state.config.parallelism > 1:
+            self._sync_instructions(state, study, publish=True)  # before helpers ask for them
         for index in range(first, len(state.space.instructions) if enqueue else first):
             study.enqueue_trial(state.space.params(replace(best, instruction=index)))
         log.info("search.reflected", added=len(added), instructions=len(state.space.instructions))

@@ -82,6 +82,10 @@ class SearchState:
     prior_usage: Usage = field(default_factory=Usage)
     # The job's Optuna study, where usage is checkpointed after every scored rung.
     study: optuna.Study | None = None
+    # Distributed trials: 0 = the primary (runs the whole job), 1.. = a helper (search only).
+    runner_index: int = 0
+    # What the helpers of a distributed search spent, as they checkpointed it.
+    helper_usage: Usage = field(default_factory=Usage)
 
     @property
     def instructions(self) -> tuple[str, ...]:
@@ -91,9 +95,13 @@ class SearchState:
     def demo_sets(self) -> tuple[DemoSet, ...]:
         return self.space.demo_sets
 
-    def usage(self) -> Usage:
-        """Usage of every role of the job (task, proposer, judge), across restarts."""
+    def own_usage(self) -> Usage:
+        """This runner's usage of every role (task, proposer, judge), across restarts."""
         return add_usage(self.prior_usage, self.ledger.total())
+
+    def usage(self) -> Usage:
+        """Usage of the job: this runner's plus its helpers'."""
+        return add_usage(self.own_usage(), self.helper_usage)
 
 
 def minibatch_rungs(minibatch_size: int, total: int) -> tuple[int, ...]:

@@ -221,8 +221,12 @@ def _check_ranges(config: SearchConfig, limits: Limits) -> None:
         "search.num_reflection_candidates",
         "must be at most 16",
     )
+    _require(1 <= config.parallelism <= 16, "search.parallelism", "must be between 1 and 16")
+    # Helpers rebuild the candidate space from the primary's cached proposer answers.
     _require(
-        1 <= config.parallelism <= 16, "search.parallelism", "must be between 1 and 16"
+        config.parallelism == 1 or config.use_cache,
+        "search.parallelism",
+        "above 1 needs the response cache (disable_cache must be false)",
     )
 
 

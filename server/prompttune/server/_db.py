@@ -29,6 +29,10 @@ class JobRow(Base):
     request: Mapped[bytes] = mapped_column(sa.LargeBinary)
     # Serialised prompttune.v1.Progress / JobResult / Estimate.
     progress: Mapped[bytes] = mapped_column(sa.LargeBinary, default=b"")
+    # The progress phase, readable without parsing `progress` (helpers join while "searching").
+    phase: Mapped[str] = mapped_column(sa.String(32), default="queued", server_default="queued")
+    # SearchSpec.parallelism: workers that may run this job's trials at once.
+    parallelism: Mapped[int] = mapped_column(sa.Integer, default=1, server_default="1")
     result: Mapped[bytes | None] = mapped_column(sa.LargeBinary, nullable=True)
     estimate: Mapped[bytes] = mapped_column(sa.LargeBinary, default=b"")
     error: Mapped[str] = mapped_column(sa.Text, default="")
@@ -48,6 +52,24 @@ class EventRow(Base):
     sequence: Mapped[int] = mapped_column(sa.Integer)
     # Serialised prompttune.v1.JobEvent.
     payload: Mapped[bytes] = mapped_column(sa.LargeBinary)
+
+
+class HelperSlotRow(Base):
+    """One helper place of a job with parallelism p > 1 (slots 1..p-1, created with the job).
+
+    Free while `owner` is None or its lease expired; `done` once a helper finished its part,
+    so the slot is not taken again for nothing.
+    """
+
+    __tablename__ = "pt_job_helpers"
+    __table_args__ = (sa.UniqueConstraint("job_id", "slot", name="uq_helper_slot"),)
+
+    num: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(sa.String(40), index=True)
+    slot: Mapped[int] = mapped_column(sa.Integer)
+    owner: Mapped[str | None] = mapped_column(sa.String(80), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    done: Mapped[bool] = mapped_column(sa.Boolean, default=False)
 
 
 class CacheRow(Base):

@@ -20,16 +20,29 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from prompttune.search import NotFound
 from prompttune.server._auth import DEFAULT_TENANT
-from prompttune.server._db import EventRow, JobRow
+from prompttune.server._db import EventRow, HelperSlotRow, JobRow
 from prompttune.v1 import optimizer_pb2 as pb
 
 TERMINAL_STATES = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
+# Helpers join a job only in its search phase; once joined they stay through its reflection.
+JOINABLE_PHASE = "searching"
+SEARCH_PHASES = frozenset({"searching", "reflecting"})
 
 
 @dataclass(frozen=True)
 class ClaimedJob:
     job_id: str
     request: pb.CreateJobRequest
+    tenant: str = DEFAULT_TENANT
+
+
+@dataclass(frozen=True)
+class ClaimedHelper:
+    """A helper place (`slot` in 1..parallelism-1) in another worker's running job."""
+
+    job_id: str
+    request: pb.CreateJobRequest
+    slot: int
     tenant: str = DEFAULT_TENANT
 
 
@@ -48,6 +61,12 @@ class JobStore(Protocol):
     def cancel_requested(self, job_id: str) -> bool: ...
     def claim(self, worker_id: str, lease_seconds: float) -> ClaimedJob | None: ...
     def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> bool: ...
+    def claim_helper(self, worker_id: str, lease_seconds: float) -> ClaimedHelper | None: ...
+    def renew_helper_lease(
+        self, job_id: str, slot: int, worker_id: str, lease_seconds: float
+    ) -> bool: ...
+    def release_helper(self, job_id: str, slot: int, worker_id: str, done: bool) -> None: ...
+    def search_open(self, job_id: str) -> bool: ...
     def append_event(self, job_id: str, event: pb.JobEvent) -> int: ...
     def events_after(self, job_id: str, sequence: int, limit: int) -> list[pb.JobEvent]: ...
     def set_progress(self, job_id: str, progress: pb.Progress) -> None: ...
@@ -82,6 +101,7 @@ class SqlJobStore:
             if existing is not None:
                 return existing
         now = time.time()
+        parallelism = request.search.parallelism if request.search.HasField("parallelism") else 1
         row = JobRow(
             id=new_job_id(),
             tenant=tenant,
@@ -89,6 +109,8 @@ class SqlJobStore:
             state=pb.JOB_STATE_QUEUED,
             request=request.SerializeToString(),
             progress=pb.Progress(phase="queued").SerializeToString(),
+            phase="queued",
+            parallelism=parallelism,
             estimate=estimate.SerializeToString(),
             error="",
             cancel_requested=False,
@@ -98,6 +120,10 @@ class SqlJobStore:
         try:
             with self._sessions.begin() as session:
                 session.add(row)
+                session.add_all(
+                    HelperSlotRow(job_id=row.id, slot=slot, done=False)
+                    for slot in range(1, parallelism)
+                )
         except IntegrityError:
             # A concurrent CreateJob with the same request_id won the race.
             existing = self._by_request_id(tenant, request.request_id)
@@ -196,6 +222,7 @@ class SqlJobStore:
                 .where(sa.or_(JobRow.lease_owner.is_(None), JobRow.lease_owner == row.lease_owner))
                 .values(
                     state=pb.JOB_STATE_RUNNING,
+                    phase="starting",  # helpers wait for this worker's search phase
                     lease_owner=worker_id,
                     lease_expires_at=now + lease_seconds,
                     updated_at=now,
@@ -217,6 +244,93 @@ class SqlJobStore:
                 .values(lease_expires_at=time.time() + lease_seconds)
             )
             return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]
+
+    def claim_helper(self, worker_id: str, lease_seconds: float) -> ClaimedHelper | None:
+        """Takes a helper place of the oldest running job in its search phase whose worker
+        holds a live lease: a slot never taken, or one whose helper's lease expired."""
+        now = time.time()
+        query = (
+            sa.select(HelperSlotRow)
+            .join(JobRow, JobRow.id == HelperSlotRow.job_id)
+            .where(
+                JobRow.state == pb.JOB_STATE_RUNNING,
+                JobRow.phase == JOINABLE_PHASE,
+                JobRow.cancel_requested.is_(False),
+                JobRow.lease_expires_at >= now,
+                HelperSlotRow.done.is_(False),
+                sa.or_(HelperSlotRow.owner.is_(None), HelperSlotRow.lease_expires_at < now),
+            )
+            .order_by(JobRow.num, HelperSlotRow.slot)
+            .limit(1)
+        )
+        if self._skip_locked:
+            query = query.with_for_update(skip_locked=True, of=HelperSlotRow)
+        with self._sessions.begin() as session:
+            slot = session.scalar(query)
+            if slot is None:
+                return None
+            previous = (
+                HelperSlotRow.owner.is_(None)
+                if slot.owner is None
+                else (HelperSlotRow.owner == slot.owner)
+            )
+            claimed = session.execute(
+                sa.update(HelperSlotRow)
+                .where(HelperSlotRow.num == slot.num, HelperSlotRow.done.is_(False), previous)
+                .values(owner=worker_id, lease_expires_at=now + lease_seconds)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None  # another worker took it first (SQLite: no row locks)
+            job = self._row(session, slot.job_id)
+            return ClaimedHelper(
+                job_id=job.id,
+                request=pb.CreateJobRequest.FromString(job.request),
+                slot=slot.slot,
+                tenant=job.tenant,
+            )
+
+    def renew_helper_lease(
+        self, job_id: str, slot: int, worker_id: str, lease_seconds: float
+    ) -> bool:
+        with self._sessions.begin() as session:
+            renewed = session.execute(
+                self._own_slot(job_id, slot, worker_id).values(
+                    lease_expires_at=time.time() + lease_seconds
+                )
+            )
+            return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]
+
+    def release_helper(self, job_id: str, slot: int, worker_id: str, done: bool) -> None:
+        """Frees the slot; `done` (the helper finished its part) keeps it from being taken
+        again, otherwise another worker may take it at once."""
+        with self._sessions.begin() as session:
+            session.execute(
+                self._own_slot(job_id, slot, worker_id).values(
+                    owner=None, lease_expires_at=None, done=done
+                )
+            )
+
+    @staticmethod
+    def _own_slot(job_id: str, slot: int, worker_id: str) -> sa.Update:
+        return sa.update(HelperSlotRow).where(
+            HelperSlotRow.job_id == job_id,
+            HelperSlotRow.slot == slot,
+            HelperSlotRow.owner == worker_id,
+        )
+
+    def search_open(self, job_id: str) -> bool:
+        """True while the job runs its search phase and no cancellation was requested."""
+        query = sa.select(JobRow.state, JobRow.phase, JobRow.cancel_requested).where(
+            JobRow.id == job_id
+        )
+        with self._sessions() as session:
+            row = session.execute(query).one_or_none()
+        return bool(
+            row is not None
+            and row.state == pb.JOB_STATE_RUNNING
+            and row.phase in SEARCH_PHASES
+            and not row.cancel_requested
+        )
 
     def append_event(self, job_id: str, event: pb.JobEvent) -> int:
         """Stores the event with the next sequence number of its job and returns that number."""
@@ -258,7 +372,11 @@ class SqlJobStore:
             session.execute(
                 sa.update(JobRow)
                 .where(JobRow.id == job_id)
-                .values(progress=progress.SerializeToString(), updated_at=time.time())
+                .values(
+                    progress=progress.SerializeToString(),
+                    phase=progress.phase[:32],
+                    updated_at=time.time(),
+                )
             )
 
     def finish(self, job_id: str, state: int, result: pb.JobResult | None, error: str) -> None:

@@ -339,7 +339,7 @@ def _markdown(report: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=3.0, help="target run per level")
+    parser.add_argument("--seconds", type=float, default=10.0, help="target run per level")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     load = os.getloadavg()  # other processes on the machine skew wall-clock figures

@@ -30,6 +30,7 @@ from prompttune.server._app import ServerConfig, TlsConfig, serve
 from prompttune.server._auth import AuthConfigError, load_registry
 from prompttune.server._embedded import EmbeddedServer
 from prompttune.server._logging import configure_logging
+from prompttune.server._models import EndpointDefaults
 from prompttune.server._progress import ProgressLine
 from prompttune.server._taskfile import (
     OptimizationRequest,
@@ -116,9 +117,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls=tls,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        endpoints=endpoint_defaults(args),
     )
     asyncio.run(serve(config))
     return 0
+
+
+def endpoint_defaults(args: argparse.Namespace) -> EndpointDefaults:
+    """Server-wide flow control for every LLM endpoint; a model spec may override the rates."""
+    return EndpointDefaults(
+        max_concurrency=args.endpoint_concurrency,
+        requests_per_minute=args.endpoint_rpm,
+        tokens_per_minute=args.endpoint_tpm,
+        max_outage_seconds=args.max_outage_seconds,
+    )
+
+
+def add_endpoint_options(parser: argparse.ArgumentParser) -> None:
+    defaults = EndpointDefaults()
+    group = parser.add_argument_group("LLM endpoints (shared by all jobs of the process)")
+    group.add_argument(
+        "--endpoint-concurrency",
+        type=int,
+        default=defaults.max_concurrency,
+        help="calls in flight per endpoint",
+    )
+    group.add_argument(
+        "--endpoint-rpm",
+        type=float,
+        default=defaults.requests_per_minute,
+        help="requests per minute per endpoint (0 = unlimited)",
+    )
+    group.add_argument(
+        "--endpoint-tpm",
+        type=float,
+        default=defaults.tokens_per_minute,
+        help="tokens per minute per endpoint (0 = unlimited)",
+    )
+    group.add_argument(
+        "--max-outage-seconds", type=float, default=defaults.max_outage_seconds,
+        help="an endpoint failing every call for longer fails the job (0 = never)",
+    )  # fmt: skip
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -127,6 +166,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         db_url=args.db or default_db_url(),
         workers=args.slots,
         worker=WorkerConfig(slots=args.slots, lease_seconds=args.lease_seconds),
+        endpoints=endpoint_defaults(args),
     )
     asyncio.run(_run_workers_only(config))
     return 0
@@ -433,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = any)"
     )
     serve_cmd.add_argument("--metrics-host", default="127.0.0.1")
+    add_endpoint_options(serve_cmd)
     serve_cmd.set_defaults(handler=cmd_serve)
 
     worker_cmd = commands.add_parser("worker", help="run job workers without the API")
@@ -445,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a job whose worker stops renewing its lease is reclaimed after this long",
     )
     worker_cmd.add_argument("--log-level", default="INFO")
+    add_endpoint_options(worker_cmd)
     worker_cmd.set_defaults(handler=cmd_worker)
 
     optimize_cmd = commands.add_parser("optimize", help="optimise a prompt from a task file")

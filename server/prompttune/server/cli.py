@@ -236,8 +236,11 @@ def print_result(job: Job) -> None:
         f"tokens {usage.prompt_tokens + usage.completion_tokens}, "
         f"wall {result.wall_seconds:.1f}s, stopped by {result.stop_reason}"
     )
-    print("best prompt:")
-    print(json.dumps(to_jsonable(result.best.prompt), indent=2))
+    print("best prompt (the result file has it in full):")
+    shown = to_jsonable(result.best.prompt)
+    if shown.get("demo_pool"):
+        shown["demo_pool"] = f"<{len(shown['demo_pool'])} examples, {shown['knn_k']} per input>"
+    print(json.dumps(shown, indent=2))
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

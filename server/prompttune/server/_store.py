@@ -185,18 +185,16 @@ class SqlJobStore:
 
     def request_cancel(self, job_id: str, tenant: str | None = None) -> pb.Job:
         """Queued jobs are cancelled at once; running ones are flagged for their worker."""
-        cancelled_now = False
         with self._sessions.begin() as session:
-            row = self._row(session, job_id, tenant)
-            if row.state == pb.JOB_STATE_QUEUED:
-                row.state = pb.JOB_STATE_CANCELLED
-                cancelled_now = True
-            if row.state not in TERMINAL_STATES or cancelled_now:
+            row = self._row(session, job_id, tenant)  # NotFound also for another tenant's job
+            if row.state not in TERMINAL_STATES:
                 row.cancel_requested = True
                 row.updated_at = time.time()
-        if cancelled_now:
-            self.append_event(job_id, _state_event(pb.JOB_STATE_CANCELLED, ""))
-        return self.get(job_id)
+        with self._sessions() as session:
+            queued = self._row(session, job_id, tenant).state == pb.JOB_STATE_QUEUED
+        if queued:
+            self.finish(job_id, pb.JOB_STATE_CANCELLED, None, "")
+        return self.get(job_id, tenant)
 
     def cancel_requested(self, job_id: str) -> bool:
         with self._sessions() as session:
@@ -334,28 +332,33 @@ class SqlJobStore:
 
     def append_event(self, job_id: str, event: pb.JobEvent) -> int:
         """Stores the event with the next sequence number of its job and returns that number."""
-        for _attempt in range(20):
+        for attempt in range(_EVENT_ATTEMPTS):
             try:
                 with self._sessions.begin() as session:
-                    last = session.scalar(
-                        sa.select(sa.func.max(EventRow.sequence)).where(EventRow.job_id == job_id)
-                    )
-                    stored = pb.JobEvent()
-                    stored.CopyFrom(event)
-                    stored.job_id = job_id
-                    stored.sequence = (last or 0) + 1
-                    stored.time.CopyFrom(_timestamp(time.time()))
-                    session.add(
-                        EventRow(
-                            job_id=job_id,
-                            sequence=stored.sequence,
-                            payload=stored.SerializeToString(),
-                        )
-                    )
-                return stored.sequence
+                    return self._add_event(session, job_id, event)
             except IntegrityError:
-                continue  # another writer took this sequence number; take the next one
+                # SQLite does not lock rows: another writer took this number; take the next.
+                time.sleep(0.001 * attempt)
         raise RuntimeError(f"could not append an event to job {job_id}")
+
+    def _add_event(self, session: Session, job_id: str, event: pb.JobEvent) -> int:
+        """Adds the event inside the caller's transaction. On PostgreSQL the job row is locked
+        first, so concurrent writers of one job take turns instead of colliding."""
+        if self._skip_locked:
+            session.execute(sa.select(JobRow.num).where(JobRow.id == job_id).with_for_update())
+        last = session.scalar(
+            sa.select(sa.func.max(EventRow.sequence)).where(EventRow.job_id == job_id)
+        )
+        stored = pb.JobEvent()
+        stored.CopyFrom(event)
+        stored.job_id = job_id
+        stored.sequence = (last or 0) + 1
+        stored.time.CopyFrom(_timestamp(time.time()))
+        session.add(
+            EventRow(job_id=job_id, sequence=stored.sequence, payload=stored.SerializeToString())
+        )
+        session.flush()
+        return stored.sequence
 
     def events_after(self, job_id: str, sequence: int, limit: int) -> list[pb.JobEvent]:
         query = (
@@ -380,18 +383,28 @@ class SqlJobStore:
             )
 
     def finish(self, job_id: str, state: int, result: pb.JobResult | None, error: str) -> None:
-        """Moves a job to a terminal state and emits the state event. Idempotent."""
-        with self._sessions.begin() as session:
-            row = self._row(session, job_id)
-            if row.state in TERMINAL_STATES:
+        """Moves a job to a terminal state and stores the state event in the same transaction,
+        so a watcher that sees the terminal state also finds its event. Idempotent."""
+        for attempt in range(_EVENT_ATTEMPTS):
+            try:
+                with self._sessions.begin() as session:
+                    row = self._row(session, job_id)
+                    if row.state in TERMINAL_STATES:
+                        return
+                    row.state = state
+                    row.result = None if result is None else result.SerializeToString()
+                    row.error = error
+                    row.lease_owner = None
+                    row.lease_expires_at = None
+                    row.updated_at = time.time()
+                    self._add_event(session, job_id, _state_event(state, error))
                 return
-            row.state = state
-            row.result = None if result is None else result.SerializeToString()
-            row.error = error
-            row.lease_owner = None
-            row.lease_expires_at = None
-            row.updated_at = time.time()
-        self.append_event(job_id, _state_event(state, error))
+            except IntegrityError:
+                time.sleep(0.001 * attempt)
+        raise RuntimeError(f"could not finish job {job_id}")
+
+
+_EVENT_ATTEMPTS = 50
 
 
 def _state_event(state: int, error: str) -> pb.JobEvent:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from prompttune.client import (
     BatchItemResult,
@@ -448,16 +448,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ---- parser -----------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prompttune", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-    def client_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--server", help="HOST:PORT of a prompttune server (default: embedded)")
-        sub.add_argument("--db", help="database URL of the embedded server")
-        sub.add_argument("--token", help=f"bearer token for --server (default ${TOKEN_ENV})")
-        sub.add_argument("--tls-ca", help="CA certificate (PEM) to connect to --server over TLS")
 
+def client_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--server", help="HOST:PORT of a prompttune server (default: embedded)")
+    sub.add_argument("--db", help="database URL of the embedded server")
+    sub.add_argument("--token", help=f"bearer token for --server (default ${TOKEN_ENV})")
+    sub.add_argument("--tls-ca", help="CA certificate (PEM) to connect to --server over TLS")
+
+
+def _add_serve(commands: Commands) -> None:
+    """`serve`: the gRPC server with in-process workers."""
     serve_cmd = commands.add_parser("serve", help="run the gRPC server with in-process workers")
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=50051)
@@ -479,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_endpoint_options(serve_cmd)
     serve_cmd.set_defaults(handler=cmd_serve)
 
+
+def _add_worker(commands: Commands) -> None:
+    """`worker`: job workers without the API."""
     worker_cmd = commands.add_parser("worker", help="run job workers without the API")
     worker_cmd.add_argument("--db", help="database URL shared with the API servers")
     worker_cmd.add_argument("--slots", type=int, default=1)
@@ -492,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_endpoint_options(worker_cmd)
     worker_cmd.set_defaults(handler=cmd_worker)
 
+
+def _add_optimize(commands: Commands) -> None:
+    """`optimize`: one optimisation from a task file."""
     optimize_cmd = commands.add_parser("optimize", help="optimise a prompt from a task file")
     optimize_cmd.add_argument("task_file", help="task file (YAML or JSON)")
     optimize_cmd.add_argument("--out", help="result file (default prompttune-result-JOB.json)")
@@ -501,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     client_options(optimize_cmd)
     optimize_cmd.set_defaults(handler=cmd_optimize)
 
+
+def _add_jobs(commands: Commands) -> None:
+    """`jobs list|get|cancel|watch`."""
     jobs_cmd = commands.add_parser("jobs", help="list, inspect, cancel or watch jobs")
     jobs_sub = jobs_cmd.add_subparsers(dest="jobs_command", required=True)
     list_cmd = jobs_sub.add_parser("list")
@@ -517,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
         client_options(sub)
     jobs_cmd.set_defaults(handler=cmd_jobs)
 
+
+def _add_prompt_commands(commands: Commands) -> None:
+    """`evaluate` and `render`: use a prompt without a search."""
     evaluate_cmd = commands.add_parser("evaluate", help="score a prompt on a data file")
     evaluate_cmd.add_argument("task_file")
     evaluate_cmd.add_argument("--prompt", required=True, help="prompt JSON or a result file")
@@ -531,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     client_options(render_cmd)
     render_cmd.set_defaults(handler=cmd_render)
 
+
+def _add_batch(commands: Commands) -> None:
+    """`batch submit`: many optimisation requests from a JSONL file."""
     batch_cmd = commands.add_parser("batch", help="run many optimisation jobs from a JSONL file")
     batch_sub = batch_cmd.add_subparsers(dest="batch_command", required=True)
     submit_cmd = batch_sub.add_parser("submit", help="submit (or resume) a batch")
@@ -541,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     client_options(submit_cmd)
     submit_cmd.set_defaults(handler=cmd_batch)
 
+
+def _add_job_outputs(commands: Commands) -> None:
+    """`export`, `report` and `demo`."""
     export_cmd = commands.add_parser("export", help="write a job's best prompt ready to use")
     export_cmd.add_argument("job_id")
     export_cmd.add_argument("--format", choices=["openai", "json", "yaml"], default="openai")
@@ -559,6 +579,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.add_argument("--quiet", action="store_true")
     client_options(demo_cmd)
     demo_cmd.set_defaults(handler=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prompttune", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_serve,
+        _add_worker,
+        _add_optimize,
+        _add_jobs,
+        _add_prompt_commands,
+        _add_batch,
+        _add_job_outputs,
+    ):
+        add(commands)
     return parser
 
 

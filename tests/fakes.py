@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import re
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import TypeVar
 
 import numpy as np
@@ -246,3 +250,16 @@ def fixed_clock(value: float = 0.0) -> Callable[[], float]:
 
 def gold_by_id(examples: Sequence[Example]) -> Mapping[str, str]:
     return {example.id: example.output for example in examples}
+
+
+def load_fake_openai() -> ModuleType:
+    """benchmarks/fake_openai.py (the OpenAI-compatible fake HTTP endpoint), loaded once."""
+    if "fake_openai" in sys.modules:
+        return sys.modules["fake_openai"]
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fake_openai.py"
+    spec = importlib.util.spec_from_file_location("fake_openai", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fake_openai"] = module
+    spec.loader.exec_module(module)
+    return module

@@ -4,11 +4,7 @@ within budget, and a rerun makes no new calls."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -30,21 +26,11 @@ from tests.fakes import (
     FakeEmbedder,
     InMemoryResponseCache,
     RecordingObserver,
+    load_fake_openai,
     sentiment_splits,
 )
 
-
-def _load_fake() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "fake_openai.py"
-    spec = importlib.util.spec_from_file_location("fake_openai", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fake_openai", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-fake_openai = _load_fake()
+fake_openai = load_fake_openai()
 CONFIG = SearchConfig(
     max_trials=6,
     max_llm_calls=900,

@@ -5,7 +5,6 @@ parallelism 2 runs its trials on two worker processes, and a cancel stops both."
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import signal
@@ -17,11 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import optuna
 import pytest
+from tests.fakes import load_fake_openai
 from tests.server.conftest import TASK, client_examples
 
 from prompttune.client import Budget, Client, Dataset, Job, JobState, ModelSpec, SearchSpec
@@ -32,17 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LEASE_SECONDS = 1.5
 
 
-def _load_fake() -> ModuleType:
-    path = ROOT / "benchmarks" / "fake_openai.py"
-    spec = importlib.util.spec_from_file_location("fake_openai", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fake_openai", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-fake_openai = _load_fake()
+fake_openai = load_fake_openai()
 
 SEARCH = SearchSpec(
     budget=Budget(max_trials=8, max_llm_calls=3000),

@@ -529,6 +529,10 @@ class Runner:
         for frozen in interrupted_trials(study):
             if self._reflection_due(state):
                 await self._reflect(state, study, enqueue=False)
+            if set(frozen.params) != set(state.space.distributions()):
+                # Killed while Optuna was still storing its parameters: nothing ran yet.
+                study.tell(frozen.number, state=TrialState.FAIL)
+                continue
             log.info("search.trial.resumed", trial=frozen.number)
             # Optuna's FrozenTrial keeps the storage id privately; Trial(study, id) is public.
             await self._finish_trial(state, study, Trial(study, frozen._trial_id))

@@ -173,3 +173,15 @@ async def test_small_space_is_exhausted() -> None:
     assert result.best.prompt.format.instruction_placement in tuple(InstructionPlacement)
     assert result.best.prompt.format.demo_layout is DemoLayout.CHAT_TURNS
     assert result.baseline.test is None
+
+
+async def test_the_search_spends_the_calls_promotion_does_not_need() -> None:
+    """Only what promotion and testing still need is held back from the search, so a call
+    budget is used up to less than one first-rung minibatch (8 calls) plus the test passes
+    held for the end (the fake test split repeats validation texts: the cache pays them)."""
+    held_for_testing = 2 * len(DATA.test)
+    for budget in (260, 400):
+        h = harness()
+        result = await run(h, dataclasses.replace(CONFIG, max_llm_calls=budget, max_trials=50))
+        assert result.stop_reason == "max_llm_calls"
+        assert budget - CONFIG.minibatch_size - held_for_testing < h.model.calls <= budget

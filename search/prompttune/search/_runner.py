@@ -44,7 +44,12 @@ from prompttune.search._demos import (
 )
 from prompttune.search._errors import BudgetExceeded, SearchCancelled
 from prompttune.search._evaluate import CallSettings, score_examples
-from prompttune.search._finalize import conclude, finalist_count, validate_finalists
+from prompttune.search._finalize import (
+    conclude,
+    finalist_count,
+    finalist_records,
+    validate_finalists,
+)
 from prompttune.search._flow import GatewayRegistry
 from prompttune.search._gateway import EndpointPolicy, LLMGateway, UsageLedger, add_usage
 from prompttune.search._proposer import (
@@ -75,7 +80,14 @@ from prompttune.search._resume import (
     usage_attr,
 )
 from prompttune.search._scorers import build_scorer, calls_per_example
-from prompttune.search._space import BASELINE, REASONING_MAX_TOKENS, SearchSpace, TrialConfig
+from prompttune.search._space import (
+    BASELINE,
+    REASONING_MAX_TOKENS,
+    SearchSpace,
+    TrialConfig,
+    label_cue,
+    output_cue,
+)
 from prompttune.search._state import (
     COMPLETE,
     FAILED,
@@ -227,7 +239,7 @@ def estimate(
     widest = Prompt(
         instruction=task.seed_instruction + " " * MAX_INSTRUCTION_CHARS,
         demos=tuple(sorted(data.train, key=lambda ex: -len(str(ex.inputs))))[: config.max_demos],
-        format=PromptFormat(answer_prefix=f"{task.output_name.capitalize()}:"),
+        format=PromptFormat(answer_prefix=label_cue(task) or output_cue(task)),
         input_fields=task.input_fields,
         output_name=task.output_name,
     )
@@ -273,6 +285,7 @@ class Runner:
         self._restore_usage(state, study)
         self._emit(PhaseChanged("proposing"))
         await self._propose(state)
+        self._warm_start(state, study)
         self._checkpoint(state, study)
         self._emit(PhaseChanged("searching"))
         await self._search(state, study)
@@ -362,7 +375,8 @@ class Runner:
                 instructions=(task.seed_instruction,),
                 demo_sets=(),
                 max_demos=0,
-                answer_prefix=f"{task.output_name.capitalize()}:",
+                answer_prefix=output_cue(task),
+                label_prefix=label_cue(task),
                 reasoning=reasoning_enabled(task, config),
                 reasoning_max_tokens=reasoning_max_tokens(
                     config, deps.task_max_tokens, len(val_order)
@@ -398,6 +412,24 @@ class Runner:
         return shared_caps(self._total_caps(config), held, config.parallelism, runner_index)
 
     @staticmethod
+    def _final_reserve(state: SearchState) -> int:
+        """The calls promotion and testing still need as the search stands: the unscored
+        validation examples of the baseline and of the current finalists, a full validation
+        pass for the next trial while finalist places are free, and the test split twice.
+
+        The next trial cannot raise it: finalists rank by examples scored first, so a new
+        record only displaces one with fewer examples scored (more left to pay)."""
+        n_val = len(state.val_order)
+        baseline_key, _ = state.space.prompt_for(state.task, BASELINE)
+        finalists = [r for r in finalist_records(state) if r.key != baseline_key]
+        baseline = state.by_key.get(baseline_key)
+        missing = n_val - (baseline.scored if baseline is not None else 0)
+        missing += sum(n_val - record.scored for record in finalists)
+        if len(finalists) < finalist_count(state.config):
+            missing += n_val
+        return calls_per_example(state.task) * (missing + 2 * len(state.data.test))
+
+    @staticmethod
     def _final_calls(task: TaskSpec, data: DatasetSplits, config: SearchConfig) -> int:
         finals = (finalist_count(config) + 1) * len(data.validation) + 2 * len(data.test)
         return calls_per_example(task) * finals
@@ -428,6 +460,22 @@ class Runner:
             instructions=len(space.instructions),
             demo_sets=[s.name for s in sets],
         )
+
+    def _warm_start(self, state: SearchState, study: optuna.Study) -> None:
+        """Queues the obvious strong prompts right after the baseline: the seed instruction
+        with each demo set (all its demos) and then alone, each with the richest answer prefix
+        (the label cue where the task has labels). They are measured first and the sampler
+        learns from them; at most all but one of the startup trials, so random exploration
+        remains. Idempotent: a resumed run finds them in the study and queues nothing."""
+        space = state.space
+        prefix = space.answer_prefixes()[-1]
+        configs = [
+            TrialConfig(demo_set=index, n_demos=space.max_demos, answer_prefix=prefix)
+            for index in range(len(space.demo_sets) if space.max_demos else 0)
+        ]
+        configs.append(TrialConfig(answer_prefix=prefix))
+        for config in configs[: self._startup_trials(state.config) - 1]:
+            study.enqueue_trial(space.params(config), skip_if_exists=True)
 
     async def _bootstrap(self, state: SearchState) -> DemoSet | None:
         """Train examples the task model answers correctly under the baseline prompt."""
@@ -484,6 +532,7 @@ class Runner:
             if self._reflection_due(state):
                 await self._reflect(state, study)
                 distributions = state.space.distributions()
+            state.budget.hold_calls(self._final_reserve(state))
             state.stop_reason = self._stop_reason(state)
             if state.stop_reason:
                 break
@@ -561,8 +610,9 @@ class Runner:
             and budget.elapsed() >= SEARCH_WALL_SHARE * config.max_wall_seconds
         ):
             return "max_wall_seconds"
-        if budget.calls_available() == 0:
-            return "max_llm_calls"
+        available = budget.calls_available()
+        if available is not None and available < calls_per_example(state.task) * state.rungs[0]:
+            return "max_llm_calls"  # not even the first minibatch of another trial fits
         exhausted = len(state.by_key) >= state.space.size()
         if exhausted and (state.reflected or state.best is None):
             return "search_space_exhausted"
@@ -817,6 +867,7 @@ class Runner:
             self._sync_instructions(state, study, publish=True)  # before helpers ask for them
         for index in range(first, len(state.space.instructions) if enqueue else first):
             study.enqueue_trial(state.space.params(replace(best, instruction=index)))
+        self._checkpoint(state, study)  # the round's proposer calls survive a crash
         log.info("search.reflected", added=len(added), instructions=len(state.space.instructions))
         self._emit(PhaseChanged("searching"))
 

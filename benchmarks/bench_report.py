@@ -137,6 +137,17 @@ def _failures(results: dict[str, dict[str, Any]]) -> list[str]:
     return text
 
 
+def _commands(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Each distinct command that produced a stored result, with its pairs and end time."""
+    produced: dict[str, list[str]] = {}
+    for task, methods in sorted(results.items()):
+        for method, record in methods.items():
+            produced.setdefault(str(record.get("command", "?")), []).append(
+                f"{task}/{method} ({record.get('finished_at', '?')})"
+            )
+    return [f"- `{command}`: {', '.join(pairs)}" for command, pairs in produced.items()]
+
+
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
     lines = [
         f"# Search benchmark — {report['date']}",
@@ -169,6 +180,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
     notes = _failures(report["results"])
     if notes:
         lines += ["", "## Crashes, timeouts and fallbacks", "", *notes]
+    lines += ["", "## Commands that produced the results", "", *_commands(report["results"])]
     lines += ["", f"Plot: `{report['plot']}`", ""]
     path.write_text("\n".join(lines))
 

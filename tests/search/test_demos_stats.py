@@ -14,8 +14,9 @@ def test_demo_sets_are_deterministic_distinct_and_stratified() -> None:
     sets = build_demo_sets(SENTIMENT_TASK, train, FakeEmbedder(), num_sets=4, max_demos=4, seed=1)
     again = build_demo_sets(SENTIMENT_TASK, train, FakeEmbedder(), num_sets=4, max_demos=4, seed=1)
     assert sets == again
-    assert [s.name.split("-")[0] for s in sets] == ["stratified", "diverse", "random", "stratified"]
-    assert len({tuple(e.id for e in s.examples) for s in sets}) == 4
+    # num_sets per strategy, strategies interleaved
+    assert [s.name.split("-")[0] for s in sets] == ["stratified", "diverse", "random"] * 4
+    assert len({tuple(e.id for e in s.examples) for s in sets}) == 12
     assert all(len(s.examples) == 4 for s in sets)
     first_two = {e.output for e in sets[0].examples[:2]}
     assert first_two == {"positive", "negative"}  # a 2-demo prefix already covers both labels

@@ -22,8 +22,7 @@ from prompttune.search import (
     TrialConfig,
     TrialFinished,
 )
-from prompttune.search._render import REASONING_CUE, render_messages
-from prompttune.search._space import label_cue
+from prompttune.search._render import REASONING_CUE
 from tests.fakes import (
     SENTIMENT_TASK,
     FakeChatModel,
@@ -230,39 +229,19 @@ async def test_budget_holds_with_concurrent_calls_across_every_role() -> None:
     assert result.baseline.validation.examples == len(DATA.validation)
 
 
-def test_label_cue_lists_the_allowed_answers() -> None:
-    assert label_cue(SENTIMENT_TASK) == "Answer with one word: positive or negative.\nSentiment:"
-    topics = dataclasses.replace(
-        SENTIMENT_TASK, labels=("World", "Sports", "Sci/Tech"), output_name="topic"
-    )
-    assert label_cue(topics) == "Answer with one of: World, Sports or Sci/Tech.\nTopic:"
-    assert label_cue(dataclasses.replace(SENTIMENT_TASK, labels=())) == ""
-
-
-async def test_the_label_cue_is_an_answer_prefix_choice_and_rendered_last() -> None:
-    model = FakeChatModel(reflecting_responder)
-    runner, _ = make_runner(model)
-    state = runner._new_state(SENTIMENT_TASK, DATA, CONFIG)
-    cue = label_cue(SENTIMENT_TASK)
-    assert state.space.answer_prefixes() == ("", "Sentiment:", cue)
-    _, prompt = state.space.prompt_for(SENTIMENT_TASK, TrialConfig(answer_prefix=cue))
-    messages = render_messages(prompt, {"input": "a fine film"})
-    assert messages[-1].content == f"a fine film\n{cue}"
-
-
 async def test_warm_start_trials_follow_the_baseline() -> None:
-    """After the baseline come the seed instruction with each demo set (all demos) and then
-    alone, all with the label cue; then the sampler's own trials."""
+    """After the baseline come the seed prompt with each demo set (all its demos), in the
+    seed's own format; then the sampler's own trials."""
     storage = optuna.storages.InMemoryStorage()
     model = FakeChatModel(reflecting_responder)
     runner, _ = make_runner(model, storage)
     await runner.run(SENTIMENT_TASK, DATA, CONFIG, "warm")
     trials = optuna.load_study(study_name="warm", storage=storage).trials
-    cue = label_cue(SENTIMENT_TASK)
     warm = [t.params for t in trials[1:5]]
-    expected = [(0, 0, 3), (0, 1, 3), (0, 2, 3), (0, 3, 3)]  # 2 built, bootstrapped, kNN
-    assert [(p["instruction"], p["demo_set"], p["n_demos"]) for p in warm] == expected
-    assert all(p["answer_prefix"] == cue and p["layout"] == "chat_turns" for p in warm)
+    assert [(p["instruction"], p["demo_set"], p["n_demos"]) for p in warm] == [
+        (0, index, CONFIG.max_demos) for index in range(4)
+    ]
+    assert all(p["answer_prefix"] == "" and p["layout"] == "chat_turns" for p in warm)
     # at most all but one startup trial (here 5) are queued: the sampler picks the 6th
     queued = ["fixed_params" in t.system_attrs for t in trials]
     assert queued[:6] == [True] * 5 + [False]

@@ -118,6 +118,9 @@ def bootstrapped_demo_set(
     return DemoSet("bootstrapped", tuple(correct[:max_demos]))
 
 
+DEMO_STRATEGIES = ("stratified", "diverse", "random")
+
+
 def build_demo_sets(
     task: TaskSpec,
     train: Sequence[Example],
@@ -126,16 +129,17 @@ def build_demo_sets(
     max_demos: int,
     seed: int = 0,
 ) -> tuple[DemoSet, ...]:
-    """Up to `num_sets` distinct demo sets of `max_demos` examples (fewer if train is small)."""
+    """Up to `num_sets` distinct demo sets of `max_demos` examples per strategy (stratified,
+    diverse, random; fewer if train is small), strategies interleaved."""
     if not train or max_demos <= 0 or num_sets <= 0:
         return ()
     ordered = sorted(train, key=lambda ex: ex.id)
     size = min(max_demos, len(ordered))
     sets: list[DemoSet] = []
     seen: set[tuple[str, ...]] = set()
-    for index in range(num_sets):
+    for index in range(num_sets * len(DEMO_STRATEGIES)):
         rng = random.Random(f"{seed}:demos:{index}")
-        strategy = ("stratified", "diverse", "random")[index % 3]
+        strategy = DEMO_STRATEGIES[index % len(DEMO_STRATEGIES)]
         if strategy == "stratified" and task.labels:
             chosen = _stratified(task, ordered, size, rng)
         elif strategy == "diverse":

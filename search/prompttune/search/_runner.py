@@ -80,14 +80,7 @@ from prompttune.search._resume import (
     usage_attr,
 )
 from prompttune.search._scorers import build_scorer, calls_per_example
-from prompttune.search._space import (
-    BASELINE,
-    REASONING_MAX_TOKENS,
-    SearchSpace,
-    TrialConfig,
-    label_cue,
-    output_cue,
-)
+from prompttune.search._space import BASELINE, REASONING_MAX_TOKENS, SearchSpace, TrialConfig
 from prompttune.search._state import (
     COMPLETE,
     FAILED,
@@ -239,7 +232,7 @@ def estimate(
     widest = Prompt(
         instruction=task.seed_instruction + " " * MAX_INSTRUCTION_CHARS,
         demos=tuple(sorted(data.train, key=lambda ex: -len(str(ex.inputs))))[: config.max_demos],
-        format=PromptFormat(answer_prefix=label_cue(task) or output_cue(task)),
+        format=PromptFormat(answer_prefix=f"{task.output_name.capitalize()}:"),
         input_fields=task.input_fields,
         output_name=task.output_name,
     )
@@ -375,8 +368,7 @@ class Runner:
                 instructions=(task.seed_instruction,),
                 demo_sets=(),
                 max_demos=0,
-                answer_prefix=output_cue(task),
-                label_prefix=label_cue(task),
+                answer_prefix=f"{task.output_name.capitalize()}:",
                 reasoning=reasoning_enabled(task, config),
                 reasoning_max_tokens=reasoning_max_tokens(
                     config, deps.task_max_tokens, len(val_order)
@@ -462,18 +454,13 @@ class Runner:
         )
 
     def _warm_start(self, state: SearchState, study: optuna.Study) -> None:
-        """Queues the obvious strong prompts right after the baseline: the seed instruction
-        with each demo set (all its demos) and then alone, each with the richest answer prefix
-        (the label cue where the task has labels). They are measured first and the sampler
-        learns from them; at most all but one of the startup trials, so random exploration
-        remains. Idempotent: a resumed run finds them in the study and queues nothing."""
+        """Queues the seed prompt with each demo set (all its demos) right after the baseline:
+        demo-only candidates, the strongest lever for small models, are measured first and
+        the sampler learns from them. At most all but one of the startup trials, so random
+        exploration remains. Idempotent: a resumed run finds them in the study."""
         space = state.space
-        prefix = space.answer_prefixes()[-1]
-        configs = [
-            TrialConfig(demo_set=index, n_demos=space.max_demos, answer_prefix=prefix)
-            for index in range(len(space.demo_sets) if space.max_demos else 0)
-        ]
-        configs.append(TrialConfig(answer_prefix=prefix))
+        count = len(space.demo_sets) if space.max_demos else 0
+        configs = [TrialConfig(demo_set=i, n_demos=space.max_demos) for i in range(count)]
         for config in configs[: self._startup_trials(state.config) - 1]:
             study.enqueue_trial(space.params(config), skip_if_exists=True)
 

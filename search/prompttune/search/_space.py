@@ -10,7 +10,6 @@ their meaning and their history. Categorical choices never change within a study
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -77,27 +76,6 @@ class TrialConfig:
 BASELINE = TrialConfig()
 
 
-def output_cue(task: TaskSpec) -> str:
-    """The answer prefix naming the output, e.g. "Sentiment:"."""
-    return f"{task.output_name.capitalize()}:"
-
-
-def label_cue(task: TaskSpec) -> str:
-    """An output cue that lists the allowed answers before the answer prefix, e.g.
-    "Answer with one word: positive or negative.\nSentiment:"; empty without labels.
-
-    Small models often answer a classification prompt without naming any label; spelling the
-    choices out right before the answer is the cheapest fix, so it is a format option.
-    """
-    labels = [label.strip() for label in task.labels if label.strip()]
-    if not labels:
-        return ""
-    choices = labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} or {labels[-1]}"
-    one_word = all(re.fullmatch(r"\w+", label) for label in labels)
-    lead = "Answer with one word" if one_word else "Answer with one of"
-    return f"{lead}: {choices}.\n{output_cue(task)}"
-
-
 @dataclass
 class SearchSpace:
     """Candidate tables of one run. `instructions[0]` is the seed instruction."""
@@ -106,27 +84,22 @@ class SearchSpace:
     demo_sets: tuple[DemoSet, ...]
     max_demos: int
     answer_prefix: str
-    # An answer prefix listing the allowed answers (`label_cue`); empty: not a choice.
-    label_prefix: str = ""
     reasoning: bool = False
     reasoning_max_tokens: int = REASONING_MAX_TOKENS
 
     def distributions(self) -> dict[str, BaseDistribution]:
         found: dict[str, BaseDistribution] = {
             "instruction": IntDistribution(0, len(self.instructions) - 1),
-            "demo_set": IntDistribution(0, max(0, len(self.demo_sets) - 1)),
+            # unrelated sets: categorical, so the sampler models each set on its own
+            "demo_set": CategoricalDistribution(list(range(max(1, len(self.demo_sets))))),
             "n_demos": IntDistribution(0, self.max_demos),
             "placement": CategoricalDistribution([p.value for p in InstructionPlacement]),
             "layout": CategoricalDistribution([d.value for d in DemoLayout]),
-            "answer_prefix": CategoricalDistribution(list(self.answer_prefixes())),
+            "answer_prefix": CategoricalDistribution(["", self.answer_prefix]),
         }
         if self.reasoning:
             found["reasoning"] = CategoricalDistribution([False, True])
         return found
-
-    def answer_prefixes(self) -> tuple[str, ...]:
-        """The answer prefix choices: none, the output name, and the label cue if any."""
-        return ("", self.answer_prefix) + ((self.label_prefix,) if self.label_prefix else ())
 
     def params(self, config: TrialConfig) -> dict[str, Any]:
         """`config` as Optuna parameters of this space (no "reasoning" when it is off)."""
@@ -139,9 +112,8 @@ class SearchSpace:
         for demo_set in self.demo_sets:
             for k in range(1, min(self.max_demos, len(demo_set.examples)) + 1):
                 demo_keys.add(_demo_key(demo_set, k))
-        # the answer prefixes, plus one reasoning variant (which ignores the prefix)
-        prefixes = len(self.answer_prefixes()) + (1 if self.reasoning else 0)
-        formats = len(InstructionPlacement) * prefixes
+        # two answer prefixes, plus one reasoning variant (which ignores the prefix)
+        formats = len(InstructionPlacement) * (3 if self.reasoning else 2)
         return len(self.instructions) * formats * (1 + len(DemoLayout) * len(demo_keys))
 
     def prompt_for(self, task: TaskSpec, config: TrialConfig) -> tuple[PromptKey, Prompt]:

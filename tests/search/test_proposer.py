@@ -14,9 +14,11 @@ from prompttune.search._proposer import (
     Mistake,
     ScoredInstruction,
     answers_instead_of_instructing,
+    copies_example,
     parse_summary,
     remove_near_duplicates,
 )
+from prompttune.search._types import Example
 from tests.fakes import (
     DATASET_SUMMARY,
     SENTIMENT_TASK,
@@ -41,6 +43,12 @@ from tests.fakes import (
             "```\n1. Read the sentence and answer positive or negative.\n```",
             "Read the sentence and answer positive or negative.",
         ),
+        (
+            "Task: Follow a chain of people who lie.\nDataset summary: Jamey tells the truth.",
+            None,
+        ),
+        ('Instruction: "Answer yes or no."\nAccuracy: 60% (50 examples)', None),
+        ("Tip:\nBe concise.", None),
         ("", None),
         ("ok", None),
         ("x" * 500, None),
@@ -69,6 +77,46 @@ def test_proposals_that_answer_instead_of_instructing_are_skipped() -> None:
     assert not answers_instead_of_instructing("Answer positive or negative.", labels)
     assert not answers_instead_of_instructing("Classify the review.", labels)
     assert not answers_instead_of_instructing("The answer is 4.", ())
+
+
+REVIEWS = tuple(
+    Example(f"r{index}", {"input": f"{text} Review number {index} of the set."}, label)
+    for index, (text, label) in enumerate(
+        [
+            ("A gripping, beautifully acted film about two brothers.", "positive"),
+            ("Dull, overlong and badly written from start to finish.", "negative"),
+            ("The best thing I have seen in a cinema this year.", "positive"),
+            ("I walked out after an hour of this tedious mess.", "negative"),
+        ]
+    )
+)
+
+
+def test_text_that_quotes_an_example_verbatim_copies_it() -> None:
+    quoted = "Label reviews like: a gripping beautifully acted film about two brothers"
+    assert copies_example(quoted, REVIEWS)
+    assert not copies_example("Decide whether a film review is positive or negative.", REVIEWS)
+    assert not copies_example(quoted, [])
+
+
+async def test_proposals_and_summaries_that_copy_an_example_are_skipped() -> None:
+    def quote_a_shown_review(request: ChatRequest) -> str:
+        prompt = request.messages[-1].content
+        return next(
+            (
+                f"Reviews such as: {ex.inputs['input']}"
+                for ex in REVIEWS
+                if ex.inputs["input"] in prompt
+            ),
+            "Classify the review as positive or negative.",
+        )
+
+    model = FakeChatModel(quote_a_shown_review)
+    proposer = InstructionProposer(LLMGateway(model, Budget(max_llm_calls=20)))
+    assert await proposer.summarize(SENTIMENT_TASK, REVIEWS) == ""
+    candidates = await proposer.propose(SENTIMENT_TASK, REVIEWS, count=3)
+    assert candidates == (SENTIMENT_TASK.seed_instruction,)
+    assert model.calls == 4  # the summary and three proposals were all asked for
 
 
 def is_summary(request: ChatRequest) -> bool:

@@ -55,6 +55,15 @@ _LEADING_LABEL = re.compile(
     re.IGNORECASE,
 )
 _BULLET = re.compile(r"^(?:[-*•>#]+|\d+[.)])\s+")
+# The section headers of the proposer's own prompts. A reply that repeats one echoes the
+# prompt back ("Task: ... Dataset summary: ...") instead of writing an instruction.
+_ECHOED_HEADER = re.compile(
+    r"^(?:task|dataset summary|current instruction|allowed answers|examples?"
+    r"(?: from the dataset)?|tip|accuracy|model answer|expected [\w ]{1,40}"
+    r"|instructions tried so far[^:]*)\s*:",
+    re.IGNORECASE,
+)
+COPIED_WORDS = 8
 _QUOTES = "\"'`“”‘’*_ "
 
 
@@ -99,11 +108,15 @@ def parse_proposal(text: str) -> str | None:
     """The instruction in a free-text proposal, or None when there is no usable one.
 
     Strips code fences, bullets, quotes and prefixes such as "Instruction:", skips preamble
-    lines ("Here is ...:"), joins the first paragraph and enforces 15..400 characters.
+    lines ("Here is ...:"), joins the first paragraph and enforces 15..400 characters. A reply
+    that repeats a section header of the proposer's prompt ("Task:", "Dataset summary:", ...)
+    before its first paragraph ends is an echo of the prompt, not an instruction: None.
     """
     paragraph: list[str] = []
     for raw in text.replace("```", "\n").splitlines():
         cleaned = _clean_line(raw)
+        if _ECHOED_HEADER.match(cleaned):
+            return None
         if not cleaned:
             if paragraph:
                 break
@@ -131,6 +144,24 @@ def answers_instead_of_instructing(candidate: str, labels: Sequence[str]) -> boo
         if re.search(rf"(?<!\w){re.escape(label.strip())}(?!\w)", candidate, re.IGNORECASE)
     ]
     return len(named) == 1
+
+
+def copies_example(text: str, examples: Sequence[Example], words: int = COPIED_WORDS) -> bool:
+    """True when `text` repeats `words` consecutive words of an example's inputs or output.
+
+    Small proposer models often copy an example into their reply; an instruction or a summary
+    that quotes an example verbatim describes that example, not the task."""
+    tokens = normalize_instruction(text).split()
+    if len(tokens) < words:
+        return False
+    spans = {" ".join(tokens[i : i + words]) for i in range(len(tokens) - words + 1)}
+    for example in examples:
+        source = " ".join([*example.inputs.values(), example.output])
+        source_tokens = normalize_instruction(source).split()
+        for i in range(len(source_tokens) - words + 1):
+            if " ".join(source_tokens[i : i + words]) in spans:
+                return True
+    return False
 
 
 def parse_summary(text: str) -> str:
@@ -232,6 +263,9 @@ class InstructionProposer:
             )
             text = await self._ask(SUMMARY_SYSTEM, user, self._settings.summary_max_tokens)
             summary = parse_summary(text)
+            if copies_example(summary, examples):
+                log.info("proposer.summary_skipped", reason="copies an example", text=summary)
+                summary = ""
         self._summaries[seed] = summary
         return summary
 
@@ -252,14 +286,22 @@ class InstructionProposer:
         return "\n\n".join(lines)
 
     def _merge(
-        self, task: TaskSpec, existing: Sequence[str], texts: Sequence[str]
+        self,
+        task: TaskSpec,
+        existing: Sequence[str],
+        texts: Sequence[str],
+        shown: Sequence[Sequence[Example]],
     ) -> tuple[str, ...]:
-        """`existing` plus the usable, distinct proposals parsed from `texts`."""
+        """`existing` plus the usable, distinct proposals parsed from `texts`; `shown[i]` are
+        the examples the prompt of `texts[i]` showed (a proposal copying one is unusable)."""
         candidates = list(existing)
         seen = {normalize_instruction(text) for text in existing}
-        for text in texts:
+        for text, examples in zip(texts, shown, strict=True):
             proposal = parse_proposal(text)
-            if proposal and answers_instead_of_instructing(proposal, task.labels):
+            if proposal and (
+                answers_instead_of_instructing(proposal, task.labels)
+                or copies_example(proposal, examples)
+            ):
                 proposal = None
             key = normalize_instruction(proposal) if proposal else ""
             if proposal and key and key not in seen:
@@ -284,14 +326,13 @@ class InstructionProposer:
         if count <= 0:
             return (task.seed_instruction,)
         summary = await self.summarize(task, train, seed)
-        prompts = [
-            self.meta_prompt(
-                task,
-                self._sample(train, self._settings.num_examples, f"{seed}:proposal:{index}"),
-                STYLE_TIPS[index % len(STYLE_TIPS)],
-                summary,
-            )
+        shown = [
+            self._sample(train, self._settings.num_examples, f"{seed}:proposal:{index}")
             for index in range(count)
+        ]
+        prompts = [
+            self.meta_prompt(task, examples, STYLE_TIPS[index % len(STYLE_TIPS)], summary)
+            for index, examples in enumerate(shown)
         ]
         texts = await asyncio.gather(
             *(
@@ -299,7 +340,7 @@ class InstructionProposer:
                 for i, user in enumerate(prompts)
             )
         )
-        return self._merge(task, [task.seed_instruction], texts)
+        return self._merge(task, [task.seed_instruction], texts, shown)
 
     def reflection_prompt(
         self,
@@ -340,14 +381,15 @@ class InstructionProposer:
         if count <= 0 or not tried:
             return ()
         summary = await self.summarize(task, train, seed)
-        prompts = []
+        prompts, shown = [], []
         for index in range(count):
             rng = random.Random(f"{seed}:reflection:{index}")
-            shown = rng.sample(list(mistakes), min(3, len(mistakes)))
+            picked = rng.sample(list(mistakes), min(3, len(mistakes)))
             tip = STYLE_TIPS[(index + 3) % len(STYLE_TIPS)]
-            prompts.append(self.reflection_prompt(task, tried, shown, tip, summary))
+            prompts.append(self.reflection_prompt(task, tried, picked, tip, summary))
+            shown.append([mistake.example for mistake in picked])
         texts = await asyncio.gather(
             *(self._ask(PROPOSER_SYSTEM, user, self._settings.max_tokens) for user in prompts)
         )
-        merged = self._merge(task, existing, texts)
+        merged = self._merge(task, existing, texts, shown)
         return merged[len(existing) :]

@@ -86,11 +86,14 @@ def _row(task: str, method: str, record: dict[str, Any]) -> str:
     if budget:
         calls = f"{calls} / {budget['max_llm_calls']}"
     wall = record.get("wall_seconds")
+    shown_wall = "–" if wall is None else f"{wall:.0f}"
+    if wall is not None and 2 * usage.get("upstream_calls", 0) < usage.get("calls", 0):
+        shown_wall += "*"  # mostly answered by the cache of an earlier run
     return (
         f"| {task} | {METHOD_TITLES.get(method, method)} | {status} | {accuracy} "
         f"| {_pct(record.get('validation', {}).get('mean'))} | {calls} "
         f"| {usage.get('calls_incl_cache_hits', '–')} | {usage.get('tokens', '–')} "
-        f"| {'–' if wall is None else f'{wall:.0f}'} |"
+        f"| {shown_wall} |"
     )
 
 
@@ -126,13 +129,14 @@ def _failures(results: dict[str, dict[str, Any]]) -> list[str]:
                     text.append(f"- {task} / {method}: {parse} test answers unparsable (scored 0).")
                 continue
             error = record.get("error") or {}
-            detail = f"{error.get('type', '')}: {str(error.get('message', ''))[:300]}"
-            tail = " / ".join(line.strip() for line in error.get("traceback_tail", [])[-3:])
+            message = " ".join(str(error.get("message", "")).split())  # one Markdown line
+            detail = f"{error.get('type', '')}: {message[:300]}".replace("`", "'")
+            where = " → ".join(error.get("where", []))
             calls = record.get("usage", {}).get("calls")
             text.append(
                 f"- {task} / {method}: **{record.get('status')}** {note} {detail}"
                 + (f" (after {calls} LLM calls)" if calls else "")
-                + (f" — `{tail[:400]}`" if tail else "")
+                + (f", raised at `{where}`" if where else "")
             )
     return text
 
@@ -162,7 +166,9 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "metric (label choice on the free-text answer, prompttune's `score_answer`) for every "
         "method. Test accuracy in % with its 95% bootstrap interval. *Calls* are the distinct "
         "optimisation requests (what a cold cache pays; test scoring excluded) against the "
-        "method's budget where it has one; *incl. hits* counts every request made.",
+        "method's budget where it has one; *incl. hits* counts every request made. A wall "
+        "time marked * is a rerun that the cache of an earlier run mostly answered (its calls "
+        "were paid then), not a cold-cache time.",
         "",
         f"Settings: `{json.dumps(report['settings'], sort_keys=True)}`",
         "",

@@ -292,10 +292,20 @@ def describe_program(program: Any) -> dict[str, Any]:
     return described
 
 
-def error_summary(error: BaseException) -> dict[str, Any]:
-    frames = traceback.format_exception(type(error), error, error.__traceback__)
-    tail = "".join(frames).strip().splitlines()[-12:]
-    return {"type": type(error).__name__, "message": str(error)[:2000], "traceback_tail": tail}
+# Frames of DSPy's optimisers: they name the optimiser step a crash happened in.
+OPTIMIZER_FRAMES = ("/teleprompt/", "/propose/")
+
+
+def error_summary(error: BaseException, focus: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The error's type and message, plus where it was raised, outermost first, as
+    ``file:line in function``: the last three frames whose path contains a `focus` string,
+    then the two innermost frames (the message of a parse error is the model's whole reply,
+    so the frames say which step failed)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    focused = [f for f in frames if any(part in f.filename for part in focus)][-3:]
+    chosen = focused + [f for f in frames[-2:] if f not in focused]
+    where = [f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in chosen]
+    return {"type": type(error).__name__, "message": str(error)[:2000], "where": where}
 
 
 def main(job_path: str, result_path: str) -> int:
@@ -334,7 +344,7 @@ def main(job_path: str, result_path: str) -> int:
     try:
         program = compile_program(dspy, job, train, val)
     except Exception as error:
-        result.update(status="crashed", error=error_summary(error))
+        result.update(status="crashed", error=error_summary(error, OPTIMIZER_FRAMES))
         program = None
     result["compile"] = {**ledger.summary("compile"), "wall_seconds": time.monotonic() - started}
     result["trace"] = trace

@@ -26,7 +26,6 @@ import shlex
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -45,6 +44,7 @@ from bench_methods import (
 from bench_model import LlamaServer, PersistentChatModel, ServerConfig, task_model
 from bench_report import write_report
 from bench_tasks import TASKS, BenchTask, SplitSizes, load_splits
+from dspy_worker import error_summary
 
 from prompttune.search import DatasetSplits, SentenceTransformerEmbedder
 
@@ -220,11 +220,7 @@ def run_pair(session: Session, method: str, task_name: str) -> None:
         calls = budget["max_llm_calls"] if budget else 0
         outcome = run_method(session, method, task, data, calls)
     except Exception as error:  # a crash of any method is a result, not the end of the run
-        tail = traceback.format_exc().strip().splitlines()[-12:]
-        outcome = {
-            "status": "crashed",
-            "error": {"type": type(error).__name__, "message": str(error), "traceback_tail": tail},
-        }
+        outcome = {"status": "crashed", "error": error_summary(error)}
     record = {
         "task": task_name,
         "method": method,

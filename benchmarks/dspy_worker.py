@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Standard library only at module level: DSPy lives in its own venv (imported inside the
+# functions that need it), and search_bench.py imports `error_summary` from here.
+
 IGNORED_KEY_FIELDS = ("api_key", "api_base", "base_url")
 
 

@@ -44,6 +44,7 @@ MAX_INSTRUCTION_CHARS = 400
 MIN_SUMMARY_CHARS = 20
 MAX_SUMMARY_CHARS = 400
 DUPLICATE_COSINE = 0.95
+COPIED_WORDS = 8  # a run of this many words from an example is a quote of it
 PROPOSER_ROLE = "proposer"
 log = structlog.get_logger(__name__)
 PROPOSER_SYSTEM = "You write clear instructions for a small language model."
@@ -63,7 +64,6 @@ _ECHOED_HEADER = re.compile(
     r"|instructions tried so far[^:]*)\s*:",
     re.IGNORECASE,
 )
-COPIED_WORDS = 8
 _QUOTES = "\"'`“”‘’*_ "
 
 
@@ -146,22 +146,20 @@ def answers_instead_of_instructing(candidate: str, labels: Sequence[str]) -> boo
     return len(named) == 1
 
 
+def _word_runs(text: str, words: int) -> set[str]:
+    tokens = normalize_instruction(text).split()
+    return {" ".join(tokens[i : i + words]) for i in range(len(tokens) - words + 1)}
+
+
 def copies_example(text: str, examples: Sequence[Example], words: int = COPIED_WORDS) -> bool:
     """True when `text` repeats `words` consecutive words of an example's inputs or output.
 
     Small proposer models often copy an example into their reply; an instruction or a summary
     that quotes an example verbatim describes that example, not the task."""
-    tokens = normalize_instruction(text).split()
-    if len(tokens) < words:
-        return False
-    spans = {" ".join(tokens[i : i + words]) for i in range(len(tokens) - words + 1)}
-    for example in examples:
-        source = " ".join([*example.inputs.values(), example.output])
-        source_tokens = normalize_instruction(source).split()
-        for i in range(len(source_tokens) - words + 1):
-            if " ".join(source_tokens[i : i + words]) in spans:
-                return True
-    return False
+    runs = _word_runs(text, words)
+    return bool(runs) and any(
+        runs & _word_runs(" ".join([*ex.inputs.values(), ex.output]), words) for ex in examples
+    )
 
 
 def parse_summary(text: str) -> str:

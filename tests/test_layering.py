@@ -19,6 +19,7 @@ FORBIDDEN = {
         "grpc",
         "google.protobuf",
         "prompttune.v1",
+        "prompttune.contract.wire",
         "prompttune.server",
         "prompttune.client",
     ),
@@ -48,6 +49,33 @@ def imported_modules(tree: ast.AST) -> Iterator[str]:
 
 def _is_within(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
+
+
+# The contract is shared by everyone, so it imports no one; only its wire codec sees protobuf.
+CONTRACT_FORBIDDEN = (
+    "grpc",
+    "google.protobuf",
+    "prompttune.v1",
+    "prompttune.client",
+    "prompttune.search",
+    "prompttune.server",
+    "optuna",
+    "numpy",
+    "yaml",
+)
+
+
+def test_contract_imports_nothing_but_the_standard_library() -> None:
+    package = ROOT / "proto" / "prompttune" / "contract"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        allowed = ("google.protobuf", "prompttune.v1") if path.name == "wire.py" else ()
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for module in imported_modules(tree):
+            banned = [b for b in CONTRACT_FORBIDDEN if _is_within(module, b)]
+            if banned and not any(_is_within(module, a) for a in allowed):
+                found.append(f"{path.name}: {module}")
+    assert found == []
 
 
 def violations(source_root: str) -> list[str]:

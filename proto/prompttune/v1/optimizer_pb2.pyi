@@ -362,6 +362,7 @@ class ModelSpec(_message.Message):
     TOKENS_PER_MINUTE_FIELD_NUMBER: _builtins.int
     USD_PER_MILLION_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     USD_PER_MILLION_COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
     kind: Global___ModelKind.ValueType
     """Default MODEL_KIND_LOCAL."""
     base_url: _builtins.str
@@ -390,6 +391,11 @@ class ModelSpec(_message.Message):
     """Price in USD per 1,000,000 prompt tokens, >= 0. 0 = free (no cost is computed)."""
     usd_per_million_completion_tokens: _builtins.float
     """Price in USD per 1,000,000 completion tokens, >= 0. 0 = free."""
+    endpoint: _builtins.str
+    """Name of an endpoint in the server's registry (operator configuration), e.g. "local".
+    Empty: "local" for MODEL_KIND_LOCAL. A registry endpoint fixes the base URL and key;
+    base_url and api_key_env are then refused, and limits and prices come from the registry.
+    """
     def __init__(
         self,
         *,
@@ -404,10 +410,11 @@ class ModelSpec(_message.Message):
         tokens_per_minute: _builtins.int = ...,
         usd_per_million_prompt_tokens: _builtins.float = ...,
         usd_per_million_completion_tokens: _builtins.float = ...,
+        endpoint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_env", b"api_key_env", "base_url", b"base_url", "kind", b"kind", "max_concurrency", b"max_concurrency", "max_tokens", b"max_tokens", "model", b"model", "requests_per_minute", b"requests_per_minute", "temperature", b"temperature", "tokens_per_minute", b"tokens_per_minute", "usd_per_million_completion_tokens", b"usd_per_million_completion_tokens", "usd_per_million_prompt_tokens", b"usd_per_million_prompt_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_env", b"api_key_env", "base_url", b"base_url", "endpoint", b"endpoint", "kind", b"kind", "max_concurrency", b"max_concurrency", "max_tokens", b"max_tokens", "model", b"model", "requests_per_minute", b"requests_per_minute", "temperature", b"temperature", "tokens_per_minute", b"tokens_per_minute", "usd_per_million_completion_tokens", b"usd_per_million_completion_tokens", "usd_per_million_prompt_tokens", b"usd_per_million_prompt_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -806,6 +813,7 @@ class JobResult(_message.Message):
     STOP_REASON_FIELD_NUMBER: _builtins.int
     PARETO_FIELD_NUMBER: _builtins.int
     USAGE_BY_ROLE_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
     improved: _builtins.bool
     """True when best beats baseline on validation by more than noise; when false, best is
     the baseline prompt.
@@ -818,6 +826,10 @@ class JobResult(_message.Message):
     stop_reason: _builtins.str
     """Which limit ended the search: "max_trials", "max_llm_calls", "max_tokens",
     "max_wall_seconds" or "search_space_exhausted".
+    """
+    partial: _builtins.bool
+    """True when the job was cancelled or failed before it finished: baseline and best are the
+    best found so far, and their scores may cover fewer examples than a finished job's.
     """
     @_builtins.property
     def baseline(self) -> Global___PromptScores: ...
@@ -847,10 +859,11 @@ class JobResult(_message.Message):
         stop_reason: _builtins.str = ...,
         pareto: _abc.Iterable[Global___PromptScores] | None = ...,
         usage_by_role: _abc.Mapping[_builtins.str, Global___Usage] | None = ...,
+        partial: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "best", b"best", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "best", b"best", "improved", b"improved", "pareto", b"pareto", "stop_reason", b"stop_reason", "summary", b"summary", "trials_completed", b"trials_completed", "trials_pruned", b"trials_pruned", "usage", b"usage", "usage_by_role", b"usage_by_role", "wall_seconds", b"wall_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "best", b"best", "improved", b"improved", "pareto", b"pareto", "partial", b"partial", "stop_reason", b"stop_reason", "summary", b"summary", "trials_completed", b"trials_completed", "trials_pruned", b"trials_pruned", "usage", b"usage", "usage_by_role", b"usage_by_role", "wall_seconds", b"wall_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -862,23 +875,60 @@ class Estimate(_message.Message):
 
     LLM_CALLS_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
     llm_calls: _builtins.int
     """Upper bound on LLM calls the job may send (the budget caps it further)."""
     tokens: _builtins.int
     """Rough token count for those calls."""
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointCheck]:
+        """Pre-flight reachability of every endpoint the job uses (dry_run and CreateJob)."""
+
     def __init__(
         self,
         *,
         llm_calls: _builtins.int = ...,
         tokens: _builtins.int = ...,
+        endpoints: _abc.Iterable[Global___EndpointCheck] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["llm_calls", b"llm_calls", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "llm_calls", b"llm_calls", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Estimate: _TypeAlias = Estimate  # noqa: Y015
+
+@_typing.final
+class EndpointCheck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    REACHABLE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    """Registry name of the endpoint ("custom" for a caller-supplied URL)."""
+    field: _builtins.str
+    """Where the endpoint is used: "model", "search.proposer" or "task.judge"."""
+    reachable: _builtins.bool
+    error: _builtins.str
+    """Why it is not reachable, e.g. "connection refused". Empty when reachable."""
+    def __init__(
+        self,
+        *,
+        endpoint: _builtins.str = ...,
+        field: _builtins.str = ...,
+        reachable: _builtins.bool = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "error", b"error", "field", b"field", "reachable", b"reachable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndpointCheck: _TypeAlias = EndpointCheck  # noqa: Y015
 
 @_typing.final
 class Progress(_message.Message):
@@ -1273,6 +1323,32 @@ class BudgetUsed(_message.Message):
 Global___BudgetUsed: _TypeAlias = BudgetUsed  # noqa: Y015
 
 @_typing.final
+class Notice(_message.Message):
+    """Something the caller should know while the job runs, e.g. an endpoint failing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """Stable machine-readable code, e.g. "endpoint_failing"."""
+    message: _builtins.str
+    """Plain-language description; never contains secrets."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Notice: _TypeAlias = Notice  # noqa: Y015
+
+@_typing.final
 class JobEvent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1284,6 +1360,7 @@ class JobEvent(_message.Message):
     TRIAL_FINISHED_FIELD_NUMBER: _builtins.int
     NEW_BEST_FIELD_NUMBER: _builtins.int
     BUDGET_USED_FIELD_NUMBER: _builtins.int
+    NOTICE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     sequence: _builtins.int
     """Strictly increasing per job, starting at 1."""
@@ -1299,6 +1376,8 @@ class JobEvent(_message.Message):
     def new_best(self) -> Global___NewBest: ...
     @_builtins.property
     def budget_used(self) -> Global___BudgetUsed: ...
+    @_builtins.property
+    def notice(self) -> Global___Notice: ...
     def __init__(
         self,
         *,
@@ -1310,12 +1389,13 @@ class JobEvent(_message.Message):
         trial_finished: Global___TrialFinished | None = ...,
         new_best: Global___NewBest | None = ...,
         budget_used: Global___BudgetUsed | None = ...,
+        notice: Global___Notice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget_used", b"budget_used", "kind", b"kind", "new_best", b"new_best", "phase_changed", b"phase_changed", "state_changed", b"state_changed", "time", b"time", "trial_finished", b"trial_finished"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget_used", b"budget_used", "kind", b"kind", "new_best", b"new_best", "notice", b"notice", "phase_changed", b"phase_changed", "state_changed", b"state_changed", "time", b"time", "trial_finished", b"trial_finished"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_used", b"budget_used", "job_id", b"job_id", "kind", b"kind", "new_best", b"new_best", "phase_changed", b"phase_changed", "sequence", b"sequence", "state_changed", b"state_changed", "time", b"time", "trial_finished", b"trial_finished"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_used", b"budget_used", "job_id", b"job_id", "kind", b"kind", "new_best", b"new_best", "notice", b"notice", "phase_changed", b"phase_changed", "sequence", b"sequence", "state_changed", b"state_changed", "time", b"time", "trial_finished", b"trial_finished"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["state_changed", "phase_changed", "trial_finished", "new_best", "budget_used"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["state_changed", "phase_changed", "trial_finished", "new_best", "budget_used", "notice"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -1498,3 +1578,108 @@ class RenderPromptResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RenderPromptResponse: _TypeAlias = RenderPromptResponse  # noqa: Y015
+
+@_typing.final
+class DeleteJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteJobRequest: _TypeAlias = DeleteJobRequest  # noqa: Y015
+
+@_typing.final
+class DeleteJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteJobResponse: _TypeAlias = DeleteJobResponse  # noqa: Y015
+
+@_typing.final
+class StreamEvaluationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def evaluation(self) -> Global___EvaluatePromptRequest: ...
+    def __init__(
+        self,
+        *,
+        evaluation: Global___EvaluatePromptRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEvaluationRequest: _TypeAlias = StreamEvaluationRequest  # noqa: Y015
+
+@_typing.final
+class EvaluationProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DONE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    done: _builtins.int
+    """Examples scored so far, of total."""
+    total: _builtins.int
+    def __init__(
+        self,
+        *,
+        done: _builtins.int = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluationProgress: _TypeAlias = EvaluationProgress  # noqa: Y015
+
+@_typing.final
+class StreamEvaluationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___EvaluationProgress: ...
+    @_builtins.property
+    def result(self) -> Global___EvaluatePromptResponse:
+        """The last message of the stream."""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___EvaluationProgress | None = ...,
+        result: Global___EvaluatePromptResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "progress", b"progress", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "progress", b"progress", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["progress", "result"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___StreamEvaluationResponse: _TypeAlias = StreamEvaluationResponse  # noqa: Y015

@@ -69,6 +69,16 @@ class OptimizerServiceStub:
                 request_serializer=prompttune_dot_v1_dot_optimizer__pb2.RenderPromptRequest.SerializeToString,
                 response_deserializer=prompttune_dot_v1_dot_optimizer__pb2.RenderPromptResponse.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/prompttune.v1.OptimizerService/DeleteJob',
+                request_serializer=prompttune_dot_v1_dot_optimizer__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=prompttune_dot_v1_dot_optimizer__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
+        self.StreamEvaluation = channel.unary_stream(
+                '/prompttune.v1.OptimizerService/StreamEvaluation',
+                request_serializer=prompttune_dot_v1_dot_optimizer__pb2.StreamEvaluationRequest.SerializeToString,
+                response_deserializer=prompttune_dot_v1_dot_optimizer__pb2.StreamEvaluationResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizerServiceServicer:
@@ -125,6 +135,22 @@ class OptimizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteJob(self, request, context):
+        """Deletes a finished job of the caller's tenant with its events, dataset and study.
+        A queued or running job must be cancelled first (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamEvaluation(self, request, context):
+        """Scores a prompt like EvaluatePrompt, streaming progress while it works and the result
+        last, so an evaluation of any size never depends on one unary call's deadline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +188,16 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
                     servicer.RenderPrompt,
                     request_deserializer=prompttune_dot_v1_dot_optimizer__pb2.RenderPromptRequest.FromString,
                     response_serializer=prompttune_dot_v1_dot_optimizer__pb2.RenderPromptResponse.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=prompttune_dot_v1_dot_optimizer__pb2.DeleteJobRequest.FromString,
+                    response_serializer=prompttune_dot_v1_dot_optimizer__pb2.DeleteJobResponse.SerializeToString,
+            ),
+            'StreamEvaluation': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamEvaluation,
+                    request_deserializer=prompttune_dot_v1_dot_optimizer__pb2.StreamEvaluationRequest.FromString,
+                    response_serializer=prompttune_dot_v1_dot_optimizer__pb2.StreamEvaluationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -353,6 +389,60 @@ class OptimizerService:
             '/prompttune.v1.OptimizerService/RenderPrompt',
             prompttune_dot_v1_dot_optimizer__pb2.RenderPromptRequest.SerializeToString,
             prompttune_dot_v1_dot_optimizer__pb2.RenderPromptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prompttune.v1.OptimizerService/DeleteJob',
+            prompttune_dot_v1_dot_optimizer__pb2.DeleteJobRequest.SerializeToString,
+            prompttune_dot_v1_dot_optimizer__pb2.DeleteJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/prompttune.v1.OptimizerService/StreamEvaluation',
+            prompttune_dot_v1_dot_optimizer__pb2.StreamEvaluationRequest.SerializeToString,
+            prompttune_dot_v1_dot_optimizer__pb2.StreamEvaluationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,14 @@ class OptimizerServiceStub:
     """Scores a given prompt on given examples, without a search."""
     RenderPrompt: _grpc.UnaryUnaryMultiCallable[_optimizer_pb2.RenderPromptRequest, _optimizer_pb2.RenderPromptResponse]
     """Turns a prompt plus one new input into the chat messages to send to the model."""
+    DeleteJob: _grpc.UnaryUnaryMultiCallable[_optimizer_pb2.DeleteJobRequest, _optimizer_pb2.DeleteJobResponse]
+    """Deletes a finished job of the caller's tenant with its events, dataset and study.
+    A queued or running job must be cancelled first (FAILED_PRECONDITION).
+    """
+    StreamEvaluation: _grpc.UnaryStreamMultiCallable[_optimizer_pb2.StreamEvaluationRequest, _optimizer_pb2.StreamEvaluationResponse]
+    """Scores a prompt like EvaluatePrompt, streaming progress while it works and the result
+    last, so an evaluation of any size never depends on one unary call's deadline.
+    """
 
 @_typing.type_check_only
 class OptimizerServiceAsyncStub(OptimizerServiceStub):
@@ -76,6 +84,14 @@ class OptimizerServiceAsyncStub(OptimizerServiceStub):
     """Scores a given prompt on given examples, without a search."""
     RenderPrompt: _aio.UnaryUnaryMultiCallable[_optimizer_pb2.RenderPromptRequest, _optimizer_pb2.RenderPromptResponse]  # type: ignore[assignment]
     """Turns a prompt plus one new input into the chat messages to send to the model."""
+    DeleteJob: _aio.UnaryUnaryMultiCallable[_optimizer_pb2.DeleteJobRequest, _optimizer_pb2.DeleteJobResponse]  # type: ignore[assignment]
+    """Deletes a finished job of the caller's tenant with its events, dataset and study.
+    A queued or running job must be cancelled first (FAILED_PRECONDITION).
+    """
+    StreamEvaluation: _aio.UnaryStreamMultiCallable[_optimizer_pb2.StreamEvaluationRequest, _optimizer_pb2.StreamEvaluationResponse]  # type: ignore[assignment]
+    """Scores a prompt like EvaluatePrompt, streaming progress while it works and the result
+    last, so an evaluation of any size never depends on one unary call's deadline.
+    """
 
 class OptimizerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -137,5 +153,25 @@ class OptimizerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_optimizer_pb2.RenderPromptResponse, _abc.Awaitable[_optimizer_pb2.RenderPromptResponse]]:
         """Turns a prompt plus one new input into the chat messages to send to the model."""
+
+    @_abc_1.abstractmethod
+    def DeleteJob(
+        self,
+        request: _optimizer_pb2.DeleteJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_optimizer_pb2.DeleteJobResponse, _abc.Awaitable[_optimizer_pb2.DeleteJobResponse]]:
+        """Deletes a finished job of the caller's tenant with its events, dataset and study.
+        A queued or running job must be cancelled first (FAILED_PRECONDITION).
+        """
+
+    @_abc_1.abstractmethod
+    def StreamEvaluation(
+        self,
+        request: _optimizer_pb2.StreamEvaluationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_optimizer_pb2.StreamEvaluationResponse], _abc.AsyncIterator[_optimizer_pb2.StreamEvaluationResponse]]:
+        """Scores a prompt like EvaluatePrompt, streaming progress while it works and the result
+        last, so an evaluation of any size never depends on one unary call's deadline.
+        """
 
 def add_OptimizerServiceServicer_to_server(servicer: OptimizerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

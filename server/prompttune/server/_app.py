@@ -4,6 +4,7 @@ checking and reflection, and graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from prompttune.contract import ModelSpec, wire
 from prompttune.search import (
     ChatModel,
     Embedder,
@@ -27,11 +29,11 @@ from prompttune.server._auth import AuthInterceptor, TokenRegistry
 from prompttune.server._cache import SqlResponseCache
 from prompttune.server._db import create_db_engine
 from prompttune.server._interceptor import ServiceInterceptor
-from prompttune.server._jobs import JobService
+from prompttune.server._jobs import JobService, ServiceDeps
 from prompttune.server._limits import Limits
 from prompttune.server._local_model import LocalModelConfig, LocalModelServer
 from prompttune.server._models import EndpointDefaults, ModelResolver
-from prompttune.server._service import OptimizerServicer
+from prompttune.server._service import OptimizerServicer, RequestDecoder
 from prompttune.server._store import SqlJobStore
 from prompttune.server._telemetry import MeasuredResponseCache, ServiceMetrics
 from prompttune.server._worker import ExecutorDeps, JobExecutor, WorkerConfig, WorkerPool
@@ -100,6 +102,28 @@ class Adapters:
     embedder_factory: Callable[[], Embedder] = default_embedder
 
 
+class _ResolverOfSpecs:
+    """Resolves contract model specs through the protobuf-typed ModelResolver."""
+
+    def __init__(self, resolver: ModelResolver) -> None:
+        self._resolver = resolver
+
+    def resolve(self, spec: ModelSpec, field: str = "model") -> ModelEndpoint:
+        return self._resolver.resolve(wire.to_message(spec), field)
+
+
+def study_deleter(storage_url: str) -> Callable[[str], None]:
+    """Deletes the Optuna study of a job (named after it); a missing study is fine."""
+
+    def delete_study(study_name: str) -> None:
+        import optuna
+
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=study_name, storage=storage_url)
+
+    return delete_study
+
+
 class PromptTuneServer:
     """One API server with in-process workers. `start()` returns the bound port."""
 
@@ -107,23 +131,26 @@ class PromptTuneServer:
         self.config = config
         adapters = adapters or Adapters()
         engine = create_db_engine(config.db_url)
-        self.store = SqlJobStore(engine)
+        self.store = SqlJobStore(engine, config.limits.max_job_attempts)
         self.metrics = ServiceMetrics.create(self.store.count_by_state)
         self.cache = SqlResponseCache(engine)
         cache = MeasuredResponseCache(self.cache, self.metrics)
         chat_models = self.metrics.chat_models(adapters.chat_models)
         self.local_model = LocalModelServer(config.local_model)
-        resolver = ModelResolver(self.local_model, config.endpoints)
+        resolver = _ResolverOfSpecs(ModelResolver(self.local_model, config.endpoints))
         embedder = adapters.embedder_factory()
         self.gateways = GatewayRegistry()
         self.jobs = JobService(
-            self.store,
-            resolver,
-            cache,
-            chat_models,
-            config.limits,
-            registry=self.gateways,
-            embedder=embedder,
+            ServiceDeps(
+                store=self.store,
+                resolver=resolver,
+                cache=cache,
+                chat_models=chat_models,
+                limits=config.limits,
+                registry=self.gateways,
+                embedder=embedder,
+                delete_study=study_deleter(config.db_url),
+            )
         )
         executor = JobExecutor(
             ExecutorDeps(
@@ -133,7 +160,6 @@ class PromptTuneServer:
                 embedder=embedder,
                 chat_models=chat_models,
                 study_storage=config.db_url,
-                limits=config.limits,
                 metrics=self.metrics,
                 registry=self.gateways,
             ),
@@ -146,6 +172,7 @@ class PromptTuneServer:
         )
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._health_watch: asyncio.Future[None] | None = None
         self._metrics_http: WSGIServer | None = None
         self.metrics_port: int | None = None
 
@@ -159,7 +186,8 @@ class PromptTuneServer:
                 ("grpc.max_send_message_length", limits.max_request_bytes + 1024 * 1024),
             ],
         )
-        pb_grpc.add_OptimizerServiceServicer_to_server(OptimizerServicer(self.jobs), server)
+        servicer = OptimizerServicer(self.jobs, RequestDecoder(limits))
+        pb_grpc.add_OptimizerServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -178,6 +206,7 @@ class PromptTuneServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.config.workers > 0:
             self.workers.start()
+            self._health_watch = asyncio.ensure_future(self._watch_workers())
         log.info(
             "server.started",
             host=self.config.host,
@@ -188,6 +217,14 @@ class PromptTuneServer:
             metrics_port=self.metrics_port,
         )
         return int(port)
+
+    async def _watch_workers(self, every_seconds: float = 1.0) -> None:
+        """NOT_SERVING once a worker slot thread is gone (it should never be)."""
+        while self.workers.workers_alive() >= self.config.workers:
+            await asyncio.sleep(every_seconds)
+        log.error("server.worker_lost", alive=self.workers.workers_alive())
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _start_metrics(self) -> None:
         if self.config.metrics_port is None:
@@ -200,6 +237,8 @@ class PromptTuneServer:
     async def stop(self) -> None:
         """Reports NOT_SERVING, finishes in-flight RPCs within the grace period, stops workers
         and the local model. Jobs still running are reclaimed later through their lease."""
+        if self._health_watch is not None:
+            self._health_watch.cancel()
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.config.grace_seconds)

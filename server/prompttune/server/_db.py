@@ -25,8 +25,13 @@ class JobRow(Base):
     tenant: Mapped[str] = mapped_column(sa.String(64), index=True, default="default")
     request_id: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
     state: Mapped[int] = mapped_column(sa.Integer, index=True)
-    # Serialised prompttune.v1.CreateJobRequest (task, dataset, model, search).
-    request: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    # The validated spec without its dataset (task, model, search, request_id): a JSON
+    # document of prompttune.contract types. The dataset lives in pt_job_datasets.
+    spec: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
+    # SHA-256 of the validated spec with its dataset: a reused request_id must match it.
+    body_digest: Mapped[str] = mapped_column(sa.String(64), default="", server_default="")
+    # How often a worker claimed the job; bounded by Limits.max_job_attempts.
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     # Serialised prompttune.v1.Progress / JobResult / Estimate.
     progress: Mapped[bytes] = mapped_column(sa.LargeBinary, default=b"")
     # The progress phase, readable without parsing `progress` (helpers join while "searching").
@@ -41,6 +46,17 @@ class JobRow(Base):
     lease_expires_at: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
     created_at: Mapped[float] = mapped_column(sa.Float)
     updated_at: Mapped[float] = mapped_column(sa.Float)
+
+
+class DatasetRow(Base):
+    """A job's validated dataset (explicit train/validation/test splits), apart from the job
+    row so that reading jobs never reads datasets."""
+
+    __tablename__ = "pt_job_datasets"
+
+    job_id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    # Serialised prompttune.v1.Dataset.
+    payload: Mapped[bytes] = mapped_column(sa.LargeBinary)
 
 
 class EventRow(Base):

@@ -1,6 +1,9 @@
-"""The service's domain operations behind the RPCs: validate, store, read, evaluate, render.
+"""The service's domain operations behind the RPCs: create, read, cancel, delete, watch,
+evaluate and render, all in contract types.
 
-Long work (searches) never runs here; `create` only validates and queues a job.
+Requests arrive decoded; `create` validates a JobSpec once and stores it, and nothing after
+it checks that spec again. Long work (searches) never runs here. Methods that do CPU work on
+large inputs are synchronous: the servicer runs them off the event loop.
 """
 
 from __future__ import annotations
@@ -8,223 +11,234 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from prompttune.search import (
-    Budget as CallBudget,
+from prompttune.contract import (
+    ChatMessage,
+    Estimate,
+    Evaluation,
+    EvaluationProgress,
+    Job,
+    JobEvent,
+    JobPage,
+    JobSpec,
+    Metric,
+    ModelSpec,
+    answer_max_tokens,
+    render,
 )
+from prompttune.search import Budget as CallBudget
 from prompttune.search import (
     CallSettings,
     ChatModel,
+    ChatRequest,
+    ChatResponse,
     DatasetSplits,
     Embedder,
     EndpointPolicy,
     GatewayFactory,
     GatewayRegistry,
     LLMGateway,
-    MetricName,
     ModelEndpoint,
     ResponseCache,
-    TaskSpec,
-    answer_max_tokens,
     build_scorer,
     calls_per_example,
     estimate,
     evaluate_prompt,
-    render_messages,
-    split_examples,
-    validate_splits,
-    validate_task,
 )
-from prompttune.search import (
-    InvalidArgument as InvalidArgumentError,
-)
-from prompttune.server import _convert as convert
+from prompttune.search import InvalidArgument as InvalidArgumentError
 from prompttune.server._auth import DEFAULT_TENANT
 from prompttune.server._limits import Limits
-from prompttune.server._models import ModelResolver, validate_model_spec
-from prompttune.server._store import TERMINAL_STATES, SqlJobStore
-from prompttune.v1 import optimizer_pb2 as pb
+from prompttune.server._store import TERMINAL_STATES, SqlJobStore, spec_digest
+from prompttune.server._validate import (
+    EvaluationRequest,
+    JobQuery,
+    RenderRequest,
+    WatchRequest,
+    check_id,
+    check_sequence,
+    validate_evaluation,
+    validate_inputs,
+    validate_job_spec,
+    validate_prompt,
+)
 
-_MAX_REQUEST_ID = 128
 _EVALUATE_CALL_CAP = 20_000
+_MAX_PAGE_SIZE = 200
 
 
-def _job_id(job_id: str) -> str:
-    if not job_id:
-        raise InvalidArgumentError("job_id", "is required")
-    if len(job_id) > 40:
-        raise InvalidArgumentError("job_id", "is not a job id")
-    return job_id
+class EndpointResolver(Protocol):
+    """Turns a model spec into an endpoint the engine can call; raises InvalidArgument naming
+    `field` for a spec the server will not serve."""
+
+    def resolve(self, spec: ModelSpec, field: str = "model") -> ModelEndpoint: ...
+
+
+def job_id_of(job_id: str) -> str:
+    """A syntactically valid job id (NotFound is the store's answer for unknown ones)."""
+    return check_id(job_id, "job_id", 40)
+
+
+class _CountingChatModel:
+    """Counts finished calls of a chat model, for evaluation progress. Thread-safe enough:
+    one event loop increments it."""
+
+    def __init__(self, inner: ChatModel) -> None:
+        self._inner = inner
+        self.calls = 0
+
+    @property
+    def identity(self) -> str:
+        return self._inner.identity
+
+    async def complete(self, request: ChatRequest) -> ChatResponse:
+        try:
+            return await self._inner.complete(request)
+        finally:
+            self.calls += 1
 
 
 @dataclass(frozen=True)
-class ValidatedJob:
-    task: TaskSpec
-    splits: DatasetSplits
+class ServiceDeps:
+    """What JobService needs from the outside world."""
 
-
-def validate_create_request(request: pb.CreateJobRequest, limits: Limits) -> ValidatedJob:
-    """Checks every field of a CreateJobRequest; raises InvalidArgument naming the field."""
-    if request.ByteSize() > limits.max_request_bytes:
-        raise InvalidArgumentError(
-            "request", f"is {request.ByteSize()} bytes; the limit is {limits.max_request_bytes}"
-        )
-    if len(request.request_id) > _MAX_REQUEST_ID:
-        raise InvalidArgumentError("request_id", f"must be at most {_MAX_REQUEST_ID} characters")
-    task = convert.task_from_proto(request.task, limits)
-    validate_task(task)
-    validate_model_spec(request.model, "model", limits)
-    if request.task.HasField("judge"):
-        validate_model_spec(request.task.judge, "task.judge", limits)
-    if request.search.HasField("proposer"):
-        validate_model_spec(request.search.proposer, "search.proposer", limits)
-    convert.search_config_from_proto(request.search, limits)
-    splits, pooled = convert.splits_from_proto(request.dataset, limits)
-    if pooled:
-        train, validation, test, seed = convert.split_ratio(request.dataset)
-        splits = split_examples(splits.train, train, validation, test, seed)
-    validate_splits(task, splits)
-    return ValidatedJob(task=task, splits=splits)
+    store: SqlJobStore
+    resolver: EndpointResolver
+    cache: ResponseCache
+    chat_models: Callable[[ModelEndpoint], ChatModel]
+    limits: Limits
+    registry: GatewayRegistry
+    embedder: Embedder | None = None
+    # Deletes a job's Optuna study (named after the job); a missing study is not an error.
+    delete_study: Callable[[str], None] = lambda _study: None
 
 
 class JobService:
     """Implements the RPCs' semantics over a JobStore. Thread-safe."""
 
-    def __init__(
-        self,
-        store: SqlJobStore,
-        resolver: ModelResolver,
-        cache: ResponseCache,
-        chat_models: Callable[[ModelEndpoint], ChatModel],
-        limits: Limits,
-        *,
-        registry: GatewayRegistry | None = None,
-        embedder: Embedder | None = None,
-    ) -> None:
-        self._store = store
-        self._resolver = resolver
-        self._cache = cache
-        self._chat_models = chat_models
-        self._limits = limits
-        self._registry = registry or GatewayRegistry()
-        self._embedder = embedder
+    def __init__(self, deps: ServiceDeps) -> None:
+        self._deps = deps
+        self._store = deps.store
+        self._limits = deps.limits
 
     def create(
-        self, request: pb.CreateJobRequest, tenant: str = DEFAULT_TENANT
-    ) -> pb.CreateJobResponse:
-        validated = validate_create_request(request, self._limits)
-        config = convert.search_config_from_proto(request.search, self._limits)
-        guess = estimate(validated.task, validated.splits, config)
-        message = pb.Estimate(llm_calls=guess.llm_calls, tokens=guess.tokens)
-        if request.dry_run:
-            return pb.CreateJobResponse(estimate=message)
-        job = self._store.create(request, message, tenant)
-        return pb.CreateJobResponse(job=job, estimate=job.estimate)
+        self, spec: JobSpec, dry_run: bool = False, tenant: str = DEFAULT_TENANT
+    ) -> tuple[Job | None, Estimate]:
+        """Validates `spec` once, estimates it and (unless `dry_run`) queues it. CPU-bound on
+        large datasets: call it off the event loop. Raises InvalidArgument, AlreadyExists."""
+        spec = validate_job_spec(spec, self._limits)
+        splits = DatasetSplits(spec.dataset.train, spec.dataset.validation, spec.dataset.test)
+        guess = estimate(spec.task, splits, spec.search)
+        if dry_run:
+            return None, guess
+        job = self._store.create(spec, guess, tenant, spec_digest(spec))
+        return job, job.estimate or guess
 
-    def get(self, job_id: str, tenant: str = DEFAULT_TENANT) -> pb.Job:
-        """`tenant`'s job; another tenant's job is NotFound."""
-        return self._store.get(_job_id(job_id), tenant)
+    def get(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job:
+        """`tenant`'s job; another tenant's job is NotFound. Never reads the dataset."""
+        return self._store.get(job_id_of(job_id), tenant)
 
-    def list(
-        self, request: pb.ListJobsRequest, tenant: str = DEFAULT_TENANT
-    ) -> pb.ListJobsResponse:
-        if request.page_size > 200:
-            raise InvalidArgumentError("page_size", "must be at most 200")
-        token = request.page_token
-        if token and not (token.isascii() and token.isdigit() and len(token) <= 18):
-            raise InvalidArgumentError("page_token", "is not a token from ListJobs")
-        if request.state not in pb.JobState.values():
-            raise InvalidArgumentError("state", f"unknown job state {request.state}")
-        jobs, next_token = self._store.list_jobs(
-            int(request.state), request.page_size or 50, token, tenant
-        )
-        return pb.ListJobsResponse(jobs=jobs, next_page_token=next_token)
+    def list_jobs(self, query: JobQuery, tenant: str = DEFAULT_TENANT) -> JobPage:
+        if query.page_size > _MAX_PAGE_SIZE:
+            raise InvalidArgumentError("page_size", f"must be at most {_MAX_PAGE_SIZE}")
+        return self._store.list_jobs(query.state, query.page_size, query.page_token, tenant)
 
-    def cancel(self, job_id: str, tenant: str = DEFAULT_TENANT) -> pb.Job:
-        return self._store.request_cancel(_job_id(job_id), tenant)
+    def cancel(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job:
+        return self._store.request_cancel(job_id_of(job_id), tenant)
+
+    def delete(self, job_id: str, tenant: str = DEFAULT_TENANT) -> None:
+        """Removes a finished job of `tenant` with its dataset, events and Optuna study.
+        Raises FailedPrecondition for a queued or running job."""
+        job_id = job_id_of(job_id)
+        self._store.delete(job_id, tenant)
+        self._deps.delete_study(job_id)
 
     async def watch(
-        self,
-        job_id: str,
-        after_sequence: int,
-        tenant: str = DEFAULT_TENANT,
-        poll_seconds: float = 0.2,
-    ) -> AsyncIterator[pb.JobEvent]:
+        self, request: WatchRequest, tenant: str = DEFAULT_TENANT, poll_seconds: float = 0.2
+    ) -> AsyncIterator[JobEvent]:
         """Yields events after `after_sequence` until the job's terminal state event."""
-        self._store.get(_job_id(job_id), tenant)  # NotFound before the stream starts
-        sequence = after_sequence
+        job_id = job_id_of(request.job_id)
+        sequence = check_sequence(request.after_sequence, "after_sequence")
+        await asyncio.to_thread(self._store.get, job_id, tenant)  # NotFound before streaming
         while True:
             events = await asyncio.to_thread(self._store.events_after, job_id, sequence, 500)
             for event in events:
                 sequence = event.sequence
                 yield event
-                if event.HasField("state_changed") and event.state_changed.state in TERMINAL_STATES:
+                if event.state_changed is not None and event.state_changed.state.terminal:
                     return
             if not events:
-                job = await asyncio.to_thread(self._store.get, job_id)
-                if job.state in TERMINAL_STATES and not self._store.events_after(
-                    job_id, sequence, 1
-                ):
+                if await asyncio.to_thread(self._finished, job_id, sequence):
                     return
                 await asyncio.sleep(poll_seconds)
 
-    async def evaluate(self, request: pb.EvaluatePromptRequest) -> pb.EvaluatePromptResponse:
-        task = convert.task_from_proto(request.task, self._limits)
-        validate_task(task)
-        prompt = convert.prompt_from_proto(request.prompt, self._limits)
-        if request.ByteSize() > self._limits.max_request_bytes:
-            raise InvalidArgumentError(
-                "request", f"is larger than {self._limits.max_request_bytes} bytes"
-            )
-        if len(request.examples) > self._limits.max_examples:
-            raise InvalidArgumentError(
-                "examples",
-                f"has {len(request.examples)} examples; the limit is {self._limits.max_examples}",
-            )
-        examples = convert.examples_from_proto(request.examples, "examples", self._limits)
-        if not examples:
-            raise InvalidArgumentError("examples", "at least one example is required")
-        validate_splits(task, DatasetSplits(train=(), validation=examples))
-        validate_model_spec(request.model, "model", self._limits)
-        if request.task.HasField("judge"):
-            validate_model_spec(request.task.judge, "task.judge", self._limits)
-        endpoint = await asyncio.to_thread(self._resolver.resolve, request.model)
-        calls = min(len(examples) * calls_per_example(task), _EVALUATE_CALL_CAP)
-        gateways = GatewayFactory(CallBudget(max_llm_calls=calls), self._cache, self._registry)
-        gateway = self._gateway(gateways, endpoint)
+    def _finished(self, job_id: str, sequence: int) -> bool:
+        return self._store.state(job_id) in TERMINAL_STATES and not self._store.events_after(
+            job_id, sequence, 1
+        )
+
+    async def evaluate(self, request: EvaluationRequest) -> Evaluation:
+        """Scores a prompt on the request's examples with the request's model."""
+        request = await asyncio.to_thread(validate_evaluation, request, self._limits)
+        return await self._evaluate(request, None)
+
+    async def evaluate_stream(
+        self, request: EvaluationRequest, tick_seconds: float = 0.5
+    ) -> AsyncIterator[EvaluationProgress | Evaluation]:
+        """Progress every `tick_seconds` while scoring, then the evaluation. Closing the
+        iterator cancels the scoring."""
+        request = await asyncio.to_thread(validate_evaluation, request, self._limits)
+        counter: list[_CountingChatModel] = []
+        scoring = asyncio.ensure_future(self._evaluate(request, counter))
+        total = len(request.examples)
+        per_example = calls_per_example(request.task)
+        try:
+            while not scoring.done():
+                await asyncio.wait({scoring}, timeout=tick_seconds)
+                calls = sum(model.calls for model in counter)
+                yield EvaluationProgress(done=min(total, calls // per_example), total=total)
+            yield scoring.result()
+        finally:
+            scoring.cancel()
+
+    async def _evaluate(
+        self, request: EvaluationRequest, counters: list[_CountingChatModel] | None
+    ) -> Evaluation:
+        resolver, task = self._deps.resolver, request.task
+        endpoint = await asyncio.to_thread(resolver.resolve, request.model, "model")
+        calls = min(len(request.examples) * calls_per_example(task), _EVALUATE_CALL_CAP)
+        gateways = GatewayFactory(
+            CallBudget(max_llm_calls=calls), self._deps.cache, self._deps.registry
+        )
+        gateway = self._gateway(gateways, endpoint, counters)
         judge = None
-        if task.metric is MetricName.LLM_JUDGE:
+        if task.metric is Metric.LLM_JUDGE:
             judge_endpoint = endpoint
-            if request.task.HasField("judge"):
-                judge_endpoint = await asyncio.to_thread(
-                    self._resolver.resolve, request.task.judge, "task.judge"
-                )
-            judge = self._gateway(gateways, judge_endpoint)
+            if task.judge is not None:
+                judge_endpoint = await asyncio.to_thread(resolver.resolve, task.judge, "task.judge")
+            judge = self._gateway(gateways, judge_endpoint, None)
         settings = CallSettings(
-            max_tokens=answer_max_tokens(prompt, endpoint.max_tokens),
-            embedder=self._embedder,
-            scorer=build_scorer(task, judge, self._embedder),
+            max_tokens=answer_max_tokens(request.prompt, endpoint.max_tokens),
+            embedder=self._deps.embedder,
+            scorer=build_scorer(task, judge, self._deps.embedder),
         )
-        evaluation = await evaluate_prompt(gateway, task, prompt, examples, settings)
-        return convert.evaluation_to_proto(evaluation, gateway.usage())
+        return await evaluate_prompt(gateway, task, request.prompt, request.examples, settings)
 
-    def _gateway(self, gateways: GatewayFactory, endpoint: ModelEndpoint) -> LLMGateway:
-        return gateways.gateway(
-            self._chat_models(endpoint), endpoint.max_concurrency, EndpointPolicy.of(endpoint)
-        )
+    def _gateway(
+        self,
+        gateways: GatewayFactory,
+        endpoint: ModelEndpoint,
+        counters: list[_CountingChatModel] | None,
+    ) -> LLMGateway:
+        model: ChatModel = self._deps.chat_models(endpoint)
+        if counters is not None:
+            counted = _CountingChatModel(model)
+            counters.append(counted)
+            model = counted
+        return gateways.gateway(model, endpoint.max_concurrency, EndpointPolicy.of(endpoint))
 
-    def render(self, request: pb.RenderPromptRequest) -> pb.RenderPromptResponse:
-        prompt = convert.prompt_from_proto(request.prompt, self._limits)
-        missing = [name for name in prompt.input_fields if name not in request.inputs]
-        if missing:
-            raise InvalidArgumentError("inputs", f"missing input field(s) {missing}")
-        for name, text in request.inputs.items():
-            if len(text) > self._limits.max_chars_per_field:
-                raise InvalidArgumentError(
-                    f"inputs.{name}",
-                    f"is longer than {self._limits.max_chars_per_field} characters",
-                )
-        messages = render_messages(prompt, dict(request.inputs), self._embedder)
-        return pb.RenderPromptResponse(
-            messages=[pb.ChatMessage(role=m.role, content=m.content) for m in messages]
-        )
+    def render(self, request: RenderRequest) -> tuple[ChatMessage, ...]:
+        """The chat messages of one input. Embeds for kNN prompts: call it off the loop."""
+        validate_prompt(request.prompt, self._limits)
+        validate_inputs(request.inputs, request.prompt, self._limits)
+        return render(request.prompt, request.inputs, self._deps.embedder)

@@ -1,38 +1,105 @@
-"""Durable job storage: jobs, their events and leases, in any SQLAlchemy database.
+"""Durable job storage: jobs, their datasets, events and leases, in any SQLAlchemy database.
 
-Jobs are stored as the serialised CreateJobRequest plus progress/result messages, so what a
-caller sent is kept verbatim. Every method opens its own short transaction, so one store is
-safe to share between the API's event loop and worker threads.
+A job row keeps the validated spec without its dataset (a small JSON document of contract
+types) plus progress, estimate and result; the dataset lives in its own table and is read
+only to run the job. Reading, listing and watching jobs never touch datasets. Every method
+opens its own short transaction, so one store is safe to share between the API's event loop
+and worker threads. Text written to the database never contains NUL (PostgreSQL refuses it).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import math
 import secrets
+import struct
 import time
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import sqlalchemy as sa
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from prompttune.search import NotFound
+from prompttune.contract import (
+    BudgetUsed,
+    ContractError,
+    Dataset,
+    Estimate,
+    Job,
+    JobEvent,
+    JobPage,
+    JobResult,
+    JobSpec,
+    JobState,
+    ModelSpec,
+    NewBest,
+    Notice,
+    PhaseChanged,
+    Progress,
+    SearchSpec,
+    StateChanged,
+    TaskSpec,
+    TrialFinished,
+    from_document,
+    to_document,
+    wire,
+)
+from prompttune.search import FailedPrecondition, InvalidArgument, NotFound, PromptTuneError
 from prompttune.server._auth import DEFAULT_TENANT
-from prompttune.server._db import EventRow, HelperSlotRow, JobRow
+from prompttune.server._db import DatasetRow, EventRow, HelperSlotRow, JobRow
 from prompttune.v1 import optimizer_pb2 as pb
 
-TERMINAL_STATES = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 # Helpers join a job only in its search phase; once joined they stay through its reflection.
 JOINABLE_PHASE = "searching"
 SEARCH_PHASES = frozenset({"searching", "reflecting"})
+MAX_ERROR_CHARS = 2000
+
+EventPayload = StateChanged | PhaseChanged | TrialFinished | NewBest | BudgetUsed | Notice
+_EVENT_FIELDS: dict[type, str] = {
+    StateChanged: "state_changed",
+    PhaseChanged: "phase_changed",
+    TrialFinished: "trial_finished",
+    NewBest: "new_best",
+    BudgetUsed: "budget_used",
+    Notice: "notice",
+}
+_STATE_NUMBERS: dict[JobState, int] = {
+    state: int(pb.JobState.Value(f"JOB_STATE_{state.name}")) for state in JobState
+}
+_STATES: dict[int, JobState] = {number: state for state, number in _STATE_NUMBERS.items()}
+_TERMINAL_NUMBERS = tuple(_STATE_NUMBERS[state] for state in TERMINAL_STATES)
+
+
+class AlreadyExists(PromptTuneError):
+    """A request_id was reused with a different request; `job_id` is the existing job."""
+
+    def __init__(self, request_id: str, job_id: str) -> None:
+        super().__init__(
+            f"request_id {request_id!r} was used for job {job_id} with a different request"
+        )
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class StoredSpec:
+    """What a job row keeps of its JobSpec: everything but the dataset."""
+
+    task: TaskSpec
+    model: ModelSpec = field(default_factory=ModelSpec)
+    search: SearchSpec = field(default_factory=SearchSpec)
+    request_id: str = ""
 
 
 @dataclass(frozen=True)
 class ClaimedJob:
     job_id: str
-    request: pb.CreateJobRequest
+    spec: JobSpec
     tenant: str = DEFAULT_TENANT
 
 
@@ -41,116 +108,179 @@ class ClaimedHelper:
     """A helper place (`slot` in 1..parallelism-1) in another worker's running job."""
 
     job_id: str
-    request: pb.CreateJobRequest
+    spec: JobSpec
     slot: int
     tenant: str = DEFAULT_TENANT
 
 
 class JobStore(Protocol):
-    """Where jobs and events live. Implementations are thread-safe."""
+    """Where jobs, datasets and events live. Implementations are thread-safe."""
 
     def create(
-        self, request: pb.CreateJobRequest, estimate: pb.Estimate, tenant: str = ...
-    ) -> pb.Job: ...
-    def get(self, job_id: str, tenant: str | None = None) -> pb.Job: ...
+        self, spec: JobSpec, estimate: Estimate, tenant: str = ..., digest: str = ...
+    ) -> Job: ...
+    def get(self, job_id: str, tenant: str | None = None) -> Job: ...
     def list_jobs(
-        self, state: int, page_size: int, page_token: str, tenant: str | None = None
-    ) -> tuple[list[pb.Job], str]: ...
-    def request_cancel(self, job_id: str, tenant: str | None = None) -> pb.Job: ...
-    def count_by_state(self) -> dict[int, int]: ...
+        self, state: JobState, page_size: int, page_token: str, tenant: str | None = None
+    ) -> JobPage: ...
+    def request_cancel(self, job_id: str, tenant: str | None = None) -> Job: ...
+    def delete(self, job_id: str, tenant: str | None = None) -> None: ...
     def cancel_requested(self, job_id: str) -> bool: ...
     def claim(self, worker_id: str, lease_seconds: float) -> ClaimedJob | None: ...
     def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> bool: ...
-    def claim_helper(self, worker_id: str, lease_seconds: float) -> ClaimedHelper | None: ...
-    def renew_helper_lease(
-        self, job_id: str, slot: int, worker_id: str, lease_seconds: float
-    ) -> bool: ...
-    def release_helper(self, job_id: str, slot: int, worker_id: str, done: bool) -> None: ...
-    def search_open(self, job_id: str) -> bool: ...
-    def append_event(self, job_id: str, event: pb.JobEvent) -> int: ...
-    def events_after(self, job_id: str, sequence: int, limit: int) -> list[pb.JobEvent]: ...
-    def set_progress(self, job_id: str, progress: pb.Progress) -> None: ...
-    def finish(self, job_id: str, state: int, result: pb.JobResult | None, error: str) -> None: ...
+    def append_event(self, job_id: str, payload: EventPayload) -> int: ...
+    def events_after(self, job_id: str, sequence: int, limit: int) -> list[JobEvent]: ...
+    def set_progress(self, job_id: str, progress: Progress) -> None: ...
+    def finish(
+        self, job_id: str, state: JobState, result: JobResult | None, error: str
+    ) -> None: ...
 
 
-def _timestamp(seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
+def safe_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` fit for any database text column: NUL escaped, at most `limit` characters."""
+    text = text.replace("\x00", "\\x00")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def new_job_id() -> str:
     return "job-" + secrets.token_hex(8)
 
 
+def spec_digest(spec: JobSpec) -> str:
+    """Identity of a request body (request_id aside), for idempotent CreateJob."""
+    document = _spec_document(spec)
+    return hashlib.sha256(document.encode() + _dataset_bytes(spec.dataset)).hexdigest()
+
+
+def _spec_document(spec: JobSpec) -> str:
+    stored = StoredSpec(spec.task, spec.model, spec.search, spec.request_id)
+    document = to_document(stored)
+    document.pop("request_id")
+    return json.dumps(document, sort_keys=True)
+
+
+def _dataset_bytes(dataset: Dataset) -> bytes:
+    return bytes(wire.to_message(dataset).SerializeToString(deterministic=True))
+
+
+# Page tokens: urlsafe base64 of (created_at, row number) plus a check of 8 bytes, so a
+# malformed or altered token is refused instead of reaching the database.
+_CURSOR = struct.Struct(">dq")
+
+
+def encode_page_token(created_at: float, num: int) -> str:
+    packed = _CURSOR.pack(created_at, num)
+    check = hashlib.sha256(b"prompttune-page|" + packed).digest()[:8]
+    return base64.urlsafe_b64encode(packed + check).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[float, int]:
+    """(created_at, num) of a token from `encode_page_token`; InvalidArgument otherwise."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (ValueError, TypeError):
+        raw = b""
+    size = _CURSOR.size
+    if len(token) > 64 or len(raw) != size + 8:
+        raise InvalidArgument("page_token", "is not a token from ListJobs")
+    packed, check = raw[:size], raw[size:]
+    created_at, num = _CURSOR.unpack(packed)
+    valid = hashlib.sha256(b"prompttune-page|" + packed).digest()[:8] == check
+    if not (valid and math.isfinite(created_at) and 0 < num < 2**31):
+        raise InvalidArgument("page_token", "is not a token from ListJobs")
+    return float(created_at), int(num)
+
+
 class SqlJobStore:
     """JobStore over SQLAlchemy. Claims use FOR UPDATE SKIP LOCKED where the database has it."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_attempts: int = 3) -> None:
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._skip_locked = engine.dialect.name == "postgresql"
+        self._max_attempts = max_attempts
 
     def create(
-        self, request: pb.CreateJobRequest, estimate: pb.Estimate, tenant: str = DEFAULT_TENANT
-    ) -> pb.Job:
-        """Inserts a QUEUED job of `tenant`; that tenant's existing job with the same
-        request_id is returned instead."""
-        if request.request_id:
-            existing = self._by_request_id(tenant, request.request_id)
+        self,
+        spec: JobSpec,
+        estimate: Estimate,
+        tenant: str = DEFAULT_TENANT,
+        digest: str = "",
+    ) -> Job:
+        """Inserts a QUEUED job of `tenant` with its dataset. A reused request_id returns that
+        tenant's existing job when `digest` matches, else raises AlreadyExists."""
+        digest = digest or spec_digest(spec)
+        if spec.request_id:
+            existing = self._by_request_id(tenant, spec.request_id, digest)
             if existing is not None:
                 return existing
+        row = self._new_row(spec, estimate, tenant, digest)
+        try:
+            with self._sessions.begin() as session:
+                session.add(row)
+                session.add(DatasetRow(job_id=row.id, payload=_dataset_bytes(spec.dataset)))
+                session.add_all(
+                    HelperSlotRow(job_id=row.id, slot=slot, done=False)
+                    for slot in range(1, spec.search.parallelism)
+                )
+        except IntegrityError:
+            # A concurrent CreateJob with the same request_id won the race.
+            existing = self._by_request_id(tenant, spec.request_id, digest)
+            if existing is None:
+                raise
+            return existing
+        self.append_event(row.id, StateChanged(JobState.QUEUED))
+        return self.get(row.id)
+
+    @staticmethod
+    def _new_row(spec: JobSpec, estimate: Estimate, tenant: str, digest: str) -> JobRow:
         now = time.time()
-        parallelism = request.search.parallelism if request.search.HasField("parallelism") else 1
-        row = JobRow(
+        stored = StoredSpec(spec.task, spec.model, spec.search, spec.request_id)
+        return JobRow(
             id=new_job_id(),
             tenant=tenant,
-            request_id=request.request_id or None,
-            state=pb.JOB_STATE_QUEUED,
-            request=request.SerializeToString(),
-            progress=pb.Progress(phase="queued").SerializeToString(),
+            request_id=spec.request_id or None,
+            state=_STATE_NUMBERS[JobState.QUEUED],
+            spec=json.dumps(to_document(stored), sort_keys=True),
+            body_digest=digest,
+            attempts=0,
+            progress=wire.to_message(Progress(phase="queued")).SerializeToString(),
             phase="queued",
-            parallelism=parallelism,
-            estimate=estimate.SerializeToString(),
+            parallelism=spec.search.parallelism,
+            estimate=wire.to_message(estimate).SerializeToString(),
             error="",
             cancel_requested=False,
             created_at=now,
             updated_at=now,
         )
-        try:
-            with self._sessions.begin() as session:
-                session.add(row)
-                session.add_all(
-                    HelperSlotRow(job_id=row.id, slot=slot, done=False)
-                    for slot in range(1, parallelism)
-                )
-        except IntegrityError:
-            # A concurrent CreateJob with the same request_id won the race.
-            existing = self._by_request_id(tenant, request.request_id)
-            if existing is None:
-                raise
-            return existing
-        self.append_event(row.id, _state_event(pb.JOB_STATE_QUEUED, ""))
-        return self.get(row.id)
 
-    def _by_request_id(self, tenant: str, request_id: str) -> pb.Job | None:
+    def _by_request_id(self, tenant: str, request_id: str, digest: str) -> Job | None:
         query = sa.select(JobRow).where(JobRow.tenant == tenant, JobRow.request_id == request_id)
         with self._sessions() as session:
             row = session.scalar(query)
-            return None if row is None else _to_job(row)
+        if row is None:
+            return None
+        if row.body_digest != digest:
+            raise AlreadyExists(request_id, row.id)
+        return _to_job(row)
 
-    def get(self, job_id: str, tenant: str | None = None) -> pb.Job:
+    def get(self, job_id: str, tenant: str | None = None) -> Job:
         """The job; NotFound also when it belongs to another tenant (None: any tenant)."""
         with self._sessions() as session:
             return _to_job(self._row(session, job_id, tenant))
+
+    def state(self, job_id: str) -> JobState:
+        with self._sessions() as session:
+            return _STATES[self._row(session, job_id).state]
 
     def tenant_of(self, job_id: str) -> str:
         with self._sessions() as session:
             return self._row(session, job_id).tenant
 
-    def get_request(self, job_id: str) -> pb.CreateJobRequest:
+    def job_spec(self, job_id: str) -> JobSpec:
+        """The job's full spec, dataset included (the worker's read)."""
         with self._sessions() as session:
-            return pb.CreateJobRequest.FromString(self._row(session, job_id).request)
+            return _full_spec(session, self._row(session, job_id))
 
     @staticmethod
     def _row(session: Session, job_id: str, tenant: str | None = None) -> JobRow:
@@ -161,84 +291,124 @@ class SqlJobStore:
         return row
 
     def list_jobs(
-        self, state: int, page_size: int, page_token: str, tenant: str | None = None
-    ) -> tuple[list[pb.Job], str]:
-        """Newest first, only `tenant`'s jobs (None: all). The page token is the row number
-        to continue below."""
-        query = sa.select(JobRow).order_by(JobRow.num.desc()).limit(page_size + 1)
+        self, state: JobState, page_size: int, page_token: str, tenant: str | None = None
+    ) -> JobPage:
+        """Newest first, only `tenant`'s jobs (None: all); `state` UNSPECIFIED: every state.
+        Raises InvalidArgument for a page token this store did not hand out."""
+        order = (JobRow.created_at.desc(), JobRow.num.desc())
+        query = sa.select(JobRow).order_by(*order).limit(page_size + 1)
         if tenant is not None:
             query = query.where(JobRow.tenant == tenant)
-        if state:
-            query = query.where(JobRow.state == state)
+        if state is not JobState.UNSPECIFIED:
+            query = query.where(JobRow.state == _STATE_NUMBERS[state])
         if page_token:
-            query = query.where(JobRow.num < int(page_token))
+            created_at, num = decode_page_token(page_token)
+            query = query.where(
+                sa.or_(
+                    JobRow.created_at < created_at,
+                    sa.and_(JobRow.created_at == created_at, JobRow.num < num),
+                )
+            )
         with self._sessions() as session:
             rows = list(session.scalars(query))
-        next_token = str(rows[page_size - 1].num) if len(rows) > page_size else ""
-        return [_to_job(row) for row in rows[:page_size]], next_token
+        last = rows[page_size - 1] if len(rows) > page_size else None
+        token = "" if last is None else encode_page_token(last.created_at, last.num)
+        return JobPage(tuple(_to_job(row) for row in rows[:page_size]), token)
 
     def count_by_state(self) -> dict[int, int]:
-        """Number of jobs per state, for metrics."""
+        """Number of jobs per state (proto enum numbers), for metrics."""
         query = sa.select(JobRow.state, sa.func.count()).group_by(JobRow.state)
         with self._sessions() as session:
             return {int(state): int(count) for state, count in session.execute(query)}
 
-    def request_cancel(self, job_id: str, tenant: str | None = None) -> pb.Job:
+    def request_cancel(self, job_id: str, tenant: str | None = None) -> Job:
         """Queued jobs are cancelled at once; running ones are flagged for their worker."""
         with self._sessions.begin() as session:
             row = self._row(session, job_id, tenant)  # NotFound also for another tenant's job
-            if row.state not in TERMINAL_STATES:
+            queued = row.state == _STATE_NUMBERS[JobState.QUEUED]
+            if row.state not in _TERMINAL_NUMBERS:
                 row.cancel_requested = True
                 row.updated_at = time.time()
-        with self._sessions() as session:
-            queued = self._row(session, job_id, tenant).state == pb.JOB_STATE_QUEUED
         if queued:
-            self.finish(job_id, pb.JOB_STATE_CANCELLED, None, "")
+            self.finish(job_id, JobState.CANCELLED, None, "")
         return self.get(job_id, tenant)
+
+    def delete(self, job_id: str, tenant: str | None = None) -> None:
+        """Removes a finished job with its dataset, events and helper slots.
+        Raises FailedPrecondition for a queued or running job, NotFound for a missing one."""
+        with self._sessions.begin() as session:
+            row = self._row(session, job_id, tenant)
+            if row.state not in _TERMINAL_NUMBERS:
+                state = _STATES[row.state].value
+                raise FailedPrecondition(f"job {job_id} is {state}: cancel it first")
+            for table in (EventRow, DatasetRow, HelperSlotRow):
+                session.execute(sa.delete(table).where(table.job_id == job_id))
+            session.delete(row)
 
     def cancel_requested(self, job_id: str) -> bool:
         with self._sessions() as session:
             return bool(self._row(session, job_id).cancel_requested)
 
     def claim(self, worker_id: str, lease_seconds: float) -> ClaimedJob | None:
-        """Takes the oldest queued job, or a running one whose lease expired."""
+        """Takes the oldest queued job, or a running one whose lease expired. A job claimed
+        `max_attempts` times already, or whose spec cannot be read, is failed instead (and
+        None returned: the caller simply claims again)."""
         now = time.time()
+        running, queued = _STATE_NUMBERS[JobState.RUNNING], _STATE_NUMBERS[JobState.QUEUED]
         claimable = sa.or_(
-            JobRow.state == pb.JOB_STATE_QUEUED,
-            sa.and_(JobRow.state == pb.JOB_STATE_RUNNING, JobRow.lease_expires_at < now),
+            JobRow.state == queued,
+            sa.and_(JobRow.state == running, JobRow.lease_expires_at < now),
         )
         query = sa.select(JobRow).where(claimable).order_by(JobRow.num).limit(1)
         if self._skip_locked:
             query = query.with_for_update(skip_locked=True)
+        failure = ""
         with self._sessions.begin() as session:
             row = session.scalar(query)
             if row is None:
                 return None
-            claimed = session.execute(
-                sa.update(JobRow)
-                .where(JobRow.num == row.num, JobRow.state == row.state)
-                .where(sa.or_(JobRow.lease_owner.is_(None), JobRow.lease_owner == row.lease_owner))
-                .values(
-                    state=pb.JOB_STATE_RUNNING,
-                    phase="starting",  # helpers wait for this worker's search phase
-                    lease_owner=worker_id,
-                    lease_expires_at=now + lease_seconds,
-                    updated_at=now,
-                )
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            if not self._take(session, row, worker_id, now + lease_seconds):
                 return None
-            job_id, request = row.id, pb.CreateJobRequest.FromString(row.request)
-            tenant = row.tenant
-        self.append_event(job_id, _state_event(pb.JOB_STATE_RUNNING, ""))
-        return ClaimedJob(job_id=job_id, request=request, tenant=tenant)
+            job_id, tenant = row.id, row.tenant
+            if row.attempts > self._max_attempts:
+                failure = f"abandoned after {self._max_attempts} attempts: its worker stopped"
+            else:
+                try:
+                    spec = _full_spec(session, row)
+                except (ContractError, ValueError, KeyError) as error:
+                    failure = f"stored job spec is unreadable: {error}"
+        if failure:
+            self.finish(job_id, JobState.FAILED, None, failure)
+            return None
+        self.append_event(job_id, StateChanged(JobState.RUNNING))
+        return ClaimedJob(job_id=job_id, spec=spec, tenant=tenant)
+
+    @staticmethod
+    def _take(session: Session, row: JobRow, worker_id: str, lease_until: float) -> bool:
+        claimed = session.execute(
+            sa.update(JobRow)
+            .where(JobRow.num == row.num, JobRow.state == row.state)
+            .where(sa.or_(JobRow.lease_owner.is_(None), JobRow.lease_owner == row.lease_owner))
+            .values(
+                state=_STATE_NUMBERS[JobState.RUNNING],
+                phase="starting",  # helpers wait for this worker's search phase
+                lease_owner=worker_id,
+                lease_expires_at=lease_until,
+                attempts=JobRow.attempts + 1,
+                updated_at=time.time(),
+            )
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        row.attempts += 1
+        return True
 
     def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> bool:
         with self._sessions.begin() as session:
             renewed = session.execute(
                 sa.update(JobRow)
                 .where(JobRow.id == job_id, JobRow.lease_owner == worker_id)
-                .where(JobRow.state == pb.JOB_STATE_RUNNING)
+                .where(JobRow.state == _STATE_NUMBERS[JobState.RUNNING])
                 .values(lease_expires_at=time.time() + lease_seconds)
             )
             return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]
@@ -251,7 +421,7 @@ class SqlJobStore:
             sa.select(HelperSlotRow)
             .join(JobRow, JobRow.id == HelperSlotRow.job_id)
             .where(
-                JobRow.state == pb.JOB_STATE_RUNNING,
+                JobRow.state == _STATE_NUMBERS[JobState.RUNNING],
                 JobRow.phase == JOINABLE_PHASE,
                 JobRow.cancel_requested.is_(False),
                 JobRow.lease_expires_at >= now,
@@ -281,10 +451,7 @@ class SqlJobStore:
                 return None  # another worker took it first (SQLite: no row locks)
             job = self._row(session, slot.job_id)
             return ClaimedHelper(
-                job_id=job.id,
-                request=pb.CreateJobRequest.FromString(job.request),
-                slot=slot.slot,
-                tenant=job.tenant,
+                job_id=job.id, spec=_full_spec(session, job), slot=slot.slot, tenant=job.tenant
             )
 
     def renew_helper_lease(
@@ -325,23 +492,23 @@ class SqlJobStore:
             row = session.execute(query).one_or_none()
         return bool(
             row is not None
-            and row.state == pb.JOB_STATE_RUNNING
+            and row.state == _STATE_NUMBERS[JobState.RUNNING]
             and row.phase in SEARCH_PHASES
             and not row.cancel_requested
         )
 
-    def append_event(self, job_id: str, event: pb.JobEvent) -> int:
+    def append_event(self, job_id: str, payload: EventPayload) -> int:
         """Stores the event with the next sequence number of its job and returns that number."""
         for attempt in range(_EVENT_ATTEMPTS):
             try:
                 with self._sessions.begin() as session:
-                    return self._add_event(session, job_id, event)
+                    return self._add_event(session, job_id, payload)
             except IntegrityError:
                 # SQLite does not lock rows: another writer took this number; take the next.
                 time.sleep(0.001 * attempt)
         raise RuntimeError(f"could not append an event to job {job_id}")
 
-    def _add_event(self, session: Session, job_id: str, event: pb.JobEvent) -> int:
+    def _add_event(self, session: Session, job_id: str, payload: EventPayload) -> int:
         """Adds the event inside the caller's transaction. On PostgreSQL the job row is locked
         first, so concurrent writers of one job take turns instead of colliding."""
         if self._skip_locked:
@@ -349,18 +516,15 @@ class SqlJobStore:
         last = session.scalar(
             sa.select(sa.func.max(EventRow.sequence)).where(EventRow.job_id == job_id)
         )
-        stored = pb.JobEvent()
-        stored.CopyFrom(event)
-        stored.job_id = job_id
-        stored.sequence = (last or 0) + 1
-        stored.time.CopyFrom(_timestamp(time.time()))
-        session.add(
-            EventRow(job_id=job_id, sequence=stored.sequence, payload=stored.SerializeToString())
-        )
+        sequence = (last or 0) + 1
+        kind: dict[str, Any] = {_EVENT_FIELDS[type(payload)]: payload}
+        event = JobEvent(job_id=job_id, sequence=sequence, time=datetime.now(UTC), **kind)
+        message = wire.to_message(event)
+        session.add(EventRow(job_id=job_id, sequence=sequence, payload=message.SerializeToString()))
         session.flush()
-        return stored.sequence
+        return sequence
 
-    def events_after(self, job_id: str, sequence: int, limit: int) -> list[pb.JobEvent]:
+    def events_after(self, job_id: str, sequence: int, limit: int) -> list[JobEvent]:
         query = (
             sa.select(EventRow.payload)
             .where(EventRow.job_id == job_id, EventRow.sequence > sequence)
@@ -368,36 +532,39 @@ class SqlJobStore:
             .limit(limit)
         )
         with self._sessions() as session:
-            return [pb.JobEvent.FromString(payload) for payload in session.scalars(query)]
+            payloads = list(session.scalars(query))
+        return [wire.from_message(JobEvent, pb.JobEvent.FromString(p)) for p in payloads]
 
-    def set_progress(self, job_id: str, progress: pb.Progress) -> None:
+    def set_progress(self, job_id: str, progress: Progress) -> None:
         with self._sessions.begin() as session:
             session.execute(
                 sa.update(JobRow)
                 .where(JobRow.id == job_id)
                 .values(
-                    progress=progress.SerializeToString(),
-                    phase=progress.phase[:32],
+                    progress=wire.to_message(progress).SerializeToString(),
+                    phase=safe_text(progress.phase, 32),
                     updated_at=time.time(),
                 )
             )
 
-    def finish(self, job_id: str, state: int, result: pb.JobResult | None, error: str) -> None:
+    def finish(self, job_id: str, state: JobState, result: JobResult | None, error: str) -> None:
         """Moves a job to a terminal state and stores the state event in the same transaction,
-        so a watcher that sees the terminal state also finds its event. Idempotent."""
+        so a watcher that sees the terminal state also finds its event. Idempotent. `error` is
+        stored NUL-escaped and cut to MAX_ERROR_CHARS."""
+        error = safe_text(error)
         for attempt in range(_EVENT_ATTEMPTS):
             try:
                 with self._sessions.begin() as session:
                     row = self._row(session, job_id)
-                    if row.state in TERMINAL_STATES:
+                    if row.state in _TERMINAL_NUMBERS:
                         return
-                    row.state = state
-                    row.result = None if result is None else result.SerializeToString()
+                    row.state = _STATE_NUMBERS[state]
+                    row.result = None if result is None else _result_bytes(result)
                     row.error = error
                     row.lease_owner = None
                     row.lease_expires_at = None
                     row.updated_at = time.time()
-                    self._add_event(session, job_id, _state_event(state, error))
+                    self._add_event(session, job_id, StateChanged(state, error))
                 return
             except IntegrityError:
                 time.sleep(0.001 * attempt)
@@ -407,27 +574,54 @@ class SqlJobStore:
 _EVENT_ATTEMPTS = 50
 
 
-def _state_event(state: int, error: str) -> pb.JobEvent:
-    return pb.JobEvent(state_changed=pb.StateChanged(state=state, error=error))  # type: ignore[arg-type]
+def _result_bytes(result: JobResult) -> bytes:
+    return bytes(wire.to_message(result).SerializeToString())
 
 
-def _to_job(row: JobRow) -> pb.Job:
-    request = pb.CreateJobRequest.FromString(row.request)
-    job = pb.Job(
+def _stored_spec(row: JobRow) -> StoredSpec:
+    if not row.spec:
+        raise ValueError("the job has no stored spec")
+    return from_document(StoredSpec, json.loads(row.spec))
+
+
+def _full_spec(session: Session, row: JobRow) -> JobSpec:
+    stored = _stored_spec(row)
+    payload = session.scalar(sa.select(DatasetRow.payload).where(DatasetRow.job_id == row.id))
+    if payload is None:
+        raise KeyError(f"job {row.id} has no stored dataset")
+    dataset = wire.from_message(Dataset, pb.Dataset.FromString(payload), "dataset")
+    return JobSpec(stored.task, dataset, stored.model, stored.search, stored.request_id)
+
+
+_UNREADABLE = StoredSpec(TaskSpec(description="(unreadable stored spec)"))
+
+
+def _time(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _to_job(row: JobRow) -> Job:
+    try:
+        spec = _stored_spec(row)
+    except (ContractError, ValueError):
+        spec = _UNREADABLE  # a job from an older, undecodable request still lists and deletes
+    return Job(
         id=row.id,
-        state=row.state,  # type: ignore[arg-type]
-        task=request.task,
-        model=request.model,
-        search=request.search,
+        state=_STATES.get(row.state, JobState.UNSPECIFIED),
+        create_time=_time(row.created_at),
+        update_time=_time(row.updated_at),
+        task=spec.task,
+        model=spec.model,
+        search=spec.search,
+        progress=_decode(Progress, pb.Progress, row.progress) or Progress(),
+        result=_decode(JobResult, pb.JobResult, row.result),
         error=row.error,
+        estimate=_decode(Estimate, pb.Estimate, row.estimate),
         request_id=row.request_id or "",
     )
-    job.create_time.CopyFrom(_timestamp(row.created_at))
-    job.update_time.CopyFrom(_timestamp(row.updated_at))
-    if row.progress:
-        job.progress.ParseFromString(row.progress)
-    if row.estimate:
-        job.estimate.ParseFromString(row.estimate)
-    if row.result:
-        job.result.ParseFromString(row.result)
-    return job
+
+
+def _decode(cls: type[Any], message: Any, payload: bytes | None) -> Any:
+    if not payload:
+        return None
+    return wire.from_message(cls, message.FromString(payload))

@@ -14,36 +14,39 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
-from prompttune.search import (
+from prompttune.contract import (
     BudgetUsed,
+    JobResult,
+    JobSpec,
+    JobState,
+    Metric,
+    NewBest,
+    PhaseChanged,
+    Progress,
+    SearchEvent,
+    TrialFinished,
+)
+from prompttune.search import (
     ChatModel,
+    DatasetSplits,
     Embedder,
     EndpointPolicy,
     GatewayRegistry,
-    MetricName,
     ModelEndpoint,
-    NewBest,
-    PhaseChanged,
     PromptTuneError,
     ResponseCache,
     Runner,
     RunnerDeps,
     SearchCancelled,
-    SearchConfig,
-    SearchEvent,
-    TrialFinished,
+    SearchFailed,
 )
-from prompttune.server import _convert as convert
-from prompttune.server._jobs import ValidatedJob, validate_create_request
-from prompttune.server._limits import Limits
-from prompttune.server._models import ModelResolver
-from prompttune.server._store import ClaimedHelper, ClaimedJob, SqlJobStore
+from prompttune.server._jobs import EndpointResolver
+from prompttune.server._store import ClaimedHelper, ClaimedJob, SqlJobStore, safe_text
 from prompttune.server._telemetry import ServiceMetrics
-from prompttune.v1 import optimizer_pb2 as pb
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +60,8 @@ class WorkerConfig:
 
 
 class StoreObserver:
-    """Persists the runner's events and progress; tells the runner when a cancel arrived."""
+    """Persists the runner's events and progress; tells the runner when a cancel arrived
+    (read from the store at most once per `check_seconds`, in every phase)."""
 
     def __init__(
         self,
@@ -72,21 +76,25 @@ class StoreObserver:
         self._check_seconds = check_seconds
         self._checked_at = 0.0
         self._cancelled = False
-        self._progress = pb.Progress(phase="starting")
+        self._progress = Progress(phase="starting")
 
     def on_event(self, event: SearchEvent) -> None:
-        self._store.append_event(self._job_id, convert.event_to_proto(event))
+        self._store.append_event(self._job_id, event)
+        self._progress = self._advance(self._progress, event)
+        self._store.set_progress(self._job_id, self._progress)
+
+    def _advance(self, progress: Progress, event: SearchEvent) -> Progress:
         if isinstance(event, PhaseChanged):
-            self._progress.phase = event.phase
-        elif isinstance(event, TrialFinished):
-            self._progress.trials_completed += 1
+            return replace(progress, phase=event.phase)
+        if isinstance(event, TrialFinished):
             if self._metrics is not None:
                 self._metrics.trials.labels("pruned" if event.pruned else "completed").inc()
-        elif isinstance(event, NewBest):
-            self._progress.best_score = event.score
-        elif isinstance(event, BudgetUsed):
-            self._progress.usage.CopyFrom(convert.usage_to_proto(event.usage))
-        self._store.set_progress(self._job_id, self._progress)
+            return replace(progress, trials_completed=progress.trials_completed + 1)
+        if isinstance(event, NewBest):
+            return replace(progress, best_score=event.score)
+        if isinstance(event, BudgetUsed):
+            return replace(progress, usage=event.usage)
+        return progress
 
     def cancelled(self) -> bool:
         now = time.monotonic()
@@ -129,26 +137,31 @@ class HelperObserver:
 
 
 @dataclass(frozen=True)
-class PreparedJob:
-    """A claimed request validated, with a runner bound to its observer."""
-
-    validated: ValidatedJob
-    config: SearchConfig
-    runner: Runner
-
-
-@dataclass(frozen=True)
 class ExecutorDeps:
     store: SqlJobStore
     cache: ResponseCache
-    resolver: ModelResolver
+    resolver: EndpointResolver
     embedder: Embedder
     chat_models: Callable[[ModelEndpoint], ChatModel]
     study_storage: str
-    limits: Limits
     metrics: ServiceMetrics | None = None
     # Process-wide flow control: every job's calls to one endpoint share its limits.
     registry: GatewayRegistry = field(default_factory=GatewayRegistry)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended: its terminal state, result (partial for cancel and failure) and
+    cause."""
+
+    state: JobState
+    result: JobResult | None = None
+    error: str = ""
+
+
+def _splits(spec: JobSpec) -> DatasetSplits:
+    dataset = spec.dataset
+    return DatasetSplits(train=dataset.train, validation=dataset.validation, test=dataset.test)
 
 
 class JobExecutor:
@@ -159,24 +172,45 @@ class JobExecutor:
         self._config = config
 
     def execute(self, claimed: ClaimedJob) -> None:
-        job_id = claimed.job_id
-        bound = structlog.contextvars.bound_contextvars(job_id=job_id, tenant=claimed.tenant)
+        bound = structlog.contextvars.bound_contextvars(
+            job_id=claimed.job_id, tenant=claimed.tenant
+        )
         with bound:
             log.info("job.started")
-            try:
-                result = asyncio.run(self._run(claimed))
-            except SearchCancelled:
-                self._deps.store.finish(job_id, pb.JOB_STATE_CANCELLED, None, "")
-                log.info("job.cancelled")
-            except PromptTuneError as error:
-                self._deps.store.finish(job_id, pb.JOB_STATE_FAILED, None, str(error))
-                log.warning("job.failed", error=str(error))
-            except Exception as error:  # the job fails; the worker carries on
-                self._deps.store.finish(job_id, pb.JOB_STATE_FAILED, None, "internal error")
-                log.exception("job.crashed", error=repr(error))
-            else:
-                self._deps.store.finish(job_id, pb.JOB_STATE_SUCCEEDED, result, "")
-                log.info("job.succeeded", best=result.best.validation.mean)
+            outcome = self._outcome(claimed)
+            self._finish(claimed.job_id, outcome)
+
+    def _outcome(self, claimed: ClaimedJob) -> Outcome:
+        try:
+            result = asyncio.run(self._run(claimed))
+        except SearchCancelled as cancelled:
+            log.info("job.cancelled")
+            return Outcome(JobState.CANCELLED, cancelled.partial)
+        except SearchFailed as failed:
+            log.warning("job.failed", error=failed.cause)
+            return Outcome(JobState.FAILED, failed.partial, failed.cause)
+        except PromptTuneError as error:
+            log.warning("job.failed", error=str(error))
+            return Outcome(JobState.FAILED, None, str(error))
+        except Exception as error:  # the job fails with its cause; the worker carries on
+            log.exception("job.crashed", error=repr(error))
+            return Outcome(JobState.FAILED, None, f"internal error: {type(error).__name__}")
+        log.info("job.succeeded", best=result.best.validation.mean)
+        return Outcome(JobState.SUCCEEDED, result)
+
+    def _finish(self, job_id: str, outcome: Outcome) -> None:
+        """Stores the outcome; if that fails (say the result does not fit the database), the
+        job still ends FAILED with the cause. Never raises."""
+        try:
+            self._deps.store.finish(job_id, outcome.state, outcome.result, outcome.error)
+            return
+        except Exception as error:
+            log.exception("job.finish_failed", error=repr(error))
+            cause = safe_text(f"could not store the job's outcome: {error!r}", 500)
+        try:
+            self._deps.store.finish(job_id, JobState.FAILED, None, cause)
+        except Exception as error:  # the lease expires and the attempt bound ends the job
+            log.exception("job.finish_failed", error=repr(error))
 
     def warm_up(self) -> None:
         """Loads the embedding model now rather than in a job's first minutes, so a helper
@@ -215,51 +249,45 @@ class JobExecutor:
         observer = HelperObserver(
             self._deps.store, claimed.job_id, self._config.cancel_check_seconds
         )
-        job = await self._prepare(claimed.request, observer)
-        await job.runner.assist(
-            job.validated.task,
-            job.validated.splits,
-            job.config,
+        spec = claimed.spec
+        runner = await self._runner(spec, observer)
+        await runner.assist(
+            spec.task,
+            _splits(spec),
+            spec.search,
             claimed.job_id,
             claimed.slot,
             observer.search_open,
         )
 
-    async def _run(self, claimed: ClaimedJob) -> pb.JobResult:
+    async def _run(self, claimed: ClaimedJob) -> JobResult:
         observer = StoreObserver(
             self._deps.store, claimed.job_id, self._config.cancel_check_seconds, self._deps.metrics
         )
-        job = await self._prepare(claimed.request, observer)
-        result = await job.runner.run(
-            job.validated.task, job.validated.splits, job.config, study_name=claimed.job_id
-        )
-        return convert.result_to_proto(result)
+        spec = claimed.spec
+        runner = await self._runner(spec, observer)
+        return await runner.run(spec.task, _splits(spec), spec.search, study_name=claimed.job_id)
 
-    async def _prepare(
-        self, request: pb.CreateJobRequest, observer: StoreObserver | HelperObserver
-    ) -> PreparedJob:
+    async def _runner(self, spec: JobSpec, observer: StoreObserver | HelperObserver) -> Runner:
+        """A runner for the already validated `spec`, bound to its endpoints and observer."""
         deps = self._deps
-        validated = validate_create_request(request, deps.limits)
-        config = convert.search_config_from_proto(request.search, deps.limits)
-        task_endpoint = await asyncio.to_thread(deps.resolver.resolve, request.model)
+        resolve = deps.resolver.resolve
+        task_endpoint = await asyncio.to_thread(resolve, spec.model, "model")
         proposer_endpoint = task_endpoint
-        if request.search.HasField("proposer"):
-            proposer_spec = request.search.proposer
+        if spec.search.proposer is not None:
             proposer_endpoint = await asyncio.to_thread(
-                deps.resolver.resolve, proposer_spec, "search.proposer"
+                resolve, spec.search.proposer, "search.proposer"
             )
         judge_endpoint = task_endpoint
-        if request.task.HasField("judge"):
-            judge_endpoint = await asyncio.to_thread(
-                deps.resolver.resolve, request.task.judge, "task.judge"
-            )
-        judged = validated.task.metric is MetricName.LLM_JUDGE
-        runner = Runner(
+        if spec.task.judge is not None:
+            judge_endpoint = await asyncio.to_thread(resolve, spec.task.judge, "task.judge")
+        judged = spec.task.metric is Metric.LLM_JUDGE
+        return Runner(
             RunnerDeps(
                 task_model=deps.chat_models(task_endpoint),
                 proposer_model=deps.chat_models(proposer_endpoint),
                 embedder=deps.embedder,
-                cache=deps.cache if config.use_cache else None,
+                cache=None if spec.search.disable_cache else deps.cache,
                 observer=observer,
                 task_temperature=task_endpoint.temperature,
                 task_max_tokens=task_endpoint.max_tokens,
@@ -274,7 +302,6 @@ class JobExecutor:
             ),
             storage=deps.study_storage,
         )
-        return PreparedJob(validated, config, runner)
 
 
 class WorkerPool:
@@ -286,6 +313,7 @@ class WorkerPool:
         self._config = config
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._slot_threads: list[threading.Thread] = []
         self._running: dict[str, str] = {}  # job id -> worker id
         self._helping: dict[tuple[str, int], str] = {}  # (job id, slot) -> worker id
         self._lock = threading.Lock()
@@ -298,27 +326,36 @@ class WorkerPool:
             thread = threading.Thread(target=self._loop, args=(worker_id,), daemon=True)
             thread.start()
             self._threads.append(thread)
+            self._slot_threads.append(thread)
         heartbeat = threading.Thread(target=self._heartbeat, daemon=True)
         heartbeat.start()
         self._threads.append(heartbeat)
 
+    def workers_alive(self) -> int:
+        """Worker slot threads still running (health reports NOT_SERVING below `slots`)."""
+        return sum(thread.is_alive() for thread in self._slot_threads)
+
     def _loop(self, worker_id: str) -> None:
-        """Claims a queued (or orphaned) job first, else a helper place in a running one."""
+        """Claims a queued (or orphaned) job first, else a helper place in a running one.
+        Nothing a job does ends this loop; only `stop()` does."""
         while not self._stopping.is_set():
-            lease = self._config.lease_seconds
-            claimed: ClaimedJob | ClaimedHelper | None = None
             try:
-                claimed = self._store.claim(worker_id, lease)
-                if claimed is None:
-                    claimed = self._store.claim_helper(worker_id, lease)
-            except Exception:  # a database hiccup must not kill the worker
-                log.exception("worker.claim_failed", worker=worker_id)
-            if claimed is None:
+                self._step(worker_id)
+            except Exception:  # a database hiccup or a bug must not cost a worker slot
+                log.exception("worker.step_failed", worker=worker_id)
                 self._stopping.wait(self._config.poll_seconds)
-            elif isinstance(claimed, ClaimedHelper):
-                self._help(claimed, worker_id)
-            else:
-                self._run(claimed, worker_id)
+
+    def _step(self, worker_id: str) -> None:
+        lease = self._config.lease_seconds
+        claimed: ClaimedJob | ClaimedHelper | None = self._store.claim(worker_id, lease)
+        if claimed is None:
+            claimed = self._store.claim_helper(worker_id, lease)
+        if claimed is None:
+            self._stopping.wait(self._config.poll_seconds)
+        elif isinstance(claimed, ClaimedHelper):
+            self._help(claimed, worker_id)
+        else:
+            self._run(claimed, worker_id)
 
     def _run(self, claimed: ClaimedJob, worker_id: str) -> None:
         with self._lock:

@@ -8,14 +8,32 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from prompttune.contract import (
+    Dataset,
+    Estimate,
+    Example,
+    JobResult,
+    JobSpec,
+    JobState,
+    PhaseChanged,
+    Progress,
+    Prompt,
+    PromptScores,
+    Score,
+    SearchSpec,
+    TaskSpec,
+    Usage,
+)
+from prompttune.search import FailedPrecondition, InvalidArgument, NotFound
 from prompttune.server import SqlJobStore
+from prompttune.server._store import AlreadyExists
 from prompttune.server._db import create_db_engine
-from prompttune.v1 import optimizer_pb2 as pb
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -29,19 +47,33 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlJobStor
         with engine.begin() as connection:  # a clean slate for each test on the shared database
             connection.execute(sa.text("DELETE FROM pt_job_events"))
             connection.execute(sa.text("DELETE FROM pt_job_helpers"))
+            connection.execute(sa.text("DELETE FROM pt_job_datasets"))
             connection.execute(sa.text("DELETE FROM pt_jobs"))
     yield SqlJobStore(engine)
     engine.dispose()
 
 
-def request(request_id: str = "") -> pb.CreateJobRequest:
-    return pb.CreateJobRequest(
-        task=pb.TaskSpec(description="d", metric=pb.METRIC_EXACT_MATCH), request_id=request_id
+ESTIMATE = Estimate(llm_calls=10, tokens=100)
+
+
+def request(request_id: str = "", parallelism: int = 1) -> JobSpec:
+    return JobSpec(
+        task=TaskSpec(description="d"),
+        dataset=Dataset.from_splits((), (Example("x", "y", "v1"),)),
+        search=SearchSpec(parallelism=parallelism),
+        request_id=request_id,
+    )
+
+
+def result(summary: str, partial: bool = False) -> JobResult:
+    scores = PromptScores(Prompt(instruction="d"), Score(0.5, 0.4, 0.6, 1))
+    return JobResult(
+        scores, scores, False, summary, Usage(), 1, 0, 1.0, "max_trials", partial=partial
     )
 
 
 def test_concurrent_workers_claim_each_job_exactly_once(store: SqlJobStore) -> None:
-    ids = {store.create(request(), pb.Estimate()).id for _ in range(24)}
+    ids = {store.create(request(), ESTIMATE).id for _ in range(24)}
     claimed: list[str] = []
     lock = threading.Lock()
 
@@ -53,15 +85,15 @@ def test_concurrent_workers_claim_each_job_exactly_once(store: SqlJobStore) -> N
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(worker, [f"w{i}" for i in range(4)]))
     assert Counter(claimed) == Counter(ids)
-    assert all(store.get(job_id).state == pb.JOB_STATE_RUNNING for job_id in ids)
+    assert all(store.get(job_id).state == JobState.RUNNING for job_id in ids)
 
 
 def test_expired_lease_is_reclaimed_and_the_old_owner_loses_it(store: SqlJobStore) -> None:
-    job = store.create(request(), pb.Estimate())
-    first = store.claim("dead-worker", lease_seconds=0.3)
+    job = store.create(request(), ESTIMATE)
+    first = store.claim("dead-worker", lease_seconds=1.0)
     assert first is not None and first.job_id == job.id
     assert store.claim("other", lease_seconds=60) is None  # lease still valid
-    time.sleep(0.5)
+    time.sleep(1.2)
     second = store.claim("other", lease_seconds=60)
     assert second is not None and second.job_id == job.id
     assert not store.renew_lease(job.id, "dead-worker", 60)
@@ -69,8 +101,8 @@ def test_expired_lease_is_reclaimed_and_the_old_owner_loses_it(store: SqlJobStor
 
 
 def test_concurrent_event_appends_get_gap_free_sequences(store: SqlJobStore) -> None:
-    job = store.create(request(), pb.Estimate())
-    phase = pb.JobEvent(phase_changed=pb.PhaseChanged(phase="searching"))
+    job = store.create(request(), ESTIMATE)
+    phase = PhaseChanged(phase="searching")
     with ThreadPoolExecutor(4) as pool:
         sequences = list(pool.map(lambda _: store.append_event(job.id, phase), range(40)))
     assert sorted(sequences) == list(range(2, 42))  # 1 is the QUEUED event
@@ -81,47 +113,45 @@ def test_concurrent_event_appends_get_gap_free_sequences(store: SqlJobStore) -> 
 
 def test_concurrent_creates_with_one_request_id_make_one_job(store: SqlJobStore) -> None:
     with ThreadPoolExecutor(4) as pool:
-        jobs = list(pool.map(lambda _: store.create(request("same"), pb.Estimate()), range(8)))
+        jobs = list(pool.map(lambda _: store.create(request("same"), ESTIMATE), range(8)))
     assert len({job.id for job in jobs}) == 1
 
 
 def test_finish_is_terminal_and_idempotent(store: SqlJobStore) -> None:
-    job = store.create(request(), pb.Estimate())
+    job = store.create(request(), ESTIMATE)
     store.claim("w", 60)
-    store.finish(job.id, pb.JOB_STATE_SUCCEEDED, pb.JobResult(summary="ok"), "")
-    store.finish(job.id, pb.JOB_STATE_FAILED, None, "late duplicate")
+    store.finish(job.id, JobState.SUCCEEDED, result("ok"), "")
+    store.finish(job.id, JobState.FAILED, None, "late duplicate")
     final = store.get(job.id)
-    assert final.state == pb.JOB_STATE_SUCCEEDED
-    assert final.result.summary == "ok"
-    states = [e.state_changed.state for e in store.events_after(job.id, 0, 100)]
-    assert states == [pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING, pb.JOB_STATE_SUCCEEDED]
+    assert final.state == JobState.SUCCEEDED
+    assert final.result is not None and final.result.summary == "ok"
+    states = [e.state_changed.state for e in store.events_after(job.id, 0, 100) if e.state_changed]
+    assert states == [JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED]
 
 
-def parallel_request(parallelism: int) -> pb.CreateJobRequest:
-    message = request()
-    message.search.parallelism = parallelism
-    return message
+def parallel_request(parallelism: int) -> JobSpec:
+    return request(parallelism=parallelism)
 
 
 def searching_job(store: SqlJobStore, parallelism: int, lease_seconds: float = 60) -> str:
     """A job with `parallelism` claimed by a primary that reached its search phase."""
-    job = store.create(parallel_request(parallelism), pb.Estimate())
+    job = store.create(parallel_request(parallelism), ESTIMATE)
     claimed = store.claim("primary", lease_seconds)
     assert claimed is not None and claimed.job_id == job.id
-    store.set_progress(job.id, pb.Progress(phase="searching"))
+    store.set_progress(job.id, Progress(phase="searching"))
     return job.id
 
 
 def test_helpers_join_only_searching_jobs_with_free_slots(store: SqlJobStore) -> None:
-    single = store.create(request(), pb.Estimate())
+    single = store.create(request(), ESTIMATE)
     assert store.claim("primary-0", 60) is not None
-    store.set_progress(single.id, pb.Progress(phase="searching"))
-    parallel = store.create(parallel_request(3), pb.Estimate())
+    store.set_progress(single.id, Progress(phase="searching"))
+    parallel = store.create(parallel_request(3), ESTIMATE)
     assert store.claim("primary-1", 60) is not None
-    store.set_progress(parallel.id, pb.Progress(phase="proposing"))
+    store.set_progress(parallel.id, Progress(phase="proposing"))
     assert store.claim_helper("h0", 60) is None  # parallelism 1, and not searching yet
 
-    store.set_progress(parallel.id, pb.Progress(phase="searching"))
+    store.set_progress(parallel.id, Progress(phase="searching"))
     assert store.search_open(parallel.id)
     places = [store.claim_helper(f"h{i}", 60) for i in range(3)]
     assert [(p.job_id, p.slot) for p in places if p is not None] == [
@@ -136,7 +166,7 @@ def test_helpers_join_only_searching_jobs_with_free_slots(store: SqlJobStore) ->
     store.release_helper(parallel.id, 2, "h1", done=True)
     assert store.claim_helper("h4", 60) is None  # a finished helper's slot stays closed
 
-    store.set_progress(parallel.id, pb.Progress(phase="validating"))
+    store.set_progress(parallel.id, Progress(phase="validating"))
     assert not store.search_open(parallel.id)
 
 
@@ -177,3 +207,103 @@ def test_no_helper_joins_a_job_whose_primary_died_or_was_cancelled(store: SqlJob
     assert store.claim_helper("h", 60) is None
     assert not store.search_open(cancelled)
     assert store.search_open(dead)  # the job itself is reclaimed by `claim`, not by helpers
+
+
+def test_jobs_are_read_without_their_dataset_and_claimed_with_it(store: SqlJobStore) -> None:
+    spec = request("r1")
+    job = store.create(spec, ESTIMATE)
+    assert (job.task, job.model, job.search, job.request_id) == (
+        spec.task,
+        spec.model,
+        spec.search,
+        "r1",
+    )
+    assert job.estimate == ESTIMATE and job.state is JobState.QUEUED
+    claimed = store.claim("w", 60)
+    assert claimed is not None and claimed.spec == spec
+    assert store.job_spec(job.id) == spec
+
+
+def test_reused_request_id_with_another_body_is_refused_naming_the_job(
+    store: SqlJobStore,
+) -> None:
+    first = store.create(request("same"), ESTIMATE)
+    assert store.create(request("same"), ESTIMATE).id == first.id
+    other = replace(request("same"), task=TaskSpec(description="another task"))
+    with pytest.raises(AlreadyExists, match=first.id):
+        store.create(other, ESTIMATE)
+    # Another tenant may use the same key for its own job.
+    assert store.create(other, ESTIMATE, tenant="t2").id != first.id
+
+
+def test_delete_removes_a_finished_job_with_its_data_and_refuses_a_running_one(
+    store: SqlJobStore,
+) -> None:
+    job = store.create(request(), ESTIMATE)
+    store.claim("w", 60)
+    with pytest.raises(FailedPrecondition, match="cancel it first"):
+        store.delete(job.id)
+    with pytest.raises(NotFound):
+        store.delete(job.id, tenant="someone-else")
+    store.finish(job.id, JobState.CANCELLED, result("partial", partial=True), "")
+    store.delete(job.id)
+    with pytest.raises(NotFound):
+        store.get(job.id)
+    assert store.events_after(job.id, 0, 10) == []
+    with pytest.raises(NotFound):
+        store.job_spec(job.id)
+
+
+def test_pages_walk_every_job_once_and_altered_tokens_are_refused(store: SqlJobStore) -> None:
+    ids = [store.create(request(), ESTIMATE).id for _ in range(5)]
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = store.list_jobs(JobState.UNSPECIFIED, 2, token)
+        seen.extend(job.id for job in page.jobs)
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(ids))
+    first = store.list_jobs(JobState.UNSPECIFIED, 2, "").next_page_token
+    altered = first[:-2] + ("AA" if first[-2:] != "AA" else "BB")
+    for bad in (altered, "12", "not a token!", "\x00", "A" * 500, "é"):
+        with pytest.raises(InvalidArgument, match="page_token"):
+            store.list_jobs(JobState.UNSPECIFIED, 2, bad)
+
+
+def test_a_job_whose_claims_keep_failing_is_failed_after_bounded_attempts(
+    tmp_path: Path,
+) -> None:
+    store = SqlJobStore(create_db_engine(f"sqlite:///{tmp_path / 'a.db'}"), max_attempts=2)
+    job = store.create(request(), ESTIMATE)
+    for _ in range(2):
+        assert store.claim("dying-worker", lease_seconds=0.01) is not None
+        time.sleep(0.05)
+    assert store.claim("next-worker", 60) is None
+    failed = store.get(job.id)
+    assert failed.state is JobState.FAILED
+    assert "abandoned after 2 attempts" in failed.error
+
+
+def test_a_job_whose_stored_spec_is_unreadable_fails_on_claim(store: SqlJobStore) -> None:
+    job = store.create(request(), ESTIMATE)
+    store._engine.dispose()
+    with store._engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE pt_jobs SET spec = :spec WHERE id = :id"),
+            {"spec": '{"task": {"descriptio": 1}}', "id": job.id},
+        )
+    assert store.claim("w", 60) is None
+    failed = store.get(job.id)
+    assert failed.state is JobState.FAILED and "unreadable" in failed.error
+
+
+def test_errors_with_nul_bytes_and_huge_text_are_stored_safely(store: SqlJobStore) -> None:
+    job = store.create(request(), ESTIMATE)
+    store.claim("w", 60)
+    store.finish(job.id, JobState.FAILED, None, "model\x00name " + "x" * 100_000)
+    failed = store.get(job.id)
+    assert failed.state is JobState.FAILED
+    assert "\x00" not in failed.error and failed.error.startswith("model\\x00name")
+    assert len(failed.error) <= 2000

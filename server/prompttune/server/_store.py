@@ -367,10 +367,11 @@ class SqlJobStore:
             row = session.scalar(query)
             if row is None:
                 return None
-            if not self._take(session, row, worker_id, now + lease_seconds):
+            attempts = self._take(session, row, worker_id, now + lease_seconds)
+            if not attempts:
                 return None
             job_id, tenant = row.id, row.tenant
-            if row.attempts > self._max_attempts:
+            if attempts > self._max_attempts:
                 failure = f"abandoned after {self._max_attempts} attempts: its worker stopped"
             else:
                 try:
@@ -384,7 +385,10 @@ class SqlJobStore:
         return ClaimedJob(job_id=job_id, spec=spec, tenant=tenant)
 
     @staticmethod
-    def _take(session: Session, row: JobRow, worker_id: str, lease_until: float) -> bool:
+    def _take(session: Session, row: JobRow, worker_id: str, lease_until: float) -> int:
+        """Takes `row` for `worker_id` unless another worker was faster; returns the job's
+        attempt count including this claim, or 0 when the claim was lost."""
+        attempts = row.attempts + 1
         claimed = session.execute(
             sa.update(JobRow)
             .where(JobRow.num == row.num, JobRow.state == row.state)
@@ -394,14 +398,12 @@ class SqlJobStore:
                 phase="starting",  # helpers wait for this worker's search phase
                 lease_owner=worker_id,
                 lease_expires_at=lease_until,
-                attempts=JobRow.attempts + 1,
+                attempts=attempts,
                 updated_at=time.time(),
             )
+            .execution_options(synchronize_session=False)
         )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            return False
-        row.attempts += 1
-        return True
+        return attempts if claimed.rowcount == 1 else 0  # type: ignore[attr-defined]
 
     def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> bool:
         with self._sessions.begin() as session:

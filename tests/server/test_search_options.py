@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from prompttune.server._convert import prompt_from_proto as server_prompt
+from prompttune.server._convert import prompt_to_proto as server_prompt_to_proto
+from prompttune.server._convert import search_config_from_proto
 from tests.server.conftest import FAKE_MODEL, TASK, client_examples
 
 from prompttune.client import Client, Example, Prompt, PromptFormat, SearchSpec
@@ -13,9 +16,6 @@ from prompttune.client._convert import (
     search_to_proto,
 )
 from prompttune.search import InvalidArgument
-from prompttune.server._convert import prompt_from_proto as server_prompt
-from prompttune.server._convert import prompt_to_proto as server_prompt_to_proto
-from prompttune.server._convert import search_config_from_proto
 from prompttune.server._limits import Limits
 
 POOL = (

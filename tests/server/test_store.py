@@ -32,8 +32,8 @@ from prompttune.contract import (
 )
 from prompttune.search import FailedPrecondition, InvalidArgument, NotFound
 from prompttune.server import SqlJobStore
-from prompttune.server._store import AlreadyExists
 from prompttune.server._db import create_db_engine
+from prompttune.server._store import AlreadyExists
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

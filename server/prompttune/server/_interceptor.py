@@ -23,6 +23,7 @@ from prompttune.search import (
     UpstreamUnavailable,
 )
 from prompttune.server._auth import Unauthenticated
+from prompttune.server._store import AlreadyExists
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +37,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (BudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UpstreamUnavailable, grpc.StatusCode.UNAVAILABLE),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import importlib.util
 import re
@@ -12,21 +13,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from prompttune.search import (
-    ChatRequest,
-    ChatResponse,
-    DatasetSplits,
-    Example,
-    LLMCallFailed,
-    MetricName,
-    SearchEvent,
-    TaskSpec,
-)
+from prompttune.contract import Budget, Example, Metric, SearchEvent, SearchSpec, TaskSpec
+from prompttune.search import ChatRequest, ChatResponse, DatasetSplits, LLMCallFailed
 
 Responder = Callable[[ChatRequest], str]
 EventT = TypeVar("EventT")
@@ -95,7 +88,7 @@ SENTIMENT_TASK = TaskSpec(
     description="Decide whether a movie review sentence is positive or negative.",
     seed_instruction="Read the text and classify it.",
     labels=("positive", "negative"),
-    metric=MetricName.LABEL_CHOICE,
+    metric=Metric.LABEL_CHOICE,
     output_name="sentiment",
 )
 
@@ -109,7 +102,7 @@ def sentiment_examples(count: int, prefix: str = "ex") -> tuple[Example, ...]:
         topic = TOPICS[index % len(TOPICS)]
         text = f"the {topic} was {word} {{really}} #{index}"
         label = "positive" if positive else "negative"
-        examples.append(Example(f"{prefix}{index:03d}", {"input": text}, label))
+        examples.append(Example({"input": text}, label, id=f"{prefix}{index:03d}"))
     return tuple(examples)
 
 
@@ -242,6 +235,18 @@ class RecordingObserver:
 
     def of_type(self, kind: type[EventT]) -> list[EventT]:
         return [event for event in self.events if isinstance(event, kind)]
+
+
+BUDGET_CAPS = frozenset(field.name for field in dataclasses.fields(Budget))
+
+
+def search_spec(base: SearchSpec | None = None, **changes: Any) -> SearchSpec:
+    """`base` (default `SearchSpec()`) with `changes`; budget caps such as ``max_trials`` or
+    ``max_llm_calls`` go into its `Budget`."""
+    base = base or SearchSpec()
+    caps = {name: value for name, value in changes.items() if name in BUDGET_CAPS}
+    rest = {name: value for name, value in changes.items() if name not in BUDGET_CAPS}
+    return dataclasses.replace(base, budget=dataclasses.replace(base.budget, **caps), **rest)
 
 
 def fixed_clock(value: float = 0.0) -> Callable[[], float]:

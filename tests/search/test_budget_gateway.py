@@ -4,14 +4,8 @@ import asyncio
 
 import pytest
 
-from prompttune.search import (
-    Budget,
-    BudgetExceeded,
-    ChatMessage,
-    ChatRequest,
-    LLMCallFailed,
-    LLMGateway,
-)
+from prompttune.contract import ChatMessage
+from prompttune.search import BudgetExceeded, CallBudget, ChatRequest, LLMCallFailed, LLMGateway
 from tests.fakes import FakeChatModel, InMemoryResponseCache
 
 
@@ -20,7 +14,7 @@ def request(text: str = "hello", max_tokens: int = 8) -> ChatRequest:
 
 
 def test_budget_reserve_settle_release() -> None:
-    budget = Budget(max_llm_calls=2)
+    budget = CallBudget(max_llm_calls=2)
     first = budget.reserve(10)
     second = budget.reserve(10)
     with pytest.raises(BudgetExceeded) as info:
@@ -34,7 +28,7 @@ def test_budget_reserve_settle_release() -> None:
 
 def test_budget_tokens_and_wall_time() -> None:
     now = [0.0]
-    budget = Budget(max_tokens=100, max_wall_seconds=5.0, clock=lambda: now[0])
+    budget = CallBudget(max_tokens=100, max_wall_seconds=5.0, clock=lambda: now[0])
     budget.settle(budget.reserve(60), 60)
     with pytest.raises(BudgetExceeded, match="max_tokens"):
         budget.reserve(41)
@@ -44,7 +38,7 @@ def test_budget_tokens_and_wall_time() -> None:
 
 
 def test_held_calls_are_not_available_until_released() -> None:
-    budget = Budget(max_llm_calls=3)
+    budget = CallBudget(max_llm_calls=3)
     budget.hold_calls(2)
     budget.settle(budget.reserve(1), 1)
     with pytest.raises(BudgetExceeded):
@@ -55,7 +49,7 @@ def test_held_calls_are_not_available_until_released() -> None:
 
 async def test_fifty_concurrent_calls_never_exceed_the_call_cap() -> None:
     model = FakeChatModel(lambda r: "ok", delay=0.01)
-    budget = Budget(max_llm_calls=20)
+    budget = CallBudget(max_llm_calls=20)
     gateway = LLMGateway(model, budget, cache=None, max_concurrency=50)
     outcomes = await asyncio.gather(
         *(gateway.complete(request(f"q{i}"), "task") for i in range(50)), return_exceptions=True
@@ -68,7 +62,7 @@ async def test_fifty_concurrent_calls_never_exceed_the_call_cap() -> None:
 
 async def test_fifty_concurrent_calls_never_exceed_the_token_cap() -> None:
     model = FakeChatModel(lambda r: "ok", delay=0.01)
-    budget = Budget(max_tokens=200)
+    budget = CallBudget(max_tokens=200)
     gateway = LLMGateway(model, budget, cache=None, max_concurrency=50)
     await asyncio.gather(
         *(gateway.complete(request(f"question {i}"), "task") for i in range(50)),
@@ -80,7 +74,7 @@ async def test_fifty_concurrent_calls_never_exceed_the_token_cap() -> None:
 
 async def test_semaphore_bounds_concurrency() -> None:
     model = FakeChatModel(lambda r: "ok", delay=0.01)
-    gateway = LLMGateway(model, Budget(), max_concurrency=3)
+    gateway = LLMGateway(model, CallBudget(), max_concurrency=3)
     await asyncio.gather(*(gateway.complete(request(f"q{i}"), "task") for i in range(12)))
     assert model.max_in_flight == 3
 
@@ -88,21 +82,21 @@ async def test_semaphore_bounds_concurrency() -> None:
 async def test_cache_hit_makes_no_model_call_and_costs_nothing() -> None:
     model = FakeChatModel(lambda r: "answer")
     cache = InMemoryResponseCache()
-    budget = Budget(max_llm_calls=1)
+    budget = CallBudget(max_llm_calls=1)
     gateway = LLMGateway(model, budget, cache)
     first = await gateway.complete(request(), "task")
     second = await gateway.complete(request(), "task")
     assert first == second and model.calls == 1 and budget.calls_used == 1
     usage = gateway.usage("task")
     assert (usage.llm_calls, usage.cache_hits, usage.cache_misses) == (1, 1, 1)
-    other = LLMGateway(FakeChatModel(lambda r: "x", identity="other|m"), Budget(), cache)
+    other = LLMGateway(FakeChatModel(lambda r: "x", identity="other|m"), CallBudget(), cache)
     assert (await other.complete(request(), "task")).text == "x"  # identity is in the key
 
 
 async def test_use_cache_false_always_calls() -> None:
     model = FakeChatModel(lambda r: "answer")
     cache = InMemoryResponseCache()
-    gateway = LLMGateway(model, Budget(), cache, use_cache=False)
+    gateway = LLMGateway(model, CallBudget(), cache, use_cache=False)
     await gateway.complete(request(), "task")
     await gateway.complete(request(), "task")
     assert model.calls == 2 and not cache.entries
@@ -111,7 +105,7 @@ async def test_use_cache_false_always_calls() -> None:
 async def test_failed_call_is_counted_per_role_and_not_cached() -> None:
     model = FakeChatModel(lambda r: "x", fail_if=lambda r: True)
     cache = InMemoryResponseCache()
-    gateway = LLMGateway(model, Budget(max_llm_calls=5), cache)
+    gateway = LLMGateway(model, CallBudget(max_llm_calls=5), cache)
     with pytest.raises(LLMCallFailed):
         await gateway.complete(request(), "proposer")
     assert gateway.usage("proposer").failed_calls == 1

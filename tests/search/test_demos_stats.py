@@ -1,11 +1,7 @@
 from __future__ import annotations
 
-from prompttune.search import (
-    SearchConfig,
-    bootstrap_ci,
-    build_demo_sets,
-    paired_bootstrap_lower_bound,
-)
+from prompttune.contract import SearchSpec
+from prompttune.search import bootstrap_ci, build_demo_sets, paired_bootstrap_lower_bound
 from tests.fakes import SENTIMENT_TASK, FakeEmbedder, sentiment_examples
 
 
@@ -36,4 +32,4 @@ def test_bootstrap_ci_and_paired_test() -> None:
     worse = [1.0] * 50 + [0.0] * 50
     assert paired_bootstrap_lower_bound(better, worse) > 0
     assert paired_bootstrap_lower_bound(worse, worse) == 0.0
-    assert SearchConfig().num_finalists == 3
+    assert SearchSpec().num_finalists == 3

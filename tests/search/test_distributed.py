@@ -11,15 +11,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from prompttune.search import (
-    PhaseChanged,
-    Runner,
-    RunnerDeps,
-    SearchConfig,
-    SearchResult,
-    TrialFinished,
-    Usage,
-)
+from prompttune.contract import JobResult, PhaseChanged, SearchSpec, TrialFinished, Usage
+from prompttune.search import Runner, RunnerDeps
 from prompttune.search._budget import BudgetCaps, shared_caps
 from prompttune.search._resume import OVER_CAP_ATTR, RUNNER_ATTR, STATE_ATTR
 from tests.fakes import (
@@ -30,6 +23,7 @@ from tests.fakes import (
     RecordingObserver,
     fixed_clock,
     routing_responder,
+    search_spec,
 )
 from tests.search.test_runner import CONFIG, DATA
 
@@ -55,8 +49,8 @@ def worker(cache: InMemoryResponseCache, storage: optuna.storages.BaseStorage) -
 
 
 async def run_distributed(
-    config: SearchConfig, helpers: int
-) -> tuple[SearchResult, list[Usage], list[Worker], optuna.Study]:
+    config: SearchSpec, helpers: int
+) -> tuple[JobResult, list[Usage], list[Worker], optuna.Study]:
     cache, storage = InMemoryResponseCache(), optuna.storages.InMemoryStorage()
     primary = worker(cache, storage)
     others = [worker(cache, storage) for _ in range(helpers)]
@@ -77,12 +71,12 @@ async def run_distributed(
 
 
 async def test_primary_and_helpers_share_one_study() -> None:
-    config = dataclasses.replace(CONFIG, max_trials=20, parallelism=3)
+    config = search_spec(CONFIG, max_trials=20, parallelism=3)
     result, usages, workers, study = await run_distributed(config, helpers=2)
 
     counted = [t for t in study.trials if not t.user_attrs.get(OVER_CAP_ATTR)]
     finished = [t for t in counted if t.state.is_finished()]
-    assert len(finished) == config.max_trials
+    assert len(finished) == config.budget.max_trials
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
     runners = {t.user_attrs[RUNNER_ATTR] for t in finished}
     assert runners == {0, 1, 2}, "every worker ran trials"
@@ -100,14 +94,14 @@ async def test_primary_and_helpers_share_one_study() -> None:
 
 @pytest.mark.parametrize("max_llm_calls", [900, 1300])
 async def test_workers_together_never_exceed_the_call_cap(max_llm_calls: int) -> None:
-    config = dataclasses.replace(
+    config = search_spec(
         CONFIG, max_trials=40, max_llm_calls=max_llm_calls, parallelism=2, max_tokens=400_000
     )
     result, usages, workers, _ = await run_distributed(config, helpers=1)
 
     assert sum(w.model.calls for w in workers) <= max_llm_calls
     assert result.usage.llm_calls <= max_llm_calls
-    assert result.usage.tokens <= config.max_tokens
+    assert result.usage.tokens <= config.budget.max_tokens
     assert result.best.validation.examples == len(DATA.validation)
     # The helper stopped at its share of the search calls.
     held = (config.num_finalists + 1) * len(DATA.validation) + 2 * len(DATA.test)

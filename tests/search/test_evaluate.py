@@ -2,13 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from prompttune.search import (
-    Budget,
-    BudgetExceeded,
-    LLMGateway,
-    Prompt,
-    evaluate_prompt,
-)
+from prompttune.contract import Prompt
+from prompttune.search import BudgetExceeded, CallBudget, LLMGateway, evaluate_prompt
 from tests.fakes import SENTIMENT_TASK, FakeChatModel, sentiment_examples
 
 
@@ -28,11 +23,11 @@ async def test_failed_calls_are_counted_not_scored_zero() -> None:
     examples = sentiment_examples(10)
     failing = {examples[1].inputs["input"], examples[4].inputs["input"]}
     model = FakeChatModel(gold_answer, fail_if=lambda r: r.messages[-1].content in failing)
-    gateway = LLMGateway(model, Budget())
+    gateway = LLMGateway(model, CallBudget())
     evaluation = await evaluate_prompt(gateway, SENTIMENT_TASK, Prompt("Classify."), examples)
     assert evaluation.score.mean == 1.0
     assert (evaluation.score.examples, evaluation.score.failed) == (8, 2)
-    errors = [r.example_id for r in evaluation.results if r.error]
+    errors = [r.id for r in evaluation.results if r.error]
     assert errors == [examples[1].id, examples[4].id]
     assert evaluation.score.per_label == {"negative": 1.0, "positive": 1.0}
     assert gateway.usage("task").failed_calls == 2
@@ -42,7 +37,7 @@ async def test_scores_with_ci_and_per_label() -> None:
     examples = sentiment_examples(20)
     model = FakeChatModel(lambda r: "positive")
     evaluation = await evaluate_prompt(
-        LLMGateway(model, Budget()), SENTIMENT_TASK, Prompt("C."), examples
+        LLMGateway(model, CallBudget()), SENTIMENT_TASK, Prompt("C."), examples
     )
     assert evaluation.score.mean == 0.5
     assert evaluation.score.ci_low < 0.5 < evaluation.score.ci_high
@@ -51,7 +46,7 @@ async def test_scores_with_ci_and_per_label() -> None:
 
 async def test_budget_exceeded_propagates() -> None:
     model = FakeChatModel(lambda r: "positive")
-    gateway = LLMGateway(model, Budget(max_llm_calls=3))
+    gateway = LLMGateway(model, CallBudget(max_llm_calls=3))
     with pytest.raises(BudgetExceeded):
         await evaluate_prompt(gateway, SENTIMENT_TASK, Prompt("C."), sentiment_examples(5))
     assert model.calls == 3

@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
+from prompttune.contract import ChatMessage
 from prompttune.search import (
-    Budget,
     BudgetExceeded,
-    ChatMessage,
+    CallBudget,
     ChatRequest,
     ConcurrencyLimit,
     EndpointLimits,
@@ -128,7 +128,7 @@ async def test_endpoint_down_longer_than_the_limit_raises_upstream_unavailable()
     down = [True]
     model = FakeChatModel(lambda r: "ok", fail_if=lambda r: down[0])
     policy = EndpointPolicy(EndpointLimits(max_outage_seconds=10))
-    gateway = LLMGateway(model, Budget(), policy=policy, registry=registry)
+    gateway = LLMGateway(model, CallBudget(), policy=policy, registry=registry)
     with pytest.raises(LLMCallFailed):
         await gateway.complete(request("a"), "task")
     now[0] = 5.0
@@ -144,7 +144,7 @@ async def test_endpoint_down_longer_than_the_limit_raises_upstream_unavailable()
     with pytest.raises(UpstreamUnavailable, match=r"failed every call for 10\.5 s \(limit 10 s\)"):
         await gateway.complete(request("e"), "task")
     # Another job's gateway on the same endpoint sees the same outage.
-    other = LLMGateway(model, Budget(), policy=policy, registry=registry)
+    other = LLMGateway(model, CallBudget(), policy=policy, registry=registry)
     with pytest.raises(UpstreamUnavailable):
         await other.complete(request("f"), "task")
 
@@ -159,7 +159,7 @@ async def test_rejected_requests_are_not_an_outage() -> None:
 
     gateway = LLMGateway(
         Rejecting(lambda r: ""),
-        Budget(),
+        CallBudget(),
         policy=EndpointPolicy(EndpointLimits(max_outage_seconds=1)),
         registry=registry,
     )
@@ -173,8 +173,8 @@ async def test_shared_concurrency_limit_spans_gateways_of_one_endpoint() -> None
     registry = GatewayRegistry()
     model = FakeChatModel(lambda r: "ok", delay=0.01)
     policy = EndpointPolicy(EndpointLimits(max_concurrency=2))
-    first = LLMGateway(model, Budget(), max_concurrency=10, policy=policy, registry=registry)
-    second = LLMGateway(model, Budget(), max_concurrency=10, policy=policy, registry=registry)
+    first = LLMGateway(model, CallBudget(), max_concurrency=10, policy=policy, registry=registry)
+    second = LLMGateway(model, CallBudget(), max_concurrency=10, policy=policy, registry=registry)
     await asyncio.gather(
         *(
             gateway.complete(request(f"q{i}"), "task")
@@ -187,7 +187,7 @@ async def test_shared_concurrency_limit_spans_gateways_of_one_endpoint() -> None
 
 async def test_cost_budget_is_never_exceeded_by_concurrent_calls() -> None:
     model = FakeChatModel(lambda r: "a fairly long answer with many words in it", delay=0.005)
-    budget = Budget(max_cost_usd=0.002)
+    budget = CallBudget(max_cost_usd=0.002)
     policy = EndpointPolicy(pricing=Pricing(10.0, 30.0))
     gateway = LLMGateway(model, budget, max_concurrency=50, policy=policy)
     outcomes = await asyncio.gather(
@@ -208,7 +208,7 @@ async def test_requests_per_minute_spaces_calls() -> None:
     registry = GatewayRegistry()
     model = FakeChatModel(lambda r: "ok")
     policy = EndpointPolicy(EndpointLimits(requests_per_minute=1200))  # 20/s, burst 20
-    gateway = LLMGateway(model, Budget(), max_concurrency=64, policy=policy, registry=registry)
+    gateway = LLMGateway(model, CallBudget(), max_concurrency=64, policy=policy, registry=registry)
     loop = asyncio.get_running_loop()
     started = loop.time()
     await asyncio.gather(*(gateway.complete(request(f"q{i}"), "task") for i in range(30)))

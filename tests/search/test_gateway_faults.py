@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from prompttune.contract import JobResult
 from prompttune.search import (
     EndpointPolicy,
     GatewayRegistry,
@@ -18,8 +19,6 @@ from prompttune.search import (
     Pricing,
     Runner,
     RunnerDeps,
-    SearchConfig,
-    SearchResult,
 )
 from tests.fakes import (
     SENTIMENT_TASK,
@@ -27,11 +26,12 @@ from tests.fakes import (
     InMemoryResponseCache,
     RecordingObserver,
     load_fake_openai,
+    search_spec,
     sentiment_splits,
 )
 
 fake_openai = load_fake_openai()
-CONFIG = SearchConfig(
+CONFIG = search_spec(
     max_trials=6,
     max_llm_calls=900,
     max_tokens=400_000,
@@ -54,7 +54,7 @@ def endpoints() -> Iterator[tuple[Any, Any]]:
         yield a, b
 
 
-async def run_job(port: int, cache: InMemoryResponseCache, name: str) -> SearchResult:
+async def run_job(port: int, cache: InMemoryResponseCache, name: str) -> JobResult:
     endpoint = ModelEndpoint(
         f"http://127.0.0.1:{port}/v1",
         "fake",
@@ -97,9 +97,9 @@ async def test_faults_cost_nothing_and_rerun_makes_no_calls(endpoints: tuple[Any
     )
     assert faulty.usage.llm_calls == clean.usage.llm_calls == statuses[200]
     for result in (clean, faulty):
-        assert result.usage.llm_calls <= CONFIG.max_llm_calls
-        assert result.usage.tokens <= CONFIG.max_tokens
-        assert 0 < result.usage.cost_usd <= CONFIG.max_cost_usd
+        assert result.usage.llm_calls <= CONFIG.budget.max_llm_calls
+        assert result.usage.tokens <= CONFIG.budget.max_tokens
+        assert 0 < result.usage.cost_usd <= CONFIG.budget.max_cost_usd
         assert set(result.usage_by_role) >= {"task", "proposer"}
 
     requests = faulty_server.stats.requests

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from prompttune.search import MetricName, TaskSpec, choose_label, extract_prediction, score_answer
+from prompttune.contract import Metric, TaskSpec
+from prompttune.search import choose_label, extract_prediction, score_answer
 
 LABELS = ("positive", "negative", "neutral")
 
 
-def task(metric: MetricName, labels: tuple[str, ...] = ()) -> TaskSpec:
-    return TaskSpec("d", "i", labels=labels, metric=metric)
+def task(metric: Metric, labels: tuple[str, ...] = ()) -> TaskSpec:
+    return TaskSpec("d", seed_instruction="i", labels=labels, metric=metric)
 
 
 @pytest.mark.parametrize(
@@ -22,7 +23,7 @@ def task(metric: MetricName, labels: tuple[str, ...] = ()) -> TaskSpec:
 def test_exact_match_normalises_case_space_and_quotes(
     answer: str, expected: str, score: float
 ) -> None:
-    assert score_answer(task(MetricName.EXACT_MATCH), answer, expected) == score
+    assert score_answer(task(Metric.EXACT_MATCH), answer, expected) == score
 
 
 @pytest.mark.parametrize(
@@ -37,7 +38,7 @@ def test_exact_match_normalises_case_space_and_quotes(
     ],
 )
 def test_label_choice_reads_first_whole_word_label(answer: str, prediction: str) -> None:
-    label_task = task(MetricName.LABEL_CHOICE, LABELS)
+    label_task = task(Metric.LABEL_CHOICE, LABELS)
     assert extract_prediction(label_task, answer) == prediction
     assert score_answer(label_task, answer, "positive") == float(prediction == "positive")
 
@@ -48,7 +49,7 @@ def test_label_choice_tie_goes_to_longest_label() -> None:
 
 
 def test_contains() -> None:
-    contains = task(MetricName.CONTAINS)
+    contains = task(Metric.CONTAINS)
     assert score_answer(contains, "I believe it is Paris, France.", "paris") == 1.0
     assert score_answer(contains, "London", "paris") == 0.0
 
@@ -64,11 +65,11 @@ def test_contains() -> None:
     ],
 )
 def test_numeric_uses_last_number(answer: str, expected: str, score: float) -> None:
-    assert score_answer(task(MetricName.NUMERIC), answer, expected) == score
+    assert score_answer(task(Metric.NUMERIC), answer, expected) == score
 
 
 def test_token_f1_squad_style() -> None:
-    f1 = task(MetricName.TOKEN_F1)
+    f1 = task(Metric.TOKEN_F1)
     assert score_answer(f1, "The Eiffel Tower!", "eiffel tower") == 1.0
     assert score_answer(f1, "eiffel tower in paris", "eiffel tower") == pytest.approx(2 / 3)
     assert score_answer(f1, "nothing", "eiffel tower") == 0.0

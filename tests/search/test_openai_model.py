@@ -7,8 +7,8 @@ import time
 import httpx2
 import pytest
 
+from prompttune.contract import ChatMessage
 from prompttune.search import (
-    ChatMessage,
     ChatRequest,
     FailedPrecondition,
     LLMCallFailed,

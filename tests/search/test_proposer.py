@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from prompttune.contract import Example
 from prompttune.search import (
     STYLE_TIPS,
-    Budget,
+    CallBudget,
     ChatRequest,
     InstructionProposer,
     LLMGateway,
@@ -18,7 +19,6 @@ from prompttune.search._proposer import (
     parse_summary,
     remove_near_duplicates,
 )
-from prompttune.search._types import Example
 from tests.fakes import (
     DATASET_SUMMARY,
     SENTIMENT_TASK,
@@ -80,7 +80,7 @@ def test_proposals_that_answer_instead_of_instructing_are_skipped() -> None:
 
 
 REVIEWS = tuple(
-    Example(f"r{index}", {"input": f"{text} Review number {index} of the set."}, label)
+    Example({"input": f"{text} Review number {index} of the set."}, label, id=f"r{index}")
     for index, (text, label) in enumerate(
         [
             ("A gripping, beautifully acted film about two brothers.", "positive"),
@@ -112,7 +112,7 @@ async def test_proposals_and_summaries_that_copy_an_example_are_skipped() -> Non
         )
 
     model = FakeChatModel(quote_a_shown_review)
-    proposer = InstructionProposer(LLMGateway(model, Budget(max_llm_calls=20)))
+    proposer = InstructionProposer(LLMGateway(model, CallBudget(max_llm_calls=20)))
     assert await proposer.summarize(SENTIMENT_TASK, REVIEWS) == ""
     candidates = await proposer.propose(SENTIMENT_TASK, REVIEWS, count=3)
     assert candidates == (SENTIMENT_TASK.seed_instruction,)
@@ -147,7 +147,7 @@ def junk_by_tip(request: ChatRequest) -> str:
 
 async def test_proposer_survives_junk_failures_and_budget() -> None:
     model = FakeChatModel(junk_by_tip, fail_if=lambda r: "step by step" in str(r))
-    gateway = LLMGateway(model, Budget(max_llm_calls=7))
+    gateway = LLMGateway(model, CallBudget(max_llm_calls=7))
     proposer = InstructionProposer(gateway)
     candidates = await proposer.propose(SENTIMENT_TASK, sentiment_examples(10), count=9)
     assert candidates[0] == SENTIMENT_TASK.seed_instruction
@@ -161,7 +161,7 @@ async def test_summary_grounds_every_proposal_and_is_asked_once() -> None:
         return DATASET_SUMMARY if is_summary(request) else f"Write this: {tip_of(request)}"
 
     model = FakeChatModel(respond)
-    proposer = InstructionProposer(LLMGateway(model, Budget()))
+    proposer = InstructionProposer(LLMGateway(model, CallBudget()))
     candidates = await proposer.propose(SENTIMENT_TASK, sentiment_examples(10), count=5)
     assert len(candidates) == 6 and len(set(candidates)) == 6  # the seed plus five proposals
     summaries = [r for r in model.requests if is_summary(r)]
@@ -198,7 +198,7 @@ async def test_reflection_shows_scores_and_mistakes_and_returns_only_new_ones() 
         return "Decide whether the review praises or criticises the film: positive or negative."
 
     model = FakeChatModel(respond)
-    proposer = InstructionProposer(LLMGateway(model, Budget()), embedder=FakeEmbedder())
+    proposer = InstructionProposer(LLMGateway(model, CallBudget()), embedder=FakeEmbedder())
     tried = [
         ScoredInstruction("Read the text and classify it.", 0.4, 16),
         ScoredInstruction("Say positive or negative.", 0.7, 32),

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from prompttune.search import (
+from prompttune.contract import (
     ChatMessage,
     DemoLayout,
     Example,
@@ -8,12 +8,12 @@ from prompttune.search import (
     Prompt,
     PromptFormat,
     prompt_token_count,
-    render_messages,
+    render,
 )
 
 DEMOS = (
-    Example("d1", {"input": "great {film}"}, "positive"),
-    Example("d2", {"input": "bad {0} movie"}, "negative"),
+    Example({"input": "great {film}"}, "positive", id="d1"),
+    Example({"input": "bad {0} movie"}, "negative", id="d2"),
 )
 
 
@@ -22,7 +22,7 @@ def prompt(**fmt: object) -> Prompt:
 
 
 def test_system_chat_turns_static_first_input_last() -> None:
-    messages = render_messages(prompt(), {"input": "so {so} {0}"})
+    messages = render(prompt(), {"input": "so {so} {0}"})
     assert messages == (
         ChatMessage("system", "Classify {sentiment}."),
         ChatMessage("user", "great {film}"),
@@ -34,7 +34,7 @@ def test_system_chat_turns_static_first_input_last() -> None:
 
 
 def test_user_placement_and_answer_prefix() -> None:
-    messages = render_messages(
+    messages = render(
         prompt(instruction_placement=InstructionPlacement.USER, answer_prefix="Sentiment:"),
         {"input": "fine"},
     )
@@ -44,7 +44,7 @@ def test_user_placement_and_answer_prefix() -> None:
 
 
 def test_inline_layout_one_examples_block_before_input() -> None:
-    messages = render_messages(prompt(demo_layout=DemoLayout.INLINE), {"input": "ok"})
+    messages = render(prompt(demo_layout=DemoLayout.INLINE), {"input": "ok"})
     assert messages[0] == ChatMessage("system", "Classify {sentiment}.")
     assert messages[1].role == "user"
     assert messages[1].content == (
@@ -56,7 +56,7 @@ def test_inline_layout_one_examples_block_before_input() -> None:
 
 def test_several_fields_render_as_lines_in_order() -> None:
     qa = Prompt("Answer.", input_fields=("question", "context"))
-    messages = render_messages(qa, {"context": "c {x}", "question": "q?"})
+    messages = render(qa, {"context": "c {x}", "question": "q?"})
     assert messages[-1].content == "Question: q?\nContext: c {x}"
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import optuna
 import pytest
 
-from prompttune.search import Runner, RunnerDeps, SearchCancelled, SearchEvent, SearchResult
+from prompttune.contract import JobResult, SearchEvent
+from prompttune.search import Runner, RunnerDeps, SearchCancelled
 from prompttune.search._resume import interrupted_trials
 from tests.fakes import (
     SENTIMENT_TASK,
@@ -50,7 +51,7 @@ def runner(
     return Runner(deps, storage)
 
 
-async def uninterrupted() -> tuple[SearchResult, int]:
+async def uninterrupted() -> tuple[JobResult, int]:
     model = FakeChatModel(routing_responder)
     storage = optuna.storages.InMemoryStorage()
     result = await runner(model, InMemoryResponseCache(), storage).run(
@@ -67,7 +68,7 @@ async def test_resumed_search_equals_an_uninterrupted_one() -> None:
     assert mid_trial >= 3, "some interruptions should land inside a trial"
 
 
-async def interrupt_and_resume(die_at: int, reference: SearchResult, reference_calls: int) -> int:
+async def interrupt_and_resume(die_at: int, reference: JobResult, reference_calls: int) -> int:
     """Returns 1 when the interruption left a trial RUNNING (mid-trial), else 0."""
     model = FakeChatModel(routing_responder)
     cache = InMemoryResponseCache()

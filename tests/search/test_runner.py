@@ -6,20 +6,17 @@ from collections.abc import Callable
 import optuna
 import pytest
 
-from prompttune.search import (
+from prompttune.contract import (
     BudgetUsed,
-    ChatRequest,
     DemoLayout,
     InstructionPlacement,
+    JobResult,
     NewBest,
     PhaseChanged,
-    Runner,
-    RunnerDeps,
-    SearchCancelled,
-    SearchConfig,
-    SearchResult,
+    SearchSpec,
     TrialFinished,
 )
+from prompttune.search import ChatRequest, Runner, RunnerDeps, SearchCancelled
 from prompttune.search import estimate as search_estimate
 from tests.fakes import (
     SENTIMENT_TASK,
@@ -29,10 +26,11 @@ from tests.fakes import (
     RecordingObserver,
     fixed_clock,
     routing_responder,
+    search_spec,
     sentiment_splits,
 )
 
-CONFIG = SearchConfig(
+CONFIG = search_spec(
     max_trials=16,
     max_llm_calls=5000,
     num_instruction_candidates=4,
@@ -66,7 +64,7 @@ def harness(
     return Harness(model, observer, cache, Runner(deps, storage))
 
 
-async def run(h: Harness, config: SearchConfig = CONFIG, data=DATA) -> SearchResult:  # type: ignore[no-untyped-def]
+async def run(h: Harness, config: SearchSpec = CONFIG, data=DATA) -> JobResult:  # type: ignore[no-untyped-def]
     return await h.runner.run(SENTIMENT_TASK, data, config, study_name="job-1")
 
 
@@ -81,7 +79,7 @@ async def test_search_finds_a_better_prompt_and_reports_test_scores() -> None:
     assert result.best.test is not None and result.baseline.test is not None
     assert result.best.test.examples == len(DATA.test)
     assert result.stop_reason == "max_trials"
-    assert result.trials_completed + result.trials_pruned <= CONFIG.max_trials
+    assert result.trials_completed + result.trials_pruned <= CONFIG.budget.max_trials
     assert result.best in result.pareto
     means = [p.validation.mean for p in result.pareto]
     assert means == sorted(means) and len(set(means)) == len(means)
@@ -111,10 +109,10 @@ async def test_baseline_is_the_first_trial_and_events_are_emitted() -> None:
         "testing",
     ]
     trials = h.observer.of_type(TrialFinished)
-    assert [t.trial for t in trials] == list(range(CONFIG.max_trials))
+    assert [t.trial for t in trials] == list(range(CONFIG.budget.max_trials))
     assert any(t.pruned for t in trials)
     assert h.observer.of_type(NewBest)[0].trial == 0
-    assert len(h.observer.of_type(BudgetUsed)) == CONFIG.max_trials + 1
+    assert len(h.observer.of_type(BudgetUsed)) == CONFIG.budget.max_trials + 1
 
 
 async def test_deterministic_and_second_run_is_free_with_shared_cache() -> None:
@@ -129,7 +127,7 @@ async def test_deterministic_and_second_run_is_free_with_shared_cache() -> None:
 
 
 async def test_max_llm_calls_is_never_exceeded_and_final_phases_still_run() -> None:
-    config = dataclasses.replace(CONFIG, max_llm_calls=260, max_trials=50)
+    config = search_spec(CONFIG, max_llm_calls=260, max_trials=50)
     h = harness()
     result = await run(h, config)
     assert h.model.calls <= 260
@@ -159,15 +157,15 @@ async def test_estimate_bounds_the_calls() -> None:
     h = harness()
     estimate = h.runner.estimate(SENTIMENT_TASK, DATA, CONFIG)
     result = await run(h)
-    assert result.usage.llm_calls <= estimate.llm_calls <= CONFIG.max_llm_calls
+    assert result.usage.llm_calls <= estimate.llm_calls <= CONFIG.budget.max_llm_calls
     assert result.usage.tokens <= estimate.tokens
     assert estimate == search_estimate(SENTIMENT_TASK, DATA, CONFIG)
-    capped = h.runner.estimate(SENTIMENT_TASK, DATA, dataclasses.replace(CONFIG, max_llm_calls=10))
+    capped = h.runner.estimate(SENTIMENT_TASK, DATA, search_spec(CONFIG, max_llm_calls=10))
     assert capped.llm_calls == 10
 
 
 async def test_small_space_is_exhausted() -> None:
-    config = dataclasses.replace(CONFIG, num_instruction_candidates=1, max_demos=0, max_trials=200)
+    config = search_spec(CONFIG, num_instruction_candidates=1, max_demos=0, max_trials=200)
     result = await run(harness(), config, sentiment_splits(train=0, validation=8, test=0))
     assert result.stop_reason == "search_space_exhausted"
     assert result.best.prompt.format.instruction_placement in tuple(InstructionPlacement)
@@ -182,6 +180,6 @@ async def test_the_search_spends_the_calls_promotion_does_not_need() -> None:
     held_for_testing = 2 * len(DATA.test)
     for budget in (260, 400):
         h = harness()
-        result = await run(h, dataclasses.replace(CONFIG, max_llm_calls=budget, max_trials=50))
+        result = await run(h, search_spec(CONFIG, max_llm_calls=budget, max_trials=50))
         assert result.stop_reason == "max_llm_calls"
         assert budget - CONFIG.minibatch_size - held_for_testing < h.model.calls <= budget

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from prompttune.contract import Example, Metric, Prompt, TaskSpec
 from prompttune.search import (
-    Budget,
+    CallBudget,
     CallSettings,
     ChatRequest,
     ChatResponse,
     EmbeddingScorer,
-    Example,
     FailedPrecondition,
     InvalidArgument,
     JudgeScorer,
     LLMGateway,
-    MetricName,
-    Prompt,
-    TaskSpec,
     UsageLedger,
     build_scorer,
     evaluate_prompt,
@@ -53,12 +50,12 @@ def test_parse_judge_score(verdict: str, expected: float | None) -> None:
 JUDGE_TASK = TaskSpec(
     description="Summarise the text in one sentence.",
     seed_instruction="Summarise the text.",
-    metric=MetricName.LLM_JUDGE,
+    metric=Metric.LLM_JUDGE,
     rubric="Faithful to the text and at most one sentence.",
 )
 EXAMPLES = (
-    Example("a", {"input": "cats purr when content"}, "Cats purr when happy."),
-    Example("b", {"input": "dogs bark at strangers"}, "Dogs bark at strangers."),
+    Example({"input": "cats purr when content"}, "Cats purr when happy.", id="a"),
+    Example({"input": "dogs bark at strangers"}, "Dogs bark at strangers.", id="b"),
 )
 
 
@@ -68,7 +65,7 @@ def judge_verdict(request: ChatRequest) -> str:
 
 
 async def test_judge_metric_scores_through_the_gateway_with_role_judge() -> None:
-    budget, ledger, cache = Budget(max_llm_calls=10), UsageLedger(), InMemoryResponseCache()
+    budget, ledger, cache = CallBudget(max_llm_calls=10), UsageLedger(), InMemoryResponseCache()
     task_model = FakeChatModel(lambda r: r.messages[-1].content)
     judge_model = FakeChatModel(judge_verdict, identity="judge|m")
     task = LLMGateway(task_model, budget, cache, ledger=ledger)
@@ -88,7 +85,7 @@ async def test_judge_metric_scores_through_the_gateway_with_role_judge() -> None
 
 
 def test_judge_prompt_carries_rubric_reference_and_answer() -> None:
-    gateway = LLMGateway(FakeChatModel(lambda r: ""), Budget())
+    gateway = LLMGateway(FakeChatModel(lambda r: ""), CallBudget())
     request = JudgeScorer(JUDGE_TASK, gateway).request(EXAMPLES[0], "Cats purr.")
     text = "\n".join(m.content for m in request.messages)
     assert JUDGE_TASK.rubric in text and EXAMPLES[0].output in text and "Cats purr." in text
@@ -97,7 +94,7 @@ def test_judge_prompt_carries_rubric_reference_and_answer() -> None:
 
 def test_judge_metric_needs_rubric_and_judge() -> None:
     with pytest.raises(InvalidArgument, match="rubric"):
-        validate_task(TaskSpec("d", "s", metric=MetricName.LLM_JUDGE))
+        validate_task(TaskSpec("d", seed_instruction="s", metric=Metric.LLM_JUDGE))
     with pytest.raises(FailedPrecondition):
         build_scorer(JUDGE_TASK)
     with pytest.raises(FailedPrecondition):
@@ -106,21 +103,21 @@ def test_judge_metric_needs_rubric_and_judge() -> None:
 
 async def test_embedding_similarity_metric() -> None:
     scorer = EmbeddingScorer(FakeEmbedder())
-    example = Example("x", {"input": "q"}, "the cat sat on the mat")
+    example = Example({"input": "q"}, "the cat sat on the mat", id="x")
     assert await scorer.score(example, "the cat sat on the mat") == pytest.approx(1.0)
     partial = await scorer.score(example, "the cat sat somewhere else")
     assert 0.2 < partial < 1.0
     assert await scorer.score(example, "") == 0.0
-    task = TaskSpec("d", "s", metric=MetricName.EMBEDDING_SIMILARITY)
+    task = TaskSpec("d", seed_instruction="s", metric=Metric.EMBEDDING_SIMILARITY)
     assert isinstance(build_scorer(task, embedder=FakeEmbedder()), EmbeddingScorer)
     with pytest.raises(FailedPrecondition):
         build_scorer(task)
 
 
 async def test_text_metrics_keep_their_behaviour_through_the_scorer() -> None:
-    task = TaskSpec("d", "s", labels=("yes", "no"), metric=MetricName.LABEL_CHOICE)
+    task = TaskSpec("d", seed_instruction="s", labels=("yes", "no"), metric=Metric.LABEL_CHOICE)
     scorer = build_scorer(task)
-    example = Example("x", {"input": "q"}, "yes")
+    example = Example({"input": "q"}, "yes", id="x")
     assert await scorer.score(example, "I would say Yes.") == 1.0
     assert await scorer.score(example, "no") == 0.0
 
@@ -134,7 +131,7 @@ class MultiSampleFake(FakeChatModel):
 
 
 async def test_complete_samples_uses_n_and_caches_each_sample() -> None:
-    cache, budget = InMemoryResponseCache(), Budget()
+    cache, budget = InMemoryResponseCache(), CallBudget()
     model = MultiSampleFake(lambda r: "single")
     gateway = LLMGateway(model, budget, cache)
     request = ChatRequest(EXAMPLES_MESSAGES, 0.8, 5)
@@ -143,13 +140,13 @@ async def test_complete_samples_uses_n_and_caches_each_sample() -> None:
     assert budget.calls_used == 1 and gateway.usage().prompt_tokens == 3
     again = await gateway.complete_samples(request, 3, "proposer")
     assert again == samples and model.calls == 1
-    plain = LLMGateway(FakeChatModel(lambda r: f"one-{r.sample}"), Budget(), cache=None)
+    plain = LLMGateway(FakeChatModel(lambda r: f"one-{r.sample}"), CallBudget(), cache=None)
     texts = [s.text for s in await plain.complete_samples(request, 2, "proposer")]
     assert texts == ["one-0", "one-1"]
 
 
 EXAMPLES_MESSAGES = (
-    JudgeScorer(JUDGE_TASK, LLMGateway(FakeChatModel(lambda r: ""), Budget()))
+    JudgeScorer(JUDGE_TASK, LLMGateway(FakeChatModel(lambda r: ""), CallBudget()))
     .request(EXAMPLES[0], "x")
     .messages
 )

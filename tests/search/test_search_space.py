@@ -8,21 +8,17 @@ from pathlib import Path
 
 import optuna
 
-from prompttune.search import (
-    ChatRequest,
-    DatasetSplits,
+from prompttune.contract import (
+    REASONING_CUE,
     Example,
-    MetricName,
+    JobResult,
+    Metric,
     PhaseChanged,
-    Runner,
-    RunnerDeps,
-    SearchConfig,
-    SearchResult,
+    SearchSpec,
     TaskSpec,
-    TrialConfig,
     TrialFinished,
 )
-from prompttune.search._render import REASONING_CUE
+from prompttune.search import ChatRequest, DatasetSplits, Runner, RunnerDeps, TrialConfig
 from tests.fakes import (
     SENTIMENT_TASK,
     FakeChatModel,
@@ -33,11 +29,12 @@ from tests.fakes import (
     proposer_responder,
     request_text,
     routing_responder,
+    search_spec,
     sentiment_splits,
     unit_hash,
 )
 
-CONFIG = SearchConfig(
+CONFIG = search_spec(
     max_trials=16,
     max_llm_calls=5000,
     num_instruction_candidates=3,
@@ -69,10 +66,10 @@ def make_runner(
 
 
 async def run(
-    config: SearchConfig = CONFIG,
+    config: SearchSpec = CONFIG,
     storage: optuna.storages.BaseStorage | str | None = None,
     model: FakeChatModel | None = None,
-) -> tuple[SearchResult, FakeChatModel, RecordingObserver]:
+) -> tuple[JobResult, FakeChatModel, RecordingObserver]:
     model = model or FakeChatModel(reflecting_responder)
     runner, observer = make_runner(model, storage)
     result = await runner.run(SENTIMENT_TASK, DATA, config, study_name="job")
@@ -98,7 +95,7 @@ async def test_reflection_round_grows_the_instruction_space_in_an_rdb_study(
     study = optuna.load_study(study_name="job", storage=storage)
     highs = [t.distributions["instruction"].high for t in study.trials]  # type: ignore[attr-defined]
     assert highs == sorted(highs) and highs[-1] == highs[0] + 2  # two reflected candidates
-    half = CONFIG.max_trials // 2
+    half = CONFIG.budget.max_trials // 2
     assert max(highs[:half]) == highs[0]
     # each reflected instruction is tried right away, in the best configuration so far
     assert [t.params["instruction"] for t in study.trials[half : half + 2]] == [
@@ -106,7 +103,7 @@ async def test_reflection_round_grows_the_instruction_space_in_an_rdb_study(
         highs[0] + 2,
     ]
     assert [e.phase for e in observer.of_type(PhaseChanged)].count("reflecting") == 1
-    assert result.trials_completed + result.trials_pruned == CONFIG.max_trials
+    assert result.trials_completed + result.trials_pruned == CONFIG.budget.max_trials
 
 
 async def test_reflection_mistakes_come_from_the_current_best() -> None:
@@ -118,7 +115,7 @@ async def test_reflection_mistakes_come_from_the_current_best() -> None:
 
 
 async def test_no_reflection_round_when_disabled() -> None:
-    config = dataclasses.replace(CONFIG, num_reflection_candidates=0)
+    config = search_spec(CONFIG, num_reflection_candidates=0)
     _, model, observer = await run(config)
     assert reflection_prompts(model) == []
     assert "reflecting" not in [e.phase for e in observer.of_type(PhaseChanged)]
@@ -128,14 +125,14 @@ ARITHMETIC = TaskSpec(
     description="Add two numbers.",
     seed_instruction="Add the numbers.",
     input_fields=("question",),
-    metric=MetricName.EXACT_MATCH,
+    metric=Metric.EXACT_MATCH,
 )
 
 
 def arithmetic_splits() -> DatasetSplits:
     def examples(prefix: str, count: int) -> tuple[Example, ...]:
         return tuple(
-            Example(f"{prefix}{i:02d}", {"question": f"What is {i} + {i + 3}?"}, str(2 * i + 3))
+            Example({"question": f"What is {i} + {i + 3}?"}, str(2 * i + 3), id=f"{prefix}{i:02d}")
             for i in range(count)
         )
 
@@ -158,7 +155,7 @@ def arithmetic_responder(request: ChatRequest) -> str:
 async def test_reasoning_is_searched_for_open_tasks_with_a_larger_answer_cap() -> None:
     model = FakeChatModel(arithmetic_responder)
     runner, _ = make_runner(model, optuna.storages.InMemoryStorage())
-    config = dataclasses.replace(CONFIG, max_demos=0, num_reflection_candidates=0)
+    config = search_spec(CONFIG, max_demos=0, num_reflection_candidates=0)
     result = await runner.run(ARITHMETIC, arithmetic_splits(), config, study_name="job")
     assert result.improved and result.best.prompt.format.reasoning
     assert result.best.validation.mean == 1.0  # scored on the text after "Answer:"
@@ -174,7 +171,7 @@ async def test_reasoning_is_searched_for_open_tasks_with_a_larger_answer_cap() -
 async def test_reasoning_is_off_for_classification_unless_allowed() -> None:
     default, allowed = optuna.storages.InMemoryStorage(), optuna.storages.InMemoryStorage()
     await run(storage=default)
-    await run(dataclasses.replace(CONFIG, allow_reasoning=True), storage=allowed)
+    await run(search_spec(CONFIG, allow_reasoning=True), storage=allowed)
     trials = optuna.load_study(study_name="job", storage=default).trials
     assert all("reasoning" not in t.params for t in trials)
     trials = optuna.load_study(study_name="job", storage=allowed).trials
@@ -199,7 +196,7 @@ async def test_bootstrapped_and_knn_demo_sets_join_the_space() -> None:
 
 async def test_multi_objective_scores_first_rung_only_and_returns_a_pareto_set() -> None:
     storage = optuna.storages.InMemoryStorage()
-    config = dataclasses.replace(CONFIG, multi_objective=True, max_trials=12)
+    config = search_spec(CONFIG, multi_objective=True, max_trials=12)
     result, _, observer = await run(config, storage=storage)
     study = optuna.load_study(study_name="job", storage=storage)
     assert len(study.directions) == 2
@@ -222,7 +219,7 @@ async def test_budget_holds_with_concurrent_calls_across_every_role() -> None:
         model, model, FakeEmbedder(), observer, task_max_concurrency=8,
         proposer_max_concurrency=4, clock=fixed_clock(),
     )  # fmt: skip
-    config = dataclasses.replace(CONFIG, max_llm_calls=230, max_trials=40)
+    config = search_spec(CONFIG, max_llm_calls=230, max_trials=40)
     result = await Runner(deps).run(SENTIMENT_TASK, DATA, config, study_name="job")
     assert model.max_in_flight > 1
     assert model.calls <= 230 and result.usage.llm_calls == model.calls

@@ -4,12 +4,10 @@ import dataclasses
 
 import pytest
 
+from prompttune.contract import Example, Metric, TaskSpec
 from prompttune.search import (
     DatasetSplits,
-    Example,
     InvalidArgument,
-    MetricName,
-    TaskSpec,
     split_examples,
     validate_splits,
     validate_task,
@@ -40,12 +38,12 @@ def test_validate_task_names_the_field(changes: dict[str, object], field: str) -
 def test_validate_splits_names_the_field() -> None:
     good = sentiment_splits(4, 4, 2)
     validate_splits(SENTIMENT_TASK, good)
-    bad_label = (*good.train[:3], Example("x", {"input": "t"}, "meh"))
+    bad_label = (*good.train[:3], Example({"input": "t"}, "meh", id="x"))
     cases = {
         "dataset.validation": DatasetSplits(good.train, ()),
         "dataset.train[3].output": DatasetSplits(bad_label, good.validation),
         "dataset.train[0].inputs": DatasetSplits(
-            (Example("y", {"text": "t"}, "positive"),), good.validation
+            (Example({"text": "t"}, "positive", id="y"),), good.validation
         ),
         "dataset.validation[0].id": DatasetSplits(good.train, (good.train[0],)),
     }
@@ -56,9 +54,9 @@ def test_validate_splits_names_the_field() -> None:
 
 
 def test_free_form_tasks_accept_any_output() -> None:
-    task = TaskSpec("d", "Answer.", metric=MetricName.NUMERIC)
+    task = TaskSpec("d", seed_instruction="Answer.", metric=Metric.NUMERIC)
     validate_task(task)
-    validate_splits(task, DatasetSplits((), (Example("a", {"input": "1+1"}, "2"),)))
+    validate_splits(task, DatasetSplits((), (Example({"input": "1+1"}, "2", id="a"),)))
 
 
 def test_split_is_deterministic_and_disjoint() -> None:

@@ -2,10 +2,10 @@
 
 `Runner` searches instructions, demonstration sets and prompt formats with Optuna ask/tell
 over an `LLMGateway` (cache -> budget -> concurrency limit -> `ChatModel`), and returns a
-`SearchResult` with baseline and best scores on validation and test.
+`JobResult` with baseline and best scores on validation and test.
 """
 
-from prompttune.search._budget import Budget, Reservation, estimate_call_tokens
+from prompttune.search._budget import CallBudget, Reservation, estimate_call_tokens
 from prompttune.search._demos import DemoSet, build_demo_sets
 from prompttune.search._embed import SentenceTransformerEmbedder, minilm_model_dir
 from prompttune.search._errors import (
@@ -38,6 +38,7 @@ from prompttune.search._gateway import (
     UsageLedger,
     add_usage,
     cache_key,
+    usage_since,
 )
 from prompttune.search._metrics import (
     choose_label,
@@ -57,13 +58,6 @@ from prompttune.search._protocols import (
     ResponseCache,
     SearchObserver,
 )
-from prompttune.search._render import (
-    answer_max_tokens,
-    final_answer,
-    format_inputs,
-    prompt_token_count,
-    render_messages,
-)
 from prompttune.search._runner import Runner, RunnerDeps, estimate
 from prompttune.search._scorers import (
     JUDGE_ROLE,
@@ -79,48 +73,21 @@ from prompttune.search._space import SearchSpace, TrialConfig
 from prompttune.search._split import split_examples
 from prompttune.search._state import minibatch_rungs
 from prompttune.search._stats import bootstrap_ci, make_score, paired_bootstrap_lower_bound
-from prompttune.search._types import (
-    BudgetUsed,
-    ChatMessage,
-    DatasetSplits,
-    DemoLayout,
-    Estimate,
-    Evaluation,
-    Example,
-    ExampleResult,
-    InstructionPlacement,
-    MetricName,
-    ModelEndpoint,
-    NewBest,
-    PhaseChanged,
-    Prompt,
-    PromptFormat,
-    PromptScores,
-    Score,
-    SearchConfig,
-    SearchEvent,
-    SearchResult,
-    TaskSpec,
-    TrialFinished,
-    Usage,
-)
+from prompttune.search._types import DatasetSplits, ModelEndpoint
 from prompttune.search._validate import validate_splits, validate_task
 
 __all__ = [
     "JUDGE_ROLE",
     "STYLE_TIPS",
     "AnswerScorer",
-    "Budget",
     "BudgetExceeded",
-    "BudgetUsed",
+    "CallBudget",
     "CallSettings",
-    "ChatMessage",
     "ChatModel",
     "ChatRequest",
     "ChatResponse",
     "ConcurrencyLimit",
     "DatasetSplits",
-    "DemoLayout",
     "DemoSet",
     "Embedder",
     "EmbeddingScorer",
@@ -128,55 +95,36 @@ __all__ = [
     "EndpointHealth",
     "EndpointLimits",
     "EndpointPolicy",
-    "Estimate",
-    "Evaluation",
-    "Example",
-    "ExampleResult",
     "FailedPrecondition",
     "GatewayFactory",
     "GatewayRegistry",
-    "InstructionPlacement",
     "InstructionProposer",
     "InvalidArgument",
     "JudgeScorer",
     "LLMCallFailed",
     "LLMGateway",
-    "MetricName",
     "MetricScorer",
     "ModelEndpoint",
     "MultiSampleChatModel",
-    "NewBest",
     "NotFound",
     "OpenAIChatModel",
     "OpenAIChatModels",
     "OpenAIClientPool",
-    "PhaseChanged",
     "Pricing",
-    "Prompt",
-    "PromptFormat",
-    "PromptScores",
     "PromptTuneError",
     "Reservation",
     "ResponseCache",
     "Runner",
     "RunnerDeps",
-    "Score",
     "SearchCancelled",
-    "SearchConfig",
-    "SearchEvent",
     "SearchObserver",
-    "SearchResult",
     "SearchSpace",
     "SentenceTransformerEmbedder",
-    "TaskSpec",
     "TokenBucket",
     "TrialConfig",
-    "TrialFinished",
     "UpstreamUnavailable",
-    "Usage",
     "UsageLedger",
     "add_usage",
-    "answer_max_tokens",
     "bootstrap_ci",
     "build_demo_sets",
     "build_scorer",
@@ -187,8 +135,6 @@ __all__ = [
     "estimate_call_tokens",
     "evaluate_prompt",
     "extract_prediction",
-    "final_answer",
-    "format_inputs",
     "last_number",
     "make_score",
     "minibatch_rungs",
@@ -197,12 +143,11 @@ __all__ = [
     "paired_bootstrap_lower_bound",
     "parse_judge_score",
     "parse_proposal",
-    "prompt_token_count",
-    "render_messages",
     "score_answer",
     "score_examples",
     "split_examples",
     "token_f1",
+    "usage_since",
     "validate_splits",
     "validate_task",
 ]

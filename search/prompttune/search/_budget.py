@@ -27,7 +27,7 @@ def estimate_call_tokens(prompt_chars: int, max_tokens: int) -> int:
     return prompt_chars // 3 + 1 + max_tokens
 
 
-class Budget:
+class CallBudget:
     """Caps on LLM calls, tokens, cost (USD) and wall seconds; a cap of 0 means unlimited.
 
     Thread-safe and safe to share between asyncio tasks (no awaits inside). Token settlement
@@ -144,7 +144,7 @@ class Budget:
 
 @dataclass(frozen=True)
 class BudgetCaps:
-    """The caps of one `Budget` (0 = unlimited)."""
+    """The caps of one `CallBudget` (0 = unlimited)."""
 
     max_llm_calls: int
     max_tokens: int
@@ -157,7 +157,7 @@ def shared_caps(total: BudgetCaps, held_calls: int, parts: int, index: int) -> B
     The calls left after the final-phase reservation (`held_calls`), and all tokens and
     cost, are split into `parts` equal shares, rounded down. Helpers (index >= 1) get one
     share each; the primary (index 0) gets the rest: its share plus the reservation plus the
-    rounding. The caps sum to at most the job's caps and each `Budget` enforces its own, so
+    rounding. The caps sum to at most the job's caps and each `CallBudget` enforces its own, so
     the workers together can never exceed the job's budget. An unlimited cap stays unlimited.
     """
     calls = max(0, total.max_llm_calls - held_calls) // parts
@@ -173,7 +173,7 @@ def shared_caps(total: BudgetCaps, held_calls: int, parts: int, index: int) -> B
 
 
 def share_is_empty(total: BudgetCaps, share: BudgetCaps) -> bool:
-    """True when a limited cap's share rounded down to 0 (which a `Budget` would read as
+    """True when a limited cap's share rounded down to 0 (which a `CallBudget` would read as
     unlimited): that helper must not run."""
     return bool(
         (total.max_llm_calls and not share.max_llm_calls)

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prompttune.contract import Example, TaskSpec, format_inputs
 from prompttune.search._protocols import Embedder
-from prompttune.search._render import format_inputs
-from prompttune.search._types import Example, TaskSpec
 
 _DIVERSE_POOL = 256
 KNN_POOL = 200

@@ -6,13 +6,20 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from prompttune.contract import (
+    Evaluation,
+    Example,
+    ExampleResult,
+    Prompt,
+    TaskSpec,
+    final_answer,
+    render,
+)
 from prompttune.search._errors import LLMCallFailed
-from prompttune.search._gateway import LLMGateway
+from prompttune.search._gateway import LLMGateway, usage_since
 from prompttune.search._protocols import ChatRequest, Embedder
-from prompttune.search._render import final_answer, render_messages
 from prompttune.search._scorers import AnswerScorer, MetricScorer
 from prompttune.search._stats import make_score
-from prompttune.search._types import Evaluation, Example, ExampleResult, Prompt, TaskSpec
 
 TASK_ROLE = "task"
 
@@ -24,7 +31,7 @@ class CallSettings:
     temperature: float = 0.0
     max_tokens: int = 32
     seed: int = 0
-    # Retrieves the demonstrations of kNN prompts (`Prompt.knn_k`); None: the pool's first k.
+    # Retrieves the demonstrations of kNN prompts (`Prompt.knn_k`); required for them.
     embedder: Embedder | None = None
     # Scores answers; None: the task's text metric (metrics that need a model must pass one).
     scorer: AnswerScorer | None = None
@@ -36,7 +43,7 @@ async def score_example(
     """One example's result; a failed call (task or judge) gives a result with `error` set,
     never a 0 score."""
     request = ChatRequest(
-        render_messages(prompt, example.inputs, settings.embedder),
+        render(prompt, example.inputs, settings.embedder),
         settings.temperature,
         settings.max_tokens,
     )
@@ -79,9 +86,13 @@ async def evaluate_prompt(
     settings: CallSettings | None = None,
 ) -> Evaluation:
     """Score `prompt` on `examples`: failed calls are excluded from the mean and counted.
+    The evaluation's usage is what the gateway's ledger (task and, when shared, judge
+    calls) spent meanwhile.
 
     Raises `BudgetExceeded` when the job's budget cannot pay for the remaining calls.
     """
     settings = settings or CallSettings()
+    before = gateway.usage()
     results = await score_examples(gateway, task, prompt, examples, settings)
-    return Evaluation(make_score(task, examples, results, settings.seed), results)
+    usage = usage_since(before, gateway.usage())
+    return Evaluation(make_score(task, examples, results, settings.seed), results, usage)

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prompttune.contract import (
+    Evaluation,
+    JobResult,
+    Prompt,
+    PromptScores,
+    SearchSpec,
+    prompt_token_count,
+)
 from prompttune.search._errors import BudgetExceeded
 from prompttune.search._evaluate import score_examples
-from prompttune.search._render import prompt_token_count
 from prompttune.search._space import BASELINE, PromptKey
 from prompttune.search._state import COMPLETE, FAILED, PRUNED, SearchState, TrialRecord
 from prompttune.search._stats import make_score, paired_bootstrap_lower_bound
-from prompttune.search._types import Evaluation, Prompt, PromptScores, SearchConfig, SearchResult
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ def pareto_front(scores: list[PromptScores]) -> tuple[PromptScores, ...]:
     return tuple(sorted(front, key=lambda s: (s.prompt_tokens, -s.validation.mean)))
 
 
-def finalist_count(config: SearchConfig) -> int:
+def finalist_count(config: SearchSpec) -> int:
     """Finalists promoted to full validation; multi-objective runs promote twice as many."""
     return (2 if config.multi_objective else 1) * config.num_finalists
 
@@ -109,8 +115,8 @@ def improvement(state: SearchState, winner: Finalist, baseline: Finalist) -> tup
     """Whether `winner` beats `baseline` beyond noise (paired bootstrap), with a verdict."""
     if winner is baseline:
         return False, "no candidate beat the baseline on validation"
-    ours = {r.example_id: r for r in winner.evaluation.results if not r.error}
-    theirs = {r.example_id: r for r in baseline.evaluation.results if not r.error}
+    ours = {r.id: r for r in winner.evaluation.results if not r.error}
+    theirs = {r.id: r for r in baseline.evaluation.results if not r.error}
     shared = sorted(set(ours) & set(theirs))
     lower = paired_bootstrap_lower_bound(
         [ours[i].score for i in shared], [theirs[i].score for i in shared], state.config.seed
@@ -147,7 +153,7 @@ def prompt_scores(finalist: Finalist, test: Evaluation | None) -> PromptScores:
     )
 
 
-async def conclude(state: SearchState, finalists: list[Finalist]) -> SearchResult:
+async def conclude(state: SearchState, finalists: list[Finalist]) -> JobResult:
     """Pick the winner on validation, test baseline and winner, and build the result."""
     baseline = finalists[0]
     winner = max(
@@ -162,7 +168,7 @@ async def conclude(state: SearchState, finalists: list[Finalist]) -> SearchResul
         summary += "; note: worse than the baseline on test"
     tests = {baseline.key: baseline_test, best.key: best_test}
     validated = [prompt_scores(f, tests.get(f.key)) for f in finalists]
-    return SearchResult(
+    return JobResult(
         baseline=prompt_scores(baseline, baseline_test),
         best=prompt_scores(best, best_test),
         improved=improved,

@@ -21,7 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from prompttune.search._budget import Budget, Reservation, estimate_call_tokens
+from prompttune.contract import Usage
+from prompttune.search._budget import CallBudget, Reservation, estimate_call_tokens
 from prompttune.search._errors import FailedPrecondition, LLMCallFailed, UpstreamUnavailable
 from prompttune.search._flow import EndpointControl, EndpointLimits, GatewayRegistry
 from prompttune.search._protocols import (
@@ -31,7 +32,7 @@ from prompttune.search._protocols import (
     MultiSampleChatModel,
     ResponseCache,
 )
-from prompttune.search._types import ModelEndpoint, Usage
+from prompttune.search._types import ModelEndpoint
 
 if TYPE_CHECKING:
     import httpx2
@@ -274,6 +275,19 @@ def add_usage(*usages: Usage) -> Usage:
     return total
 
 
+def usage_since(before: Usage, after: Usage) -> Usage:
+    """Field-wise `after` - `before`: what was spent between two readings of one ledger."""
+    return Usage(
+        llm_calls=after.llm_calls - before.llm_calls,
+        prompt_tokens=after.prompt_tokens - before.prompt_tokens,
+        completion_tokens=after.completion_tokens - before.completion_tokens,
+        cache_hits=after.cache_hits - before.cache_hits,
+        cache_misses=after.cache_misses - before.cache_misses,
+        failed_calls=after.failed_calls - before.failed_calls,
+        cost_usd=after.cost_usd - before.cost_usd,
+    )
+
+
 class UsageLedger:
     """Usage per role ("task", "proposer", "judge") of one job, shared by its gateways.
 
@@ -362,7 +376,7 @@ class LLMGateway:
     def __init__(
         self,
         model: ChatModel,
-        budget: Budget,
+        budget: CallBudget,
         cache: ResponseCache | None = None,
         max_concurrency: int = 4,
         use_cache: bool = True,
@@ -513,7 +527,7 @@ class LLMGateway:
 class GatewayFactory:
     """Builds the gateways of one job: one budget, cache, usage ledger and process registry."""
 
-    budget: Budget
+    budget: CallBudget
     cache: ResponseCache | None
     registry: GatewayRegistry = field(default_factory=GatewayRegistry)
     ledger: UsageLedger = field(default_factory=UsageLedger)

@@ -11,8 +11,8 @@ import collections
 import re
 import string
 
+from prompttune.contract import Metric, TaskSpec
 from prompttune.search._errors import FailedPrecondition
-from prompttune.search._types import MetricName, TaskSpec
 
 _SURROUNDING = string.punctuation + string.whitespace + "“”‘’«»"
 _NUMBER = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)")
@@ -92,15 +92,15 @@ def score_answer(task: TaskSpec, answer: str, expected: str) -> float:
     those with `prompttune.search.build_scorer`.
     """
     metric = task.metric
-    if metric in (MetricName.LLM_JUDGE, MetricName.EMBEDDING_SIMILARITY):
+    if metric in (Metric.LLM_JUDGE, Metric.EMBEDDING_SIMILARITY):
         raise FailedPrecondition(f"metric {metric.value} needs a model to score")
-    if metric is MetricName.LABEL_CHOICE:
+    if metric is Metric.LABEL_CHOICE:
         return _label_match(answer, expected, task.labels)
-    if metric is MetricName.NUMERIC:
+    if metric is Metric.NUMERIC:
         return _numeric_match(answer, expected)
-    if metric is MetricName.TOKEN_F1:
+    if metric is Metric.TOKEN_F1:
         return token_f1(answer, expected)
-    if metric is MetricName.CONTAINS:
+    if metric is Metric.CONTAINS:
         gold = normalize_answer(expected)
         return float(bool(gold) and gold in normalize_answer(answer))
     return float(normalize_answer(answer) == normalize_answer(expected))
@@ -112,9 +112,9 @@ def extract_prediction(task: TaskSpec, answer: str) -> str:
     LABEL_CHOICE gives the chosen label as spelled in `task.labels`; NUMERIC the last number;
     other metrics the normalised answer.
     """
-    if task.metric is MetricName.LABEL_CHOICE:
+    if task.metric is Metric.LABEL_CHOICE:
         return choose_label(answer, task.labels) or ""
-    if task.metric is MetricName.NUMERIC:
+    if task.metric is Metric.NUMERIC:
         number = last_number(answer)
         return "" if number is None else f"{number:g}"
     return normalize_answer(answer)

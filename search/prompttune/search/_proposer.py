@@ -23,11 +23,10 @@ from dataclasses import dataclass
 
 import structlog
 
+from prompttune.contract import ChatMessage, Example, TaskSpec, field_title, format_inputs
 from prompttune.search._errors import BudgetExceeded, LLMCallFailed
 from prompttune.search._gateway import LLMGateway
 from prompttune.search._protocols import ChatRequest, Embedder
-from prompttune.search._render import field_title, format_inputs
-from prompttune.search._types import ChatMessage, Example, TaskSpec
 
 STYLE_TIPS: tuple[str, ...] = (
     "Be concise: one short, direct sentence.",
@@ -273,7 +272,7 @@ class InstructionProposer:
         lines = [f"Task: {task.description}"]
         if summary:
             lines.append(f"Dataset summary: {summary}")
-        lines.append(f"Current instruction: {task.seed_instruction}")
+        lines.append(f"Current instruction: {task.instruction}")
         if task.labels:
             lines.append("Allowed answers: " + ", ".join(task.labels))
         lines.extend(f"Example:\n{_example_block(task, example)}" for example in examples)
@@ -322,7 +321,7 @@ class InstructionProposer:
     ) -> tuple[str, ...]:
         """The seed instruction first, then up to `count` distinct proposed instructions."""
         if count <= 0:
-            return (task.seed_instruction,)
+            return (task.instruction,)
         summary = await self.summarize(task, train, seed)
         shown = [
             self._sample(train, self._settings.num_examples, f"{seed}:proposal:{index}")
@@ -338,7 +337,7 @@ class InstructionProposer:
                 for i, user in enumerate(prompts)
             )
         )
-        return self._merge(task, [task.seed_instruction], texts, shown)
+        return self._merge(task, [task.instruction], texts, shown)
 
     def reflection_prompt(
         self,

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from prompttune.search._types import ChatMessage, SearchEvent
+from prompttune.contract import ChatMessage, SearchEvent
 
 
 @dataclass(frozen=True)

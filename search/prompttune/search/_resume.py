@@ -15,9 +15,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from prompttune.contract import ExampleResult, TaskSpec, Usage
 from prompttune.search._space import SearchSpace, TrialConfig
 from prompttune.search._state import COMPLETE, FAILED, PRUNED, TrialRecord
-from prompttune.search._types import ExampleResult, TaskSpec, Usage
 
 RESULTS_ATTR = "prompttune.results"
 DUPLICATE_ATTR = "prompttune.duplicate_of"
@@ -40,7 +40,7 @@ def save_record(trial: Trial, record: TrialRecord) -> None:
     if record.duplicate_of is not None:
         trial.set_user_attr(DUPLICATE_ATTR, record.duplicate_of)
     else:
-        rows: list[list[Any]] = [[r.example_id, r.score, r.error, r.answer] for r in record.results]
+        rows: list[list[Any]] = [[r.id, r.score, r.error, r.answer] for r in record.results]
         trial.set_user_attr(RESULTS_ATTR, rows)
     trial.set_user_attr(STATE_ATTR, record.state)
 

@@ -8,7 +8,7 @@ instructions with their scores and the current best's mistakes; usable new instr
 join the space), "validating" (the best few and the baseline on the full validation split;
 the winner is chosen here) and "testing" (baseline and winner on the test split).
 
-Multi-objective runs (`SearchConfig.multi_objective`) maximise the minibatch score and
+Multi-objective runs (`SearchSpec.multi_objective`) maximise the minibatch score and
 minimise prompt tokens with a multi-objective TPE sampler. Optuna cannot prune
 multi-objective trials, so each trial is scored on the first rung only; the minibatch
 Pareto front is then promoted to full validation and the result's Pareto set is computed on
@@ -28,9 +28,26 @@ import structlog
 from optuna.distributions import BaseDistribution
 from optuna.trial import Trial, TrialState
 
+from prompttune.contract import (
+    BudgetUsed,
+    Estimate,
+    JobResult,
+    Metric,
+    NewBest,
+    PhaseChanged,
+    Prompt,
+    PromptFormat,
+    SearchEvent,
+    SearchSpec,
+    TaskSpec,
+    TrialFinished,
+    Usage,
+    prompt_token_count,
+    render,
+)
 from prompttune.search._budget import (
-    Budget,
     BudgetCaps,
+    CallBudget,
     estimate_call_tokens,
     share_is_empty,
     shared_caps,
@@ -60,7 +77,6 @@ from prompttune.search._proposer import (
     ScoredInstruction,
 )
 from prompttune.search._protocols import ChatModel, Embedder, ResponseCache, SearchObserver
-from prompttune.search._render import prompt_token_count, render_messages
 from prompttune.search._resume import (
     DUPLICATE_ATTR,
     INSTRUCTIONS_ATTR,
@@ -89,22 +105,7 @@ from prompttune.search._state import (
     TrialRecord,
     minibatch_rungs,
 )
-from prompttune.search._types import (
-    BudgetUsed,
-    DatasetSplits,
-    Estimate,
-    MetricName,
-    NewBest,
-    PhaseChanged,
-    Prompt,
-    PromptFormat,
-    SearchConfig,
-    SearchEvent,
-    SearchResult,
-    TaskSpec,
-    TrialFinished,
-    Usage,
-)
+from prompttune.search._types import DatasetSplits
 from prompttune.search._validate import validate_splits, validate_task
 
 log = structlog.get_logger(__name__)
@@ -156,7 +157,7 @@ class JobGateways:
     ledger: UsageLedger
 
 
-def job_gateways(deps: RunnerDeps, budget: Budget, use_cache: bool) -> JobGateways:
+def job_gateways(deps: RunnerDeps, budget: CallBudget, use_cache: bool) -> JobGateways:
     """Task, proposer and (for llm_judge) judge gateways sharing `budget` and one ledger."""
     ledger = UsageLedger()
     roles = [
@@ -183,25 +184,25 @@ def job_gateways(deps: RunnerDeps, budget: Budget, use_cache: bool) -> JobGatewa
     return JobGateways(task, proposer, judge, ledger)
 
 
-def reasoning_max_tokens(config: SearchConfig, task_max_tokens: int, validation: int) -> int:
+def reasoning_max_tokens(config: SearchSpec, task_max_tokens: int, validation: int) -> int:
     """Answer cap of reasoning prompts: max(task cap, 256), bounded by a token budget so
     that the answers of one full validation pass take at most a quarter of it (never below
     the task cap)."""
     cap = max(task_max_tokens, REASONING_MAX_TOKENS)
-    if config.max_tokens:
-        cap = min(cap, config.max_tokens // max(1, 4 * validation))
+    if config.budget.max_tokens:
+        cap = min(cap, config.budget.max_tokens // max(1, 4 * validation))
     return max(task_max_tokens, cap)
 
 
-def reasoning_enabled(task: TaskSpec, config: SearchConfig) -> bool:
+def reasoning_enabled(task: TaskSpec, config: SearchSpec) -> bool:
     """Reasoning is a search dimension when allowed explicitly, or by default for tasks that
     are not pure classification."""
     if config.allow_reasoning is not None:
         return config.allow_reasoning
-    return task.metric is not MetricName.LABEL_CHOICE
+    return task.metric is not Metric.LABEL_CHOICE
 
 
-def _proposer_calls(config: SearchConfig, train: int) -> int:
+def _proposer_calls(config: SearchSpec, train: int) -> int:
     proposals = max(0, config.num_instruction_candidates)
     summary = 1 if proposals and train else 0
     return proposals + summary + max(0, config.num_reflection_candidates)
@@ -209,8 +210,8 @@ def _proposer_calls(config: SearchConfig, train: int) -> int:
 
 def estimate(
     task: TaskSpec,
-    data: DatasetSplits,
-    config: SearchConfig,
+    splits: DatasetSplits,
+    spec: SearchSpec,
     task_max_tokens: int = 32,
     proposer_max_tokens: int = 80,
 ) -> Estimate:
@@ -219,31 +220,31 @@ def estimate(
     Raises `InvalidArgument` like `Runner.run` for an invalid task or dataset.
     """
     validate_task(task)
-    validate_splits(task, data)
-    n_val, n_test = len(data.validation), len(data.test)
-    bootstrap = len(bootstrap_candidates(data.train, config.max_demos, config.seed))
-    finalists = finalist_count(config)
-    calls = _proposer_calls(config, len(data.train))
+    validate_splits(task, splits)
+    n_val, n_test = len(splits.validation), len(splits.test)
+    bootstrap = len(bootstrap_candidates(splits.train, spec.max_demos, spec.seed))
+    finalists = finalist_count(spec)
+    calls = _proposer_calls(spec, len(splits.train))
     calls += calls_per_example(task) * (
-        (config.max_trials + finalists + 1) * n_val + 2 * n_test + bootstrap
+        (spec.budget.max_trials + finalists + 1) * n_val + 2 * n_test + bootstrap
     )
-    if config.max_llm_calls:
-        calls = min(calls, config.max_llm_calls)
+    if spec.budget.max_llm_calls:
+        calls = min(calls, spec.budget.max_llm_calls)
     widest = Prompt(
-        instruction=task.seed_instruction + " " * MAX_INSTRUCTION_CHARS,
-        demos=tuple(sorted(data.train, key=lambda ex: -len(str(ex.inputs))))[: config.max_demos],
+        instruction=task.instruction + " " * MAX_INSTRUCTION_CHARS,
+        demos=tuple(sorted(splits.train, key=lambda ex: -len(str(ex.inputs))))[: spec.max_demos],
         format=PromptFormat(answer_prefix=f"{task.output_name.capitalize()}:"),
         input_fields=task.input_fields,
         output_name=task.output_name,
     )
-    longest = max((*data.validation, *data.test), key=lambda ex: len(str(ex.inputs)))
-    chars = sum(len(m.content) for m in render_messages(widest, longest.inputs))
+    longest = max((*splits.validation, *splits.test), key=lambda ex: len(str(ex.inputs)))
+    chars = sum(len(m.content) for m in render(widest, longest.inputs))
     answer = max(task_max_tokens, proposer_max_tokens)
-    if reasoning_enabled(task, config):
-        answer = max(answer, reasoning_max_tokens(config, task_max_tokens, n_val))
+    if reasoning_enabled(task, spec):
+        answer = max(answer, reasoning_max_tokens(spec, task_max_tokens, n_val))
     tokens = calls * estimate_call_tokens(chars, answer)
-    if config.max_tokens:
-        tokens = min(tokens, config.max_tokens)
+    if spec.budget.max_tokens:
+        tokens = min(tokens, spec.budget.max_tokens)
     return Estimate(calls, tokens)
 
 
@@ -252,7 +253,7 @@ class Runner:
 
     `storage` is an Optuna storage (object or URL); None keeps the study in memory.
 
-    Distributed trials (`SearchConfig.parallelism` p > 1): the runner of `run` (the primary)
+    Distributed trials (`SearchSpec.parallelism` p > 1): the runner of `run` (the primary)
     runs the whole job; up to p - 1 other runners `assist` it during its search phase, each
     asking and telling trials on the same study (constant-liar TPE) and storing their results
     in the trials, which the primary adopts. Each budget cap's search share is split into p
@@ -267,13 +268,13 @@ class Runner:
     # ----------------------------------------------------------------- entry points
 
     async def run(
-        self, task: TaskSpec, data: DatasetSplits, config: SearchConfig, study_name: str
-    ) -> SearchResult:
+        self, task: TaskSpec, splits: DatasetSplits, spec: SearchSpec, study_name: str
+    ) -> JobResult:
         """Search for the best prompt. Raises `InvalidArgument`, `SearchCancelled`, and
         `BudgetExceeded` only when not even the baseline can be validated."""
         validate_task(task)
-        validate_splits(task, data)
-        state = self._new_state(task, data, config)
+        validate_splits(task, splits)
+        state = self._new_state(task, splits, spec)
         study = self._create_study(state, study_name)
         self._restore_usage(state, study)
         self._emit(PhaseChanged("proposing"))
@@ -294,8 +295,8 @@ class Runner:
     async def assist(
         self,
         task: TaskSpec,
-        data: DatasetSplits,
-        config: SearchConfig,
+        splits: DatasetSplits,
+        spec: SearchSpec,
         study_name: str,
         helper_index: int,
         search_open: Callable[[], bool],
@@ -311,9 +312,9 @@ class Runner:
         `InvalidArgument`.
         """
         validate_task(task)
-        validate_splits(task, data)
-        state = self._new_state(task, data, config, helper_index)
-        if share_is_empty(self._total_caps(config), self._caps(task, data, config, helper_index)):
+        validate_splits(task, splits)
+        state = self._new_state(task, splits, spec, helper_index)
+        if share_is_empty(self._total_caps(spec), self._caps(task, splits, spec, helper_index)):
             return Usage()
         state.reflected = True  # only the primary reflects; helpers read its instructions
         study = self._create_study(state, study_name)
@@ -331,21 +332,21 @@ class Runner:
         log.info("search.helper.done", helper=helper_index, trials=len(state.records))
         return state.own_usage()
 
-    def estimate(self, task: TaskSpec, data: DatasetSplits, config: SearchConfig) -> Estimate:
+    def estimate(self, task: TaskSpec, splits: DatasetSplits, spec: SearchSpec) -> Estimate:
         """`estimate` with this runner's answer caps."""
         deps = self._deps
-        return estimate(task, data, config, deps.task_max_tokens, deps.proposer_max_tokens)
+        return estimate(task, splits, spec, deps.task_max_tokens, deps.proposer_max_tokens)
 
     # ----------------------------------------------------------------- setup
 
     def _new_state(
-        self, task: TaskSpec, data: DatasetSplits, config: SearchConfig, runner_index: int = 0
+        self, task: TaskSpec, data: DatasetSplits, config: SearchSpec, runner_index: int = 0
     ) -> SearchState:
         deps = self._deps
         budget = self._new_budget(task, data, config, runner_index)
         val_order = list(sorted(data.validation, key=lambda ex: ex.id))
         random.Random(f"{config.seed}:validation").shuffle(val_order)
-        gateways = job_gateways(deps, budget, config.use_cache)
+        gateways = job_gateways(deps, budget, not config.disable_cache)
         proposer_settings = ProposerSettings(max_tokens=deps.proposer_max_tokens)
         scorer = build_scorer(task, gateways.judge, deps.embedder)
         return SearchState(
@@ -365,7 +366,7 @@ class Runner:
             rungs=minibatch_rungs(config.minibatch_size, len(val_order)),
             reflected=config.num_reflection_candidates <= 0,  # no round to wait for
             space=SearchSpace(
-                instructions=(task.seed_instruction,),
+                instructions=(task.instruction,),
                 demo_sets=(),
                 max_demos=0,
                 answer_prefix=f"{task.output_name.capitalize()}:",
@@ -377,13 +378,13 @@ class Runner:
         )
 
     def _new_budget(
-        self, task: TaskSpec, data: DatasetSplits, config: SearchConfig, runner_index: int
-    ) -> Budget:
+        self, task: TaskSpec, data: DatasetSplits, config: SearchSpec, runner_index: int
+    ) -> CallBudget:
         caps = self._caps(task, data, config, runner_index)
-        budget = Budget(
+        budget = CallBudget(
             caps.max_llm_calls,
             caps.max_tokens,
-            config.max_wall_seconds,
+            config.budget.max_wall_seconds,
             self._deps.clock,
             max_cost_usd=caps.max_cost_usd,
         )
@@ -393,11 +394,13 @@ class Runner:
         return budget
 
     @staticmethod
-    def _total_caps(config: SearchConfig) -> BudgetCaps:
-        return BudgetCaps(config.max_llm_calls, config.max_tokens, config.max_cost_usd)
+    def _total_caps(config: SearchSpec) -> BudgetCaps:
+        return BudgetCaps(
+            config.budget.max_llm_calls, config.budget.max_tokens, config.budget.max_cost_usd
+        )
 
     def _caps(
-        self, task: TaskSpec, data: DatasetSplits, config: SearchConfig, runner_index: int
+        self, task: TaskSpec, data: DatasetSplits, config: SearchSpec, runner_index: int
     ) -> BudgetCaps:
         """The job's caps (parallelism 1), or this runner's share of them."""
         held = self._final_calls(task, data, config)
@@ -422,7 +425,7 @@ class Runner:
         return calls_per_example(state.task) * (missing + 2 * len(state.data.test))
 
     @staticmethod
-    def _final_calls(task: TaskSpec, data: DatasetSplits, config: SearchConfig) -> int:
+    def _final_calls(task: TaskSpec, data: DatasetSplits, config: SearchSpec) -> int:
         finals = (finalist_count(config) + 1) * len(data.validation) + 2 * len(data.test)
         return calls_per_example(task) * finals
 
@@ -474,14 +477,14 @@ class Runner:
             )
         except BudgetExceeded:
             return None
-        correct = {r.example_id for r in results if not r.error and r.score >= 1.0}
+        correct = {r.id for r in results if not r.error and r.score >= 1.0}
         return bootstrapped_demo_set(state.task, tried, correct, state.config.max_demos)
 
     # ----------------------------------------------------------------- search phase
 
     @staticmethod
-    def _startup_trials(config: SearchConfig) -> int:
-        return max(3, min(10, config.max_trials // 3))
+    def _startup_trials(config: SearchSpec) -> int:
+        return max(3, min(10, config.budget.max_trials // 3))
 
     def _create_study(self, state: SearchState, study_name: str) -> optuna.Study:
         config = state.config
@@ -590,11 +593,11 @@ class Runner:
         budget, config = state.budget, state.config
         if state.stop_reason:
             return state.stop_reason
-        if self._trials_taken(state) >= config.max_trials:
+        if self._trials_taken(state) >= config.budget.max_trials:
             return "max_trials"
         if (
-            config.max_wall_seconds
-            and budget.elapsed() >= SEARCH_WALL_SHARE * config.max_wall_seconds
+            config.budget.max_wall_seconds
+            and budget.elapsed() >= SEARCH_WALL_SHARE * config.budget.max_wall_seconds
         ):
             return "max_wall_seconds"
         available = budget.calls_available()
@@ -747,7 +750,7 @@ class Runner:
         )
         trial = study.ask(state.space.distributions())
         trial.set_user_attr(RUNNER_ATTR, state.runner_index)
-        if over_cap(study, trial, config.max_trials):
+        if over_cap(study, trial, config.budget.max_trials):
             trial.set_user_attr(OVER_CAP_ATTR, True)
             study.tell(trial, state=TrialState.FAIL)
             return
@@ -828,7 +831,7 @@ class Runner:
     def _reflection_due(state: SearchState) -> bool:
         if state.reflected or state.best is None:
             return False
-        halfway = max(1, state.config.max_trials // 2)
+        halfway = max(1, state.config.budget.max_trials // 2)
         return len(state.records) >= halfway or len(state.by_key) >= state.space.size()
 
     async def _reflect(self, state: SearchState, study: optuna.Study, enqueue: bool = True) -> None:
@@ -880,7 +883,7 @@ class Runner:
             return []
         examples = {ex.id: ex for ex in state.val_order}
         wrong = [r for r in state.best.results if not r.error and r.score < 1.0]
-        return [Mistake(examples[r.example_id], r.answer) for r in wrong][:REFLECTION_MISTAKES]
+        return [Mistake(examples[r.id], r.answer) for r in wrong][:REFLECTION_MISTAKES]
 
     def _emit(self, event: SearchEvent) -> None:
         self._deps.observer.on_event(event)

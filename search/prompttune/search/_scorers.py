@@ -13,16 +13,15 @@ from typing import Protocol
 
 import numpy as np
 
+from prompttune.contract import ChatMessage, Example, Metric, TaskSpec, format_inputs
 from prompttune.search._errors import FailedPrecondition, LLMCallFailed
 from prompttune.search._gateway import LLMGateway
 from prompttune.search._metrics import score_answer
 from prompttune.search._protocols import ChatRequest, Embedder
-from prompttune.search._render import format_inputs
-from prompttune.search._types import ChatMessage, Example, MetricName, TaskSpec
 
 JUDGE_ROLE = "judge"
 JUDGE_MAX_TOKENS = 64
-MODEL_METRICS = frozenset({MetricName.LLM_JUDGE, MetricName.EMBEDDING_SIMILARITY})
+MODEL_METRICS = frozenset({Metric.LLM_JUDGE, Metric.EMBEDDING_SIMILARITY})
 
 _NUM = r"(\d+(?:\.\d+)?)"
 _SCORE = re.compile(rf"\b(?:score|rating|grade)\b\W{{0,3}}(?:is\s+|of\s+)?{_NUM}", re.IGNORECASE)
@@ -140,11 +139,11 @@ def build_scorer(
     task: TaskSpec, judge: LLMGateway | None = None, embedder: Embedder | None = None
 ) -> AnswerScorer:
     """The scorer of `task.metric`; raises `FailedPrecondition` when its model is missing."""
-    if task.metric is MetricName.LLM_JUDGE:
+    if task.metric is Metric.LLM_JUDGE:
         if judge is None:
             raise FailedPrecondition("metric llm_judge needs a judge model")
         return JudgeScorer(task, judge)
-    if task.metric is MetricName.EMBEDDING_SIMILARITY:
+    if task.metric is Metric.EMBEDDING_SIMILARITY:
         if embedder is None:
             raise FailedPrecondition("metric embedding_similarity needs an embedder")
         return EmbeddingScorer(embedder)
@@ -153,4 +152,4 @@ def build_scorer(
 
 def calls_per_example(task: TaskSpec) -> int:
     """LLM calls needed to score one example: the task call, plus the judge's."""
-    return 2 if task.metric is MetricName.LLM_JUDGE else 1
+    return 2 if task.metric is Metric.LLM_JUDGE else 1

@@ -15,17 +15,17 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
-from prompttune.search._demos import DemoSet
-from prompttune.search._evaluate import CallSettings
-from prompttune.search._render import answer_max_tokens
-from prompttune.search._types import (
+from prompttune.contract import (
     DemoLayout,
     Example,
     InstructionPlacement,
     Prompt,
     PromptFormat,
     TaskSpec,
+    answer_max_tokens,
 )
+from prompttune.search._demos import DemoSet
+from prompttune.search._evaluate import CallSettings
 
 # Answer cap of reasoning prompts: the model writes its steps before "Answer: ...".
 REASONING_MAX_TOKENS = 256

@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from prompttune.contract import Example
 from prompttune.search._errors import InvalidArgument
-from prompttune.search._types import DatasetSplits, Example
+from prompttune.search._types import DatasetSplits
 
 
 def split_examples(

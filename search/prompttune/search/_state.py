@@ -10,21 +10,14 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from prompttune.search._budget import Budget
+from prompttune.contract import Example, ExampleResult, Prompt, SearchSpec, TaskSpec, Usage
+from prompttune.search._budget import CallBudget
 from prompttune.search._demos import DemoSet
 from prompttune.search._evaluate import CallSettings
 from prompttune.search._gateway import LLMGateway, UsageLedger, add_usage
 from prompttune.search._proposer import InstructionProposer
 from prompttune.search._space import PromptKey, SearchSpace, TrialConfig
-from prompttune.search._types import (
-    DatasetSplits,
-    Example,
-    ExampleResult,
-    Prompt,
-    SearchConfig,
-    TaskSpec,
-    Usage,
-)
+from prompttune.search._types import DatasetSplits
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
 
@@ -62,8 +55,8 @@ class SearchState:
 
     task: TaskSpec
     data: DatasetSplits
-    config: SearchConfig
-    budget: Budget
+    config: SearchSpec
+    budget: CallBudget
     task_gateway: LLMGateway
     proposer_gateway: LLMGateway
     ledger: UsageLedger

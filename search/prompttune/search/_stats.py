@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from prompttune.contract import Example, ExampleResult, Score, TaskSpec
 from prompttune.search._metrics import extract_prediction, normalize_answer
-from prompttune.search._types import Example, ExampleResult, Score, TaskSpec
 
 BOOTSTRAP_RESAMPLES = 1000
 
@@ -48,7 +48,7 @@ def _per_label(
     for result in results:
         if result.error:
             continue
-        expected = gold[result.example_id]
+        expected = gold[result.id]
         label = next(
             (lab for lab in task.labels if normalize_answer(lab) == normalize_answer(expected)),
             None,

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from prompttune.contract import Example, Metric, TaskSpec
 from prompttune.search._errors import InvalidArgument
 from prompttune.search._metrics import normalize_answer
-from prompttune.search._types import DatasetSplits, Example, MetricName, TaskSpec
+from prompttune.search._types import DatasetSplits
 
 
 def validate_task(task: TaskSpec) -> None:
     """Raise `InvalidArgument` (field ``task.*``) when the task cannot be optimised."""
     if not task.seed_instruction.strip():
         raise InvalidArgument("task.seed_instruction", "must not be empty")
-    if not isinstance(task.metric, MetricName):
+    if not isinstance(task.metric, Metric):
         raise InvalidArgument("task.metric", "unknown metric")
     if not task.input_fields:
         raise InvalidArgument("task.input_fields", "at least one input field is required")
@@ -28,9 +29,9 @@ def validate_task(task: TaskSpec) -> None:
 
 
 def _validate_labels(task: TaskSpec) -> None:
-    if task.metric is MetricName.LLM_JUDGE and not task.rubric.strip():
+    if task.metric is Metric.LLM_JUDGE and not task.rubric.strip():
         raise InvalidArgument("task.rubric", "llm_judge needs a rubric")
-    if task.metric is MetricName.LABEL_CHOICE and len(task.labels) < 2:
+    if task.metric is Metric.LABEL_CHOICE and len(task.labels) < 2:
         raise InvalidArgument("task.labels", "label_choice needs at least two labels")
     keys = [normalize_answer(label) for label in task.labels]
     for index, key in enumerate(keys):

@@ -107,7 +107,9 @@ def test_bad_request_details_on_the_wire(server: EmbeddedServer) -> None:
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.OptimizerServiceStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
-            stub.CreateJob(pb.CreateJobRequest(task=pb.TaskSpec(description="d")), timeout=5)
+            stub.CreateJob(
+                pb.CreateJobRequest(task=pb.TaskSpec(description="d", metric=99)), timeout=5
+            )  # type: ignore[arg-type]
     status = rpc_status.from_call(raised.value)
     assert status is not None and status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     bad_request = error_details_pb2.BadRequest()

@@ -19,12 +19,12 @@ from prompttune.client import (
     render,
     to_openai_messages,
 )
-from prompttune.search import render_messages
-from prompttune.search._types import DemoLayout as EngineLayout
-from prompttune.search._types import Example as EngineExample
-from prompttune.search._types import InstructionPlacement as EnginePlacement
-from prompttune.search._types import Prompt as EnginePrompt
-from prompttune.search._types import PromptFormat as EngineFormat
+from prompttune.contract import DemoLayout as EngineLayout
+from prompttune.contract import Example as EngineExample
+from prompttune.contract import InstructionPlacement as EnginePlacement
+from prompttune.contract import Prompt as EnginePrompt
+from prompttune.contract import PromptFormat as EngineFormat
+from prompttune.contract import render as render_messages
 from prompttune.server import EmbeddedServer
 
 HOSTILE = (
@@ -45,7 +45,7 @@ HOSTILE = (
 
 
 def _engine_prompt(placement: EnginePlacement, layout: EngineLayout, text: str) -> EnginePrompt:
-    demos = (EngineExample("d1", {"input": f"demo {text}"}, f"out {text}"),)
+    demos = (EngineExample({"input": f"demo {text}"}, f"out {text}", "d1"),)
     return EnginePrompt(
         instruction=f"Classify {text}",
         demos=demos,

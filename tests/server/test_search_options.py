@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from prompttune.server._convert import prompt_from_proto as server_prompt
-from prompttune.server._convert import prompt_to_proto as server_prompt_to_proto
-from prompttune.server._convert import search_config_from_proto
 from tests.server.conftest import FAKE_MODEL, TASK, client_examples
 
 from prompttune.client import Client, Example, Prompt, PromptFormat, SearchSpec
-from prompttune.client._convert import (
-    prompt_from_proto,
-    prompt_to_proto,
-    search_from_proto,
-    search_to_proto,
-)
+from prompttune.client._convert import prompt_to_proto, search_to_proto
+from prompttune.contract import Prompt as ContractPrompt
+from prompttune.contract import SearchSpec as ContractSearch
+from prompttune.contract import wire
 from prompttune.search import InvalidArgument
 from prompttune.server._limits import Limits
+from prompttune.server._validate import validate_prompt, validate_search
 
 POOL = (
     Example({"input": "the plot was dull"}, "negative", "p1"),
@@ -34,34 +30,37 @@ KNN = Prompt(
 )
 
 
-def test_search_spec_fields_reach_the_engine_config() -> None:
-    default = search_config_from_proto(search_to_proto(SearchSpec()), Limits())
+def decoded_search(spec: SearchSpec) -> ContractSearch:
+    return wire.from_message(ContractSearch, search_to_proto(spec), "search")
+
+
+def test_search_spec_fields_reach_the_engine_spec() -> None:
+    default = decoded_search(SearchSpec())
     assert default.allow_reasoning is None and not default.multi_objective
     assert default.num_reflection_candidates == 2
     spec = SearchSpec(allow_reasoning=False, multi_objective=True, num_reflection_candidates=0)
-    config = search_config_from_proto(search_to_proto(spec), Limits())
-    assert config.allow_reasoning is False and config.multi_objective
-    assert config.num_reflection_candidates == 0
+    decoded = decoded_search(spec)
+    assert decoded.allow_reasoning is False and decoded.multi_objective
+    assert decoded.num_reflection_candidates == 0
 
 
 def test_parallelism_reaches_the_engine_and_is_range_checked() -> None:
-    assert search_config_from_proto(search_to_proto(SearchSpec()), Limits()).parallelism == 1
-    spec = SearchSpec(parallelism=4)
-    assert search_config_from_proto(search_to_proto(spec), Limits()).parallelism == 4
-    assert search_from_proto(search_to_proto(spec)).parallelism == 4
+    assert decoded_search(SearchSpec()).parallelism == 1
+    assert decoded_search(SearchSpec(parallelism=4)).parallelism == 4
+    validate_search(decoded_search(SearchSpec(parallelism=4)), Limits())
     for wrong in (SearchSpec(parallelism=0), SearchSpec(parallelism=17)):
         with pytest.raises(InvalidArgument, match=r"search\.parallelism"):
-            search_config_from_proto(search_to_proto(wrong), Limits())
-    uncached = SearchSpec(parallelism=2, disable_cache=True)
+            validate_search(ContractSearch(parallelism=wrong.parallelism or 0), Limits())
+    uncached = decoded_search(SearchSpec(parallelism=2, disable_cache=True))
     with pytest.raises(InvalidArgument, match="response cache"):
-        search_config_from_proto(search_to_proto(uncached), Limits())
+        validate_search(uncached, Limits())
 
 
 def test_knn_and_reasoning_prompts_round_trip() -> None:
-    assert prompt_from_proto(prompt_to_proto(KNN)) == KNN
-    engine = server_prompt(prompt_to_proto(KNN), Limits())
-    assert engine.knn_k == 1 and len(engine.demo_pool) == 3 and engine.format.reasoning
-    assert prompt_from_proto(server_prompt_to_proto(engine)) == KNN
+    decoded = wire.from_message(ContractPrompt, prompt_to_proto(KNN), "prompt")
+    validate_prompt(decoded, Limits())
+    assert decoded.knn_k == 1 and len(decoded.demo_pool) == 3 and decoded.format.reasoning
+    assert wire.to_message(decoded) == prompt_to_proto(KNN)
 
 
 def test_render_prompt_retrieves_knn_demos_and_adds_the_reasoning_cue(client: Client) -> None:

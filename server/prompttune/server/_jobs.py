@@ -27,8 +27,8 @@ from prompttune.contract import (
     answer_max_tokens,
     render,
 )
-from prompttune.search import Budget as CallBudget
 from prompttune.search import (
+    CallBudget,
     CallSettings,
     ChatModel,
     ChatRequest,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-from prompttune.contract import Job, JobEvent
+from prompttune.client import Job, JobEvent
 
 
 class ProgressLine:

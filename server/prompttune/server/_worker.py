@@ -42,7 +42,6 @@ from prompttune.search import (
     Runner,
     RunnerDeps,
     SearchCancelled,
-    SearchFailed,
 )
 from prompttune.server._jobs import EndpointResolver
 from prompttune.server._store import ClaimedHelper, ClaimedJob, SqlJobStore, safe_text
@@ -159,6 +158,15 @@ class Outcome:
     error: str = ""
 
 
+def _partial(error: PromptTuneError) -> JobResult | None:
+    """The best result found before the engine stopped (`SearchCancelled` and `SearchFailed`
+    carry it as `partial`), marked partial."""
+    partial = getattr(error, "partial", None)
+    if not isinstance(partial, JobResult):
+        return None
+    return replace(partial, partial=True)
+
+
 def _splits(spec: JobSpec) -> DatasetSplits:
     dataset = spec.dataset
     return DatasetSplits(train=dataset.train, validation=dataset.validation, test=dataset.test)
@@ -185,13 +193,11 @@ class JobExecutor:
             result = asyncio.run(self._run(claimed))
         except SearchCancelled as cancelled:
             log.info("job.cancelled")
-            return Outcome(JobState.CANCELLED, cancelled.partial)
-        except SearchFailed as failed:
-            log.warning("job.failed", error=failed.cause)
-            return Outcome(JobState.FAILED, failed.partial, failed.cause)
-        except PromptTuneError as error:
-            log.warning("job.failed", error=str(error))
-            return Outcome(JobState.FAILED, None, str(error))
+            return Outcome(JobState.CANCELLED, _partial(cancelled))
+        except PromptTuneError as error:  # SearchFailed, an endpoint refused, ...
+            cause = str(getattr(error, "cause", "") or error)
+            log.warning("job.failed", error=cause)
+            return Outcome(JobState.FAILED, _partial(error), cause)
         except Exception as error:  # the job fails with its cause; the worker carries on
             log.exception("job.crashed", error=repr(error))
             return Outcome(JobState.FAILED, None, f"internal error: {type(error).__name__}")

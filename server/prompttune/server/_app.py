@@ -36,6 +36,7 @@ from prompttune.server._models import EndpointDefaults, ModelResolver
 from prompttune.server._service import OptimizerServicer, RequestDecoder
 from prompttune.server._store import SqlJobStore
 from prompttune.server._telemetry import MeasuredResponseCache, ServiceMetrics
+from prompttune.server._validate import Decoder, decode
 from prompttune.server._worker import ExecutorDeps, JobExecutor, WorkerConfig, WorkerPool
 from prompttune.v1 import optimizer_pb2 as pb
 from prompttune.v1 import optimizer_pb2_grpc as pb_grpc
@@ -100,6 +101,8 @@ class Adapters:
     # Default: OpenAI-compatible clients sharing one connection pool per endpoint and loop.
     chat_models: ChatModelFactory = field(default_factory=OpenAIChatModels)
     embedder_factory: Callable[[], Embedder] = default_embedder
+    # Decodes request messages into contract values (tests count the calls).
+    request_decode: Decoder = decode
 
 
 class _ResolverOfSpecs:
@@ -130,6 +133,7 @@ class PromptTuneServer:
     def __init__(self, config: ServerConfig, adapters: Adapters | None = None) -> None:
         self.config = config
         adapters = adapters or Adapters()
+        self._decode = adapters.request_decode
         engine = create_db_engine(config.db_url)
         self.store = SqlJobStore(engine, config.limits.max_job_attempts)
         self.metrics = ServiceMetrics.create(self.store.count_by_state)
@@ -186,7 +190,7 @@ class PromptTuneServer:
                 ("grpc.max_send_message_length", limits.max_request_bytes + 1024 * 1024),
             ],
         )
-        servicer = OptimizerServicer(self.jobs, RequestDecoder(limits))
+        servicer = OptimizerServicer(self.jobs, RequestDecoder(limits, self._decode))
         pb_grpc.add_OptimizerServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -208,6 +208,12 @@ def hostile_calls(stub: pb_grpc.OptimizerServiceStub) -> list[tuple[str, Any, An
             (Example("fine", "positive", "id\x00x"),), sentiment_examples(4, "v")
         ),
     )
+    long_output = replace(
+        spec(),
+        dataset=Dataset.from_splits(
+            (Example("fine", "z" * 15_000, "t1"),), sentiment_examples(4, "v")
+        ),
+    )
     many_fields = replace(
         spec(), task=replace(TASK, input_fields=tuple(f"f{i}" for i in range(40)))
     )
@@ -226,6 +232,7 @@ def hostile_calls(stub: pb_grpc.OptimizerServiceStub) -> list[tuple[str, Any, An
         ("task.output_name", stub.CreateJob, create_request(long_name)),
         ("dataset.train[0].id", stub.CreateJob, create_request(nul_id)),
         ("task.input_fields", stub.CreateJob, create_request(many_fields)),
+        ("dataset.train[0].output", stub.CreateJob, create_request(long_output)),
         ("request_id", stub.CreateJob, create_request(spec("bad id\x00"))),
         ("prompt.demo_pool", stub.RenderPrompt, render),
     ]

@@ -91,6 +91,21 @@ def _fail(field: str, message: str) -> InvalidArgumentError:
     return InvalidArgumentError(field, message)
 
 
+_MAX_MESSAGE_CHARS = 200
+
+
+def _engine_check(check: Callable[..., None], *args: Any) -> None:
+    """Runs one of the engine's checks; its messages may quote whole user values, so they
+    are cut short before they reach a caller (or gRPC's metadata limits)."""
+    try:
+        check(*args)
+    except InvalidArgumentError as error:
+        if len(error.message) <= _MAX_MESSAGE_CHARS:
+            raise
+        short = error.message[: _MAX_MESSAGE_CHARS - 3] + "..."
+        raise InvalidArgumentError(error.field[:_MAX_MESSAGE_CHARS], short) from error
+
+
 def check_text(text: str, field: str, limit: int, *, required: bool = False) -> None:
     """Length bound of free text; `required` refuses empty or blank text."""
     if required and not text.strip():
@@ -136,7 +151,7 @@ def validate_job_spec(spec: JobSpec, limits: Limits) -> JobSpec:
     validate_search(spec.search, limits)
     splits = _splits(spec.dataset, limits)
     _check_examples(splits, task, limits)
-    validate_splits(task, splits)
+    _engine_check(validate_splits, task, splits)
     dataset = Dataset(train=splits.train, validation=splits.validation, test=splits.test)
     return dataclasses.replace(spec, task=task, dataset=dataset)
 
@@ -162,7 +177,7 @@ def validate_task_spec(task: TaskSpec, limits: Limits, field: str = "task") -> T
         output_name=task.output_name.strip(),
         rubric=task.rubric.strip(),
     )
-    validate_task(normalised)
+    _engine_check(validate_task, normalised)
     return normalised
 
 
@@ -333,5 +348,5 @@ def validate_evaluation(request: EvaluationRequest, limits: Limits) -> Evaluatio
     examples = _with_ids(request.examples, "examples")
     for index, example in enumerate(examples):
         check_example(example, f"examples[{index}]", limits)
-    validate_splits(task, DatasetSplits(train=(), validation=examples))
+    _engine_check(validate_splits, task, DatasetSplits(train=(), validation=examples))
     return dataclasses.replace(request, task=task, examples=examples)

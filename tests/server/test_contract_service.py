@@ -89,9 +89,9 @@ class CountingDecoder:
         return decode(cls, message, path)
 
 
-def serve(tmp_path: Path, workers: int, decoder: Any = decode) -> EmbeddedServer:
+def serve(tmp_path: Path, workers: int, decoder: Any = decode, db_url: str = "") -> EmbeddedServer:
     config = ServerConfig(
-        db_url=f"sqlite:///{tmp_path / 'contract.db'}",
+        db_url=db_url or f"sqlite:///{tmp_path / 'contract.db'}",
         workers=workers,
         worker=WorkerConfig(poll_seconds=0.05, cancel_check_seconds=0.05),
     )
@@ -124,9 +124,21 @@ def rpc_error(call: Any, *args: Any) -> grpc.RpcError:
     return raised.value
 
 
-def test_a_job_is_decoded_once_runs_and_is_deleted_with_its_study(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'contract.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def test_a_job_is_decoded_once_runs_and_is_deleted_with_its_study(
+    tmp_path: Path, db_url: str
+) -> None:
     decoder = CountingDecoder()
-    with serve(tmp_path, 1, decoder) as server, grpc.insecure_channel(server.target) as channel:
+    with (
+        serve(tmp_path, 1, decoder, db_url) as server,
+        grpc.insecure_channel(server.target) as channel,
+    ):
         stub = pb_grpc.OptimizerServiceStub(channel)
         created = stub.CreateJob(create_request(spec()), timeout=30)
         finished = wait_done(stub, created.job.id)
@@ -306,12 +318,14 @@ class FinishFailsOnce:
     def finish(self, job_id: str, state: JobState, result: Any, error: str) -> None:
         if self.failures == 0:
             self.failures += 1
-            raise RuntimeError("value too long for the result column")
+            raise RuntimeError("value too long for the result column\x00")
         self._store.finish(job_id, state, result, error)
 
 
-def test_a_job_whose_finish_fails_still_ends_failed_with_the_cause(tmp_path: Path) -> None:
-    with serve(tmp_path, workers=0) as server:
+def test_a_job_whose_finish_fails_still_ends_failed_with_the_cause(
+    tmp_path: Path, db_url: str
+) -> None:
+    with serve(tmp_path, workers=0, db_url=db_url) as server:
         assert server.app is not None
         store = server.app.store
         job = store.create(spec(), server.app.jobs.create(spec(), True)[1])

@@ -45,6 +45,8 @@ Decoder = Callable[[type[Any], Any, str], Any]
 _ID = re.compile(r"[A-Za-z0-9._:\-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Names and labels are single-line: no tabs or line breaks either.
+_NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_SEQUENCE = 2**31 - 1
 
 
@@ -117,7 +119,7 @@ def check_text(text: str, field: str, limit: int, *, required: bool = False) -> 
 def check_name(text: str, field: str, limit: int) -> None:
     """A short name: bounded, non-blank, no control characters."""
     check_text(text, field, limit, required=True)
-    if _CONTROL.search(text):
+    if _NAME_CONTROL.search(text):
         raise _fail(field, f"must not contain control characters: {preview(text)}")
 
 

@@ -33,6 +33,18 @@ class FailureTally:
         self._lock = threading.Lock()
         self._endpoints: dict[str, _Endpoint] = {}
 
+    def check(self, endpoint: str) -> None:
+        """Raises `EndpointFailing` when `endpoint` was already found failing: calls queued
+        behind the ones that failed are not sent."""
+        with self._lock:
+            record = self._endpoints.get(endpoint)
+            hopeless = record is not None and self._hopeless(record)
+        if hopeless:
+            raise EndpointFailing(self.summary())
+
+    def _hopeless(self, record: _Endpoint) -> bool:
+        return not record.succeeded and record.failed_in_a_row >= self._limit > 0
+
     def succeeded(self, endpoint: str) -> None:
         with self._lock:
             record = self._endpoints.setdefault(endpoint, _Endpoint())
@@ -44,7 +56,7 @@ class FailureTally:
             record = self._endpoints.setdefault(endpoint, _Endpoint())
             record.failures[error.status] += 1
             record.failed_in_a_row += 1
-            hopeless = not record.succeeded and record.failed_in_a_row >= self._limit > 0
+            hopeless = self._hopeless(record)
         if hopeless:
             raise EndpointFailing(self.summary()) from error
 

@@ -263,6 +263,7 @@ class LLMGateway:
             self._cache.put(cache_key(self._model.identity, request), response)
 
     async def _send(self, request: ChatRequest, n: int, role: str) -> list[ChatResponse]:
+        self._failures.check(self._name)
         chars = sum(len(message.content) for message in request.messages)
         estimated = estimate_call_tokens(chars, request.max_tokens * n)
         reservation = self._budget.reserve(

@@ -246,6 +246,9 @@ def _responses(body: bytes, n: int, identity: str = "") -> list[ChatResponse]:
         choices = completion.get("choices") or []
         texts = [str((choice.get("message") or {}).get("content") or "") for choice in choices]
         usage = completion.get("usage") or {}
+        if not isinstance(usage, dict):
+            log.warning("llm.usage.clamped", endpoint=identity, reported=repr(usage)[:40])
+            usage = {}
         prompt = _token_count(usage.get("prompt_tokens"), "prompt_tokens", identity)
         answer = _token_count(usage.get("completion_tokens"), "completion_tokens", identity)
     except (ValueError, AttributeError, TypeError) as error:

@@ -180,10 +180,22 @@ async def test_http_errors_fail_the_job_within_seconds(reply: Reply, status: str
 
 
 async def test_a_refused_connection_fails_the_job_within_seconds() -> None:
+    """With the default retries (4, backoff from 0.5 s): a port nobody ever answered on is
+    retried once per call, so the job fails in seconds, not minutes."""
     started = time.monotonic()
-    url = f"http://127.0.0.1:{closed_port()}/v1"
+    endpoint = ModelEndpoint(f"http://127.0.0.1:{closed_port()}/v1", "m", name="local")
+    model = OpenAIChatModel(endpoint)
+    policy = EndpointPolicy.of(endpoint)
+    deps = RunnerDeps(
+        model,
+        model,
+        FakeEmbedder(),
+        RecordingObserver(),
+        task_policy=policy,
+        proposer_policy=policy,
+    )
     with pytest.raises(SearchFailed) as failed:
-        await http_runner(url, RecordingObserver()).run(SENTIMENT_TASK, DATA, SPEC, "job")
+        await Runner(deps).run(SENTIMENT_TASK, DATA, SPEC, "job")
     assert time.monotonic() - started < 10
     assert failed.value.cause.startswith("every call to endpoint local failed: APIConnectionError")
 

@@ -121,7 +121,8 @@ class OpenAIChatModel:
 
     Retries 408/409/429/5xx, timeouts and connection errors `endpoint.max_retries` times with
     jittered exponential backoff (honouring Retry-After), then raises `LLMCallFailed`
-    (transient). Other statuses (4xx, and 3xx: redirects are not followed) raise a
+    (transient); refused connections to an endpoint that has never answered are retried
+    once. Other statuses (4xx, and 3xx: redirects are not followed) raise a
     non-transient `LLMCallFailed` at once. Each attempt ends after `endpoint.timeout_seconds`
     however the endpoint answers. Failed attempts are logged (never the key); the key is read
     from the environment. With a `pool`, connections are shared with every other model of
@@ -143,6 +144,7 @@ class OpenAIChatModel:
         api_key = self._read_api_key(endpoint.api_key_env)
         self._pool = pool
         self._client = None if pool is not None else _new_client(endpoint, api_key, http_client)
+        self._answered = False  # has the endpoint answered at all (any HTTP status)?
 
     @staticmethod
     def _read_api_key(env_name: str) -> str:
@@ -163,11 +165,14 @@ class OpenAIChatModel:
     async def complete_many(self, request: ChatRequest, n: int) -> list[ChatResponse]:
         import openai
 
-        attempts = self._endpoint.max_retries + 1
-        for attempt in range(attempts):
+        attempt, attempts = 0, self._endpoint.max_retries + 1
+        while True:
             try:
-                return await self._call_once(request, n)
+                responses = await self._call_once(request, n)
+                self._answered = True
+                return responses
             except openai.APIStatusError as error:
+                self._answered = True
                 status = error.status_code
                 self._log_failure(f"HTTP {status}", attempt)
                 if status not in _TRANSIENT_STATUS and status < 500:
@@ -180,11 +185,16 @@ class OpenAIChatModel:
             except (openai.APITimeoutError, openai.APIConnectionError, TimeoutError) as error:
                 self._log_failure(_describe(error), attempt)
                 last = error
+                if _refused(error) and not self._answered:
+                    # Nothing listens and nothing ever did: one retry, not minutes of backoff.
+                    attempts = min(attempts, 2)
             except LLMCallFailed as error:
                 self._log_failure(error.status, attempt)
                 raise
-            if attempt + 1 < attempts:
-                await self._sleep(self._backoff(attempt, last))
+            attempt += 1
+            if attempt >= attempts:
+                break
+            await self._sleep(self._backoff(attempt - 1, last))
         raise LLMCallFailed(
             f"{_describe(last)} from {self.identity} after {attempts} tries",
             status=_describe(last),
@@ -258,6 +268,15 @@ def _responses(body: bytes, n: int, identity: str = "") -> list[ChatResponse]:
     texts = (texts + [""] * n)[:n]
     first = ChatResponse(texts[0], prompt, answer)
     return [first, *(ChatResponse(text, 0, 0) for text in texts[1:])]
+
+
+def _refused(error: Exception) -> bool:
+    """A connection error that is not a timeout: nothing accepted the connection."""
+    import openai
+
+    return isinstance(error, openai.APIConnectionError) and not isinstance(
+        error, openai.APITimeoutError
+    )
 
 
 def _describe(error: Exception) -> str:

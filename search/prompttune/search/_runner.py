@@ -80,14 +80,14 @@ class Runner:
         self,
         deps: RunnerDeps,
         storage: optuna.storages.BaseStorage | str | None = None,
-        loop: LoopFactory = default_loop,
+        search_loop: LoopFactory = default_loop,
     ) -> None:
         self._deps = deps
         # A storage object, not None: the runner re-binds the study to a new sampler per ask.
         if storage is None:
             storage = optuna.storages.InMemoryStorage()
         self._storage = optuna.storages.get_storage(storage)
-        self._loop = loop
+        self._search_loop = search_loop
 
     async def run(
         self, task: TaskSpec, splits: DatasetSplits, spec: SearchSpec, study_name: str
@@ -114,7 +114,7 @@ class Runner:
         warm_start(state, study)
         checkpoint(state)
         self._emit(PhaseChanged("searching"))
-        await self._loop(state.spec, Trials(self._emit), Reflection(self._emit)).search(
+        await self._search_loop(state.spec, Trials(self._emit), Reflection(self._emit)).search(
             state, study
         )
         state.budget.release_held_calls()

@@ -2,7 +2,11 @@
 
 `Runner` searches instructions, demonstration sets and prompt formats with Optuna ask/tell
 over an `LLMGateway` (cache -> budget -> concurrency limit -> `ChatModel`), and returns a
-`JobResult` with baseline and best scores on validation and test.
+`prompttune.contract.JobResult` with baseline and best scores on validation and test, or
+raises `SearchCancelled` / `SearchFailed` carrying the best found so far (partial).
+
+The API's concepts (tasks, examples, prompts, scores, results, events) and the renderer are
+`prompttune.contract`'s; this package exports only the engine's own names.
 """
 
 from prompttune.search._budget import CallBudget, Reservation, estimate_call_tokens

@@ -114,9 +114,8 @@ class Runner:
         warm_start(state, study)
         checkpoint(state)
         self._emit(PhaseChanged("searching"))
-        await self._search_loop(state.spec, Trials(self._emit), Reflection(self._emit)).search(
-            state, study
-        )
+        loop = self._search_loop(state.spec, Trials(self._emit), Reflection(self._emit))
+        await loop.search(state, study)
         state.budget.release_held_calls()
         self._emit(PhaseChanged("validating"))
         await validate_finalists(state)

@@ -249,7 +249,7 @@ async def test_cancel_stops_in_flight_calls_in_every_phase(phase: str) -> None:
     model = hangs_in(observer, later)
     with pytest.raises(SearchCancelled) as cancelled:
         await runner(model, observer, store).run(SENTIMENT_TASK, DATA, SPEC, "job")
-    assert observer.asked is not None and time.monotonic() - observer.asked < 2.0
+    assert observer.asked is not None and time.monotonic() - observer.asked < 3.0
     await asyncio.sleep(0.05)
     assert model.hung > 0 and model.cancelled == model.hung
     assert running_trials(store) == []
@@ -268,7 +268,7 @@ async def test_wall_time_cuts_in_flight_calls_and_returns_a_result(phase: str, w
     spec = search_spec(SPEC, max_wall_seconds=wall)
     started = time.monotonic()
     result = await runner(model, observer, storage()).run(SENTIMENT_TASK, DATA, spec, "job")
-    assert time.monotonic() - started < wall + 1.5
+    assert time.monotonic() - started < wall + 2.0
     assert result.stop_reason == "max_wall_seconds" and not result.partial
     assert model.hung > 0 and model.cancelled == model.hung
     if phase == "testing":
@@ -293,3 +293,23 @@ async def test_trials_carry_instruction_demos_and_format_for_dashboards() -> Non
     assert baseline["prompttune.trial.format"].startswith("placement=system layout=chat_turns")
     with_demos = [t.user_attrs["prompttune.trial.demos"] for t in trials[1:]]
     assert any(re.match(r"\w+-\d+: tr\d+", demos) for demos in with_demos)
+
+
+@dataclass
+class FlakyObserver(RecordingObserver):
+    """Its store fails every other cancellation check."""
+
+    checks: int = 0
+
+    def cancelled(self) -> bool:
+        self.checks += 1
+        if self.checks % 2:
+            raise ConnectionError("store unavailable")
+        return False
+
+
+async def test_an_observer_that_fails_to_answer_does_not_fail_the_job() -> None:
+    observer = FlakyObserver()
+    model = FakeChatModel(routing_responder)
+    result = await runner(model, observer, storage()).run(SENTIMENT_TASK, DATA, SPEC, "job")
+    assert observer.checks > 2 and result.trials_completed > 0

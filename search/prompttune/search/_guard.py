@@ -12,8 +12,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import structlog
+
 from prompttune.search._errors import BudgetExceeded, SearchCancelled
 from prompttune.search._protocols import SearchObserver
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -39,9 +43,14 @@ class StopGuard:
         self.cancelled = False
 
     def check(self) -> None:
-        """Raises `SearchCancelled` once the observer asks to stop."""
-        if self.cancelled or self._observer.cancelled():
-            self.cancelled = True
+        """Raises `SearchCancelled` once the observer asks to stop. An observer that fails
+        to answer (its store is down) is logged and asked again at the next check."""
+        if not self.cancelled:
+            try:
+                self.cancelled = self._observer.cancelled()
+            except Exception:
+                log.exception("search.stop_check.failed")
+        if self.cancelled:
             raise SearchCancelled()
 
     async def watch(self, work: Awaitable[T]) -> T:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import optuna
 import pytest
 from structlog.testing import capture_logs
 
@@ -18,16 +19,24 @@ from prompttune.search import (
     LLMGateway,
     ModelEndpoint,
     OpenAIChatModel,
+    Runner,
+    RunnerDeps,
     evaluate_prompt,
 )
+from prompttune.search._resume import RESULTS_ATTR
 from tests.fakes import (
     SENTIMENT_TASK,
     FakeChatModel,
+    FakeEmbedder,
     InMemoryResponseCache,
+    RecordingObserver,
     Reply,
     ScriptedEndpoint,
     completion_body,
+    routing_responder,
+    search_spec,
     sentiment_examples,
+    sentiment_splits,
 )
 
 REQUEST = ChatRequest((ChatMessage("user", "the plot was dull"),), 0.0, 8)
@@ -116,3 +125,18 @@ async def test_an_evaluation_reports_the_usage_it_spent() -> None:
     assert (first.usage.llm_calls, first.usage.cache_misses) == (6, 6)
     assert first.usage.prompt_tokens > 0
     assert (again.usage.llm_calls, again.usage.cache_hits) == (0, 6)
+
+
+async def test_the_study_stores_answers_cut_to_the_bound() -> None:
+    def verbose(request: ChatRequest) -> str:
+        return routing_responder(request) + " " + "y" * 9_000
+
+    model = FakeChatModel(verbose)
+    store = optuna.storages.InMemoryStorage()
+    deps = RunnerDeps(model, model, FakeEmbedder(), RecordingObserver(), InMemoryResponseCache())
+    spec = search_spec(max_trials=3, num_instruction_candidates=1, max_demos=1, minibatch_size=4)
+    data = sentiment_splits(train=4, validation=8, test=0)
+    await Runner(deps, store).run(SENTIMENT_TASK, data, spec, "job")
+    trials = optuna.load_study(study_name="job", storage=store).trials
+    answers = [row[3] for t in trials for row in t.user_attrs.get(RESULTS_ATTR, [])]
+    assert answers and max(len(answer) for answer in answers) == MAX_ANSWER_CHARS

@@ -6,7 +6,9 @@ import asyncio
 import dataclasses
 import hashlib
 import importlib.util
+import json
 import re
+import socket
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -38,8 +40,10 @@ def request_text(request: ChatRequest) -> str:
 class FakeChatModel:
     """A `ChatModel` answering through `responder`; counts calls and can fail on purpose.
 
-    `fail_if(request)` True makes the call raise `LLMCallFailed`, as the real adapter does
-    after its retries. `delay` seconds are awaited per call so calls genuinely overlap.
+    `fail_if(request)` True makes the call raise `LLMCallFailed` (with `status`), as the real
+    adapter does after its retries. `hang_if(request)` True makes the call hang until it is
+    cancelled (counted in `hung` and `cancelled`). `delay` seconds are awaited per call so
+    calls genuinely overlap.
     """
 
     def __init__(
@@ -48,13 +52,20 @@ class FakeChatModel:
         identity: str = "fake|model",
         fail_if: Callable[[ChatRequest], bool] | None = None,
         delay: float = 0.0,
+        *,
+        hang_if: Callable[[ChatRequest], bool] | None = None,
+        status: str = "",
     ) -> None:
         self._responder = responder
         self._identity = identity
         self._fail_if = fail_if
+        self._hang_if = hang_if
+        self._status = status
         self._delay = delay
         self.calls = 0
         self.failures = 0
+        self.hung = 0
+        self.cancelled = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.requests: list[ChatRequest] = []
@@ -70,14 +81,24 @@ class FakeChatModel:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await asyncio.sleep(self._delay)
+            if self._hang_if is not None and self._hang_if(request):
+                await self._hang()
             if self._fail_if is not None and self._fail_if(request):
                 self.failures += 1
-                raise LLMCallFailed("fake failure")
+                raise LLMCallFailed("fake failure", status=self._status)
             text = self._responder(request)
         finally:
             self.in_flight -= 1
         prompt_tokens = sum(len(m.content.split()) for m in request.messages)
         return ChatResponse(text, prompt_tokens, len(text.split()))
+
+    async def _hang(self) -> None:
+        self.hung += 1
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
 
 
 POSITIVE_WORDS = ("wonderful", "delightful", "moving", "brilliant", "charming", "superb")
@@ -268,3 +289,91 @@ def load_fake_openai() -> ModuleType:
     sys.modules["fake_openai"] = module
     spec.loader.exec_module(module)
     return module
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One HTTP answer of a `ScriptedEndpoint`. With `drip_seconds` the body is sent one
+    byte at a time, pausing that long before each byte."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    drip_seconds: float = 0.0
+
+
+def completion_body(text: str = "positive", usage: object = None) -> bytes:
+    """A chat completion; `usage` is sent as given (None: a plausible one)."""
+    reported = usage if usage is not None else {"prompt_tokens": 5, "completion_tokens": 1}
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+    return json.dumps(
+        {"id": "x", "object": "chat.completion", "choices": [choice], "usage": reported}
+    ).encode()
+
+
+class ScriptedEndpoint:
+    """An HTTP endpoint on 127.0.0.1 (port 0) answering every request with `reply()`:
+    errors, malformed bodies, redirects, slow drips. Counts requests. Use as
+    ``async with ScriptedEndpoint(...) as endpoint`` inside the test's event loop."""
+
+    def __init__(self, reply: Callable[[], Reply]) -> None:
+        self._reply = reply
+        self.requests = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def __aenter__(self) -> ScriptedEndpoint:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for handler in list(self._handlers):
+            handler.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                self.requests += 1
+                await self._answer(writer, self._reply())
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+
+    @staticmethod
+    async def _answer(writer: asyncio.StreamWriter, reply: Reply) -> None:
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(reply.body))}
+        headers.update(reply.headers)
+        lines = [f"HTTP/1.1 {reply.status} Status"] + [f"{k}: {v}" for k, v in headers.items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        if not reply.drip_seconds:
+            writer.write(reply.body)
+        for byte in reply.body if reply.drip_seconds else b"":
+            await writer.drain()
+            await asyncio.sleep(reply.drip_seconds)
+            writer.write(bytes([byte]))
+        await writer.drain()
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (connections are refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

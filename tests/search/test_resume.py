@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from prompttune.contract import JobResult, SearchEvent
-from prompttune.search import Runner, RunnerDeps, SearchCancelled
+from prompttune.search import Runner, RunnerDeps
 from prompttune.search._resume import interrupted_trials
 from tests.fakes import (
     SENTIMENT_TASK,
@@ -22,10 +22,15 @@ from tests.fakes import (
 from tests.search.test_runner import CONFIG, DATA
 
 
+class Killed(BaseException):
+    """The process died: nothing in the runner handles it, like a SIGKILL."""
+
+
 @dataclass
 class DyingObserver:
-    """Asks to stop at its `die_at`-th cancellation check: mid-trial, like a killed process
-    that leaves its current trial RUNNING in the study."""
+    """Dies at its `die_at`-th cancellation check: mid-trial, like a killed process that
+    leaves its current trial RUNNING in the study. (A cancelled run, unlike a killed one,
+    ends its trials; see test_failures.)"""
 
     die_at: int = 0
     checks: int = 0
@@ -36,7 +41,9 @@ class DyingObserver:
 
     def cancelled(self) -> bool:
         self.checks += 1
-        return 0 < self.die_at <= self.checks
+        if 0 < self.die_at <= self.checks:
+            raise Killed
+        return False
 
 
 def runner(
@@ -45,8 +52,10 @@ def runner(
     storage: optuna.storages.BaseStorage,
     die_at: int = 0,
 ) -> Runner:
+    observer = DyingObserver(die_at)
+    # No watchdog: the process dies at a check between steps, deterministically.
     deps = RunnerDeps(
-        model, model, FakeEmbedder(), DyingObserver(die_at), cache, clock=fixed_clock()
+        model, model, FakeEmbedder(), observer, cache, clock=fixed_clock(), stop_poll_seconds=0
     )
     return Runner(deps, storage)
 
@@ -74,7 +83,7 @@ async def interrupt_and_resume(die_at: int, reference: JobResult, reference_call
     cache = InMemoryResponseCache()
     storage = optuna.storages.InMemoryStorage()
 
-    with pytest.raises(SearchCancelled):
+    with pytest.raises(Killed):
         await runner(model, cache, storage, die_at).run(SENTIMENT_TASK, DATA, CONFIG, "job")
     study = optuna.load_study(study_name="job", storage=storage)
     running = len(interrupted_trials(study))

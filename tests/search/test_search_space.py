@@ -19,6 +19,8 @@ from prompttune.contract import (
     TrialFinished,
 )
 from prompttune.search import ChatRequest, DatasetSplits, Runner, RunnerDeps, TrialConfig
+from prompttune.search._candidates import propose
+from prompttune.search._setup import new_state
 from tests.fakes import (
     SENTIMENT_TASK,
     FakeChatModel,
@@ -181,9 +183,9 @@ async def test_reasoning_is_off_for_classification_unless_allowed() -> None:
 
 async def test_bootstrapped_and_knn_demo_sets_join_the_space() -> None:
     model = FakeChatModel(reflecting_responder)
-    runner, _ = make_runner(model)
-    state = runner._new_state(SENTIMENT_TASK, DATA, CONFIG)
-    await runner._propose(state)
+    deps = RunnerDeps(model, model, FakeEmbedder(), RecordingObserver(), clock=fixed_clock())
+    state = new_state(deps, SENTIMENT_TASK, DATA, CONFIG, runner_index=0)
+    await propose(state, deps.embedder)
     names = [s.name for s in state.space.demo_sets]
     assert names[-2:] == ["bootstrapped", "knn"] and state.space.demo_sets[-1].knn
     task_calls = state.ledger.role("task").llm_calls

@@ -26,6 +26,7 @@ def field_of(error: pytest.ExceptionInfo[InvalidArgument]) -> str:
         ({"labels": ("a", "A")}, "task.labels"),
         ({"metric": "accuracy"}, "task.metric"),
         ({"seed_instruction": " "}, "task.seed_instruction"),
+        ({"seed_instruction": "", "description": " "}, "task.description"),
         ({"input_fields": ()}, "task.input_fields"),
     ],
 )
@@ -33,6 +34,12 @@ def test_validate_task_names_the_field(changes: dict[str, object], field: str) -
     with pytest.raises(InvalidArgument) as error:
         validate_task(dataclasses.replace(SENTIMENT_TASK, **changes))  # type: ignore[arg-type]
     assert field_of(error) == field
+
+
+def test_an_empty_seed_instruction_means_the_description() -> None:
+    task = dataclasses.replace(SENTIMENT_TASK, seed_instruction="")
+    validate_task(task)
+    assert task.instruction == SENTIMENT_TASK.description
 
 
 def test_validate_splits_names_the_field() -> None:

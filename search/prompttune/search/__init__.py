@@ -2,7 +2,11 @@
 
 `Runner` searches instructions, demonstration sets and prompt formats with Optuna ask/tell
 over an `LLMGateway` (cache -> budget -> concurrency limit -> `ChatModel`), and returns a
-`JobResult` with baseline and best scores on validation and test.
+`prompttune.contract.JobResult` with baseline and best scores on validation and test, or
+raises `SearchCancelled` / `SearchFailed` carrying the best found so far (partial).
+
+The API's concepts (tasks, examples, prompts, scores, results, events) and the renderer are
+`prompttune.contract`'s; this package exports only the engine's own names.
 """
 
 from prompttune.search._budget import CallBudget, Reservation, estimate_call_tokens
@@ -10,15 +14,19 @@ from prompttune.search._demos import DemoSet, build_demo_sets
 from prompttune.search._embed import SentenceTransformerEmbedder, minilm_model_dir
 from prompttune.search._errors import (
     BudgetExceeded,
+    EndpointFailing,
     FailedPrecondition,
     InvalidArgument,
     LLMCallFailed,
     NotFound,
     PromptTuneError,
     SearchCancelled,
+    SearchFailed,
     UpstreamUnavailable,
 )
+from prompttune.search._estimate import estimate
 from prompttune.search._evaluate import CallSettings, evaluate_prompt, score_examples
+from prompttune.search._failures import MAX_FAILURES_WITHOUT_SUCCESS, FailureTally
 from prompttune.search._flow import (
     ConcurrencyLimit,
     EndpointControl,
@@ -28,12 +36,10 @@ from prompttune.search._flow import (
     TokenBucket,
 )
 from prompttune.search._gateway import (
+    MAX_ANSWER_CHARS,
     EndpointPolicy,
     GatewayFactory,
     LLMGateway,
-    OpenAIChatModel,
-    OpenAIChatModels,
-    OpenAIClientPool,
     Pricing,
     UsageLedger,
     add_usage,
@@ -48,6 +54,7 @@ from prompttune.search._metrics import (
     score_answer,
     token_f1,
 )
+from prompttune.search._openai import OpenAIChatModel, OpenAIChatModels, OpenAIClientPool
 from prompttune.search._proposer import STYLE_TIPS, InstructionProposer, parse_proposal
 from prompttune.search._protocols import (
     ChatModel,
@@ -58,7 +65,7 @@ from prompttune.search._protocols import (
     ResponseCache,
     SearchObserver,
 )
-from prompttune.search._runner import Runner, RunnerDeps, estimate
+from prompttune.search._runner import Runner
 from prompttune.search._scorers import (
     JUDGE_ROLE,
     AnswerScorer,
@@ -69,6 +76,7 @@ from prompttune.search._scorers import (
     calls_per_example,
     parse_judge_score,
 )
+from prompttune.search._setup import RunnerDeps
 from prompttune.search._space import SearchSpace, TrialConfig
 from prompttune.search._split import split_examples
 from prompttune.search._state import minibatch_rungs
@@ -78,6 +86,8 @@ from prompttune.search._validate import validate_splits, validate_task
 
 __all__ = [
     "JUDGE_ROLE",
+    "MAX_ANSWER_CHARS",
+    "MAX_FAILURES_WITHOUT_SUCCESS",
     "STYLE_TIPS",
     "AnswerScorer",
     "BudgetExceeded",
@@ -92,10 +102,12 @@ __all__ = [
     "Embedder",
     "EmbeddingScorer",
     "EndpointControl",
+    "EndpointFailing",
     "EndpointHealth",
     "EndpointLimits",
     "EndpointPolicy",
     "FailedPrecondition",
+    "FailureTally",
     "GatewayFactory",
     "GatewayRegistry",
     "InstructionProposer",
@@ -117,6 +129,7 @@ __all__ = [
     "Runner",
     "RunnerDeps",
     "SearchCancelled",
+    "SearchFailed",
     "SearchObserver",
     "SearchSpace",
     "SentenceTransformerEmbedder",

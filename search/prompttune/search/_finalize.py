@@ -1,23 +1,28 @@
 """The end of a search: promote finalists to the full validation split, pick the winner on
 validation only, keep the baseline unless the gain is beyond noise, score both on test.
 
-Minibatch scores never leave this module as final scores: every `PromptScores` it returns
-is measured on the complete validation (and test) split.
+Minibatch scores never leave this module as final scores: every `PromptScores` of a complete
+result is measured on the complete validation (and test) split. Only a partial result (the
+job was cancelled or failed) reports the scores of the examples scored so far, marked
+``partial``. Promotion and testing end when the wall budget does: what was not validated
+then is left out, and a test split not scored in time is skipped.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prompttune.contract import (
     Evaluation,
+    Example,
+    ExampleResult,
     JobResult,
     Prompt,
     PromptScores,
-    SearchSpec,
     prompt_token_count,
 )
-from prompttune.search._errors import BudgetExceeded
+from prompttune.search._errors import BudgetExceeded, SearchFailed
 from prompttune.search._evaluate import score_examples
 from prompttune.search._space import BASELINE, PromptKey
 from prompttune.search._state import COMPLETE, FAILED, PRUNED, SearchState, TrialRecord
@@ -46,37 +51,11 @@ def pareto_front(scores: list[PromptScores]) -> tuple[PromptScores, ...]:
     return tuple(sorted(front, key=lambda s: (s.prompt_tokens, -s.validation.mean)))
 
 
-def finalist_count(config: SearchSpec) -> int:
-    """Finalists promoted to full validation; multi-objective runs promote twice as many."""
-    return (2 if config.multi_objective else 1) * config.num_finalists
-
-
-def _minibatch_front(records: list[TrialRecord]) -> list[TrialRecord]:
-    """Records not dominated on (minibatch score up, prompt tokens down)."""
-    points = sorted(
-        ((-r.score, prompt_token_count(r.prompt), r.number, r) for r in records),
-        key=lambda p: p[:3],
-    )
-    front: list[TrialRecord] = []
-    fewest_tokens: int | None = None
-    for _, tokens, _, record in points:  # best score first: keep strictly shorter prompts
-        if fewest_tokens is None or tokens < fewest_tokens:
-            front.append(record)
-            fewest_tokens = tokens
-    return front
-
-
 def finalist_records(state: SearchState) -> list[TrialRecord]:
-    """The best distinct prompts of the search: deepest rung first, then minibatch score.
-
-    Multi-objective runs take the minibatch Pareto front (score vs prompt tokens) first.
-    """
+    """The best distinct prompts of the search, as the objective ranks them."""
     usable = [r for r in state.by_key.values() if r.state != FAILED]
-    ranked = sorted(usable, key=lambda r: (-r.scored, -r.score, r.number))
-    if state.config.multi_objective:
-        front = _minibatch_front(usable)
-        ranked = front + [r for r in ranked if r not in front]
-    return ranked[: finalist_count(state.config)]
+    ranked = state.objective.rank(usable)
+    return ranked[: state.objective.finalist_count(state.spec.num_finalists)]
 
 
 async def full_validation(state: SearchState, key: PromptKey, prompt: Prompt) -> Evaluation:
@@ -84,31 +63,45 @@ async def full_validation(state: SearchState, key: PromptKey, prompt: Prompt) ->
     done = list(record.results) if record is not None else []
     rest = state.val_order[len(done) :]
     settings = state.space.call_settings(prompt, state.settings)
-    done.extend(await score_examples(state.task_gateway, state.task, prompt, rest, settings))
-    score = make_score(state.task, state.val_order, done, state.config.seed)
+    scoring = score_examples(state.task_gateway, state.task, prompt, rest, settings)
+    done.extend(await state.guard.within(scoring))
+    score = make_score(state.task, state.val_order, done, state.spec.seed)
     return Evaluation(score, tuple(done))
 
 
 async def validate_finalists(state: SearchState) -> list[Finalist]:
     """The baseline first, then the finalists, each on the full validation split.
 
-    Raises `BudgetExceeded` only when not even the baseline can be validated.
+    Raises `BudgetExceeded` only when not even the baseline can be validated, and
+    `SearchFailed` when no call of any of them succeeded.
     """
     baseline_key, baseline_prompt = state.space.prompt_for(state.task, BASELINE)
     candidates = [(baseline_key, baseline_prompt)] + [
         (r.key, r.prompt) for r in finalist_records(state) if r.key != baseline_key
     ]
-    finalists: list[Finalist] = []
     for key, prompt in candidates:
         try:
             evaluation = await full_validation(state, key, prompt)
         except BudgetExceeded as error:
-            if not finalists:
+            if not state.finalists:
                 raise
-            state.notes.append(f"validation stopped early ({error.limit})")
+            _stopped_by(state, error, "validation stopped early")
             break
-        finalists.append(Finalist(key, prompt, evaluation))
-    return finalists
+        state.finalists.append(Finalist(key, prompt, evaluation))
+    if not any(f.evaluation.score.examples for f in state.finalists):
+        raise SearchFailed(failure_cause(state), partial_result(state, "failed"))
+    return state.finalists
+
+
+def _stopped_by(state: SearchState, error: BudgetExceeded, what: str) -> None:
+    state.notes.append(f"{what} ({error.limit})")
+    if error.limit == "max_wall_seconds":
+        state.stop_reason = error.limit
+
+
+def failure_cause(state: SearchState) -> str:
+    """Why nothing could be scored: the failed calls by endpoint and status."""
+    return state.task_gateway.failures.summary() or "no call of the search was answered"
 
 
 def improvement(state: SearchState, winner: Finalist, baseline: Finalist) -> tuple[bool, str]:
@@ -119,7 +112,7 @@ def improvement(state: SearchState, winner: Finalist, baseline: Finalist) -> tup
     theirs = {r.id: r for r in baseline.evaluation.results if not r.error}
     shared = sorted(set(ours) & set(theirs))
     lower = paired_bootstrap_lower_bound(
-        [ours[i].score for i in shared], [theirs[i].score for i in shared], state.config.seed
+        [ours[i].score for i in shared], [theirs[i].score for i in shared], state.spec.seed
     )
     gain = winner.evaluation.score.mean - baseline.evaluation.score.mean
     if lower <= 0:
@@ -131,17 +124,16 @@ def improvement(state: SearchState, winner: Finalist, baseline: Finalist) -> tup
 
 
 async def score_on_test(state: SearchState, prompt: Prompt) -> Evaluation | None:
-    if not state.data.test:
+    if not state.splits.test:
         return None
     settings = state.space.call_settings(prompt, state.settings)
+    scoring = score_examples(state.task_gateway, state.task, prompt, state.splits.test, settings)
     try:
-        results = await score_examples(
-            state.task_gateway, state.task, prompt, state.data.test, settings
-        )
+        results = await state.guard.within(scoring)
     except BudgetExceeded as error:
-        state.notes.append(f"test scoring skipped ({error.limit})")
+        _stopped_by(state, error, "test scoring skipped")
         return None
-    return Evaluation(make_score(state.task, state.data.test, results, state.config.seed), results)
+    return Evaluation(make_score(state.task, state.splits.test, results, state.spec.seed), results)
 
 
 def prompt_scores(finalist: Finalist, test: Evaluation | None) -> PromptScores:
@@ -153,8 +145,9 @@ def prompt_scores(finalist: Finalist, test: Evaluation | None) -> PromptScores:
     )
 
 
-async def conclude(state: SearchState, finalists: list[Finalist]) -> JobResult:
+async def conclude(state: SearchState) -> JobResult:
     """Pick the winner on validation, test baseline and winner, and build the result."""
+    finalists = state.finalists
     baseline = finalists[0]
     winner = max(
         finalists,
@@ -168,16 +161,73 @@ async def conclude(state: SearchState, finalists: list[Finalist]) -> JobResult:
         summary += "; note: worse than the baseline on test"
     tests = {baseline.key: baseline_test, best.key: best_test}
     validated = [prompt_scores(f, tests.get(f.key)) for f in finalists]
-    return JobResult(
+    return _result(
+        state,
         baseline=prompt_scores(baseline, baseline_test),
         best=prompt_scores(best, best_test),
         improved=improved,
         summary="; ".join([summary, *state.notes]),
+        pareto=pareto_front(validated),
+    )
+
+
+def _result(
+    state: SearchState,
+    baseline: PromptScores,
+    best: PromptScores,
+    improved: bool,
+    summary: str,
+    pareto: tuple[PromptScores, ...] = (),
+    partial: bool = False,
+) -> JobResult:
+    return JobResult(
+        baseline=baseline,
+        best=best,
+        improved=improved,
+        summary=summary,
         usage=state.usage(),
         trials_completed=sum(1 for r in state.records if r.state == COMPLETE),
         trials_pruned=sum(1 for r in state.records if r.state == PRUNED),
         wall_seconds=state.budget.elapsed(),
         stop_reason=state.stop_reason,
-        pareto=pareto_front(validated),
+        pareto=pareto,
         usage_by_role=state.ledger.by_role(),
+        partial=partial,
+    )
+
+
+def _scored_so_far(
+    state: SearchState, prompt: Prompt, results: Sequence[ExampleResult]
+) -> PromptScores:
+    examples: Sequence[Example] = state.val_order
+    score = make_score(state.task, examples, results, state.spec.seed)
+    return PromptScores(prompt, score, None, prompt_token_count(prompt))
+
+
+def partial_result(state: SearchState, stop_reason: str) -> JobResult | None:
+    """The best found before the run stopped, on the validation examples scored so far
+    (validated finalists when promotion had begun); None when no call succeeded."""
+    if state.finalists:
+        candidates = [
+            (f.prompt, f.evaluation.results) for f in state.finalists if f.evaluation.score.examples
+        ]
+    else:
+        baseline_key, _ = state.space.prompt_for(state.task, BASELINE)
+        records = sorted(
+            (r for r in state.by_key.values() if r.answered),
+            key=lambda r: (r.key != baseline_key, r.number),
+        )
+        candidates = [(r.prompt, tuple(r.results)) for r in records]
+    if not candidates:
+        return None
+    scores = [_scored_so_far(state, prompt, results) for prompt, results in candidates]
+    best = max(scores, key=lambda s: s.validation.mean)
+    state.stop_reason = stop_reason
+    return _result(
+        state,
+        baseline=scores[0],
+        best=best,
+        improved=best is not scores[0] and best.validation.mean > scores[0].validation.mean,
+        summary=f"{stop_reason}: partial result on the validation examples scored so far",
+        partial=True,
     )

@@ -1,29 +1,25 @@
 """The LLM gateway: cache -> budget -> rate limits -> concurrency limits -> chat model.
 
-`OpenAIChatModel` is the one real `ChatModel`: any OpenAI-compatible endpoint (the embedded
-llama.cpp server included) through `openai.AsyncOpenAI`, with our own retry loop so that
-retries, backoff and error mapping live in one place. `LLMGateway` puts one job's cache,
-budget and usage accounting in front of it, plus the endpoint's process-wide flow control
+`LLMGateway` puts one job's cache, budget, usage accounting and failure tally in front of a
+`ChatModel` (`OpenAIChatModel` is the real one), plus the endpoint's process-wide flow control
 from a `GatewayRegistry`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import json
-import os
-import random
 import threading
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+
+import structlog
 
 from prompttune.contract import Usage
 from prompttune.search._budget import CallBudget, Reservation, estimate_call_tokens
-from prompttune.search._errors import FailedPrecondition, LLMCallFailed, UpstreamUnavailable
+from prompttune.search._errors import LLMCallFailed, UpstreamUnavailable
+from prompttune.search._failures import FailureTally
 from prompttune.search._flow import EndpointControl, EndpointLimits, GatewayRegistry
 from prompttune.search._protocols import (
     ChatModel,
@@ -34,212 +30,12 @@ from prompttune.search._protocols import (
 )
 from prompttune.search._types import ModelEndpoint
 
-if TYPE_CHECKING:
-    import httpx2
-    import openai
+log = structlog.get_logger(__name__)
 
-_TRANSIENT_STATUS = frozenset({408, 409, 429})
-_MAX_BACKOFF_SECONDS = 30.0
 # Chat templates add a few tokens per message; used in the strict upper bound of a call's cost.
 _TEMPLATE_TOKENS_PER_MESSAGE = 8
-
-
-def _retry_after_seconds(error: Exception) -> float | None:
-    """Seconds from `retry-after-ms`, `retry-after` (seconds or HTTP date), or None."""
-    response = getattr(error, "response", None)
-    if response is None:
-        return None
-    headers = response.headers
-    try:
-        if headers.get("retry-after-ms") is not None:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000.0)
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        return max(0.0, float(value))
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, when.timestamp() - time.time()) if when is not None else None
-
-
-class OpenAIClientPool:
-    """One `AsyncOpenAI` client, i.e. one HTTP connection pool, per endpoint and event loop.
-
-    httpx pools are bound to the loop that opened them, and every job runs its own loop; so
-    clients are keyed by the running loop. Clients of closed loops are dropped on the next
-    lookup (their connections died with the loop); `aclose` closes a loop's clients cleanly.
-    Thread-safe.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._clients: dict[
-            asyncio.AbstractEventLoop, dict[tuple[str, str, float], openai.AsyncOpenAI]
-        ] = {}
-
-    def client(self, endpoint: ModelEndpoint, api_key: str) -> openai.AsyncOpenAI:
-        """The running loop's client for `endpoint`. Call from inside a coroutine."""
-        import httpx2
-        import openai
-
-        loop = asyncio.get_running_loop()
-        key = (endpoint.base_url, endpoint.api_key_env, endpoint.timeout_seconds)
-        with self._lock:
-            for closed in [other for other in self._clients if other.is_closed()]:
-                del self._clients[closed]
-            clients = self._clients.setdefault(loop, {})
-            if key not in clients:
-                # Keep every connection alive: with fewer kept than calls in flight, each
-                # call beyond the keep-alive cap opens a new TCP connection.
-                limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=1000)
-                http = openai.DefaultAsyncHttpxClient(limits=limits)
-                clients[key] = _new_client(endpoint, api_key, http)
-            return clients[key]
-
-    async def aclose(self) -> None:
-        """Close the running loop's clients (call before the loop ends, e.g. at job end)."""
-        with self._lock:
-            clients = self._clients.pop(asyncio.get_running_loop(), {})
-        for client in clients.values():
-            await client.close()
-
-
-def _new_client(
-    endpoint: ModelEndpoint, api_key: str, http_client: httpx2.AsyncClient | None
-) -> openai.AsyncOpenAI:
-    import openai
-
-    return openai.AsyncOpenAI(
-        base_url=endpoint.base_url,
-        api_key=api_key,
-        max_retries=0,
-        timeout=endpoint.timeout_seconds,
-        http_client=http_client,
-    )
-
-
-class OpenAIChatModel:
-    """A `ChatModel` (and `MultiSampleChatModel`) over an OpenAI-compatible endpoint.
-
-    Retries 408/409/429/5xx, timeouts and connection errors `endpoint.max_retries` times with
-    jittered exponential backoff (honouring Retry-After), then raises `LLMCallFailed`
-    (transient). Other 4xx errors raise a non-transient `LLMCallFailed` at once. Each attempt
-    is bounded by `endpoint.timeout_seconds`. The API key is read from the environment at
-    construction and never logged. With a `pool`, connections are shared with every other
-    model of the same endpoint on the running loop. Safe for concurrent use from one loop.
-    """
-
-    def __init__(
-        self,
-        endpoint: ModelEndpoint,
-        *,
-        http_client: httpx2.AsyncClient | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        rng: random.Random | None = None,
-        pool: OpenAIClientPool | None = None,
-    ) -> None:
-        self._endpoint = endpoint
-        self._sleep = sleep
-        self._rng = rng or random.Random()
-        api_key = self._read_api_key(endpoint.api_key_env)
-        self._pool = pool
-        self._client = None if pool is not None else _new_client(endpoint, api_key, http_client)
-
-    @staticmethod
-    def _read_api_key(env_name: str) -> str:
-        if not env_name:
-            return "unused"
-        if env_name not in os.environ:
-            raise FailedPrecondition(f"environment variable {env_name} is not set")
-        return os.environ[env_name] or "unused"
-
-    @property
-    def identity(self) -> str:
-        endpoint = self._endpoint
-        return endpoint.cache_identity or f"{endpoint.base_url}|{endpoint.model}"
-
-    async def complete(self, request: ChatRequest) -> ChatResponse:
-        return (await self.complete_many(request, 1))[0]
-
-    async def complete_many(self, request: ChatRequest, n: int) -> list[ChatResponse]:
-        import openai
-
-        attempts = self._endpoint.max_retries + 1
-        for attempt in range(attempts):
-            try:
-                return await self._call_once(request, n)
-            except openai.APIStatusError as error:
-                status = error.status_code
-                if status not in _TRANSIENT_STATUS and status < 500:
-                    raise LLMCallFailed(
-                        f"HTTP {status} from {self.identity}", transient=False
-                    ) from error
-                last: Exception = error
-            except (openai.APITimeoutError, openai.APIConnectionError) as error:
-                last = error
-            if attempt + 1 < attempts:
-                await self._sleep(self._backoff(attempt, last))
-        raise LLMCallFailed(f"{_describe(last)} from {self.identity} after {attempts} tries")
-
-    def _backoff(self, attempt: int, error: Exception) -> float:
-        retry_after = _retry_after_seconds(error)
-        if retry_after is not None:
-            # A little jitter on top so that calls told the same moment do not return together.
-            return min(retry_after * (1.0 + 0.1 * self._rng.random()), _MAX_BACKOFF_SECONDS)
-        base = self._endpoint.retry_backoff_seconds * 2.0**attempt
-        return min(_MAX_BACKOFF_SECONDS, base) * (0.5 + self._rng.random())
-
-    async def _call_once(self, request: ChatRequest, n: int) -> list[ChatResponse]:
-        import openai
-
-        client = self._client or self._pool_client()
-        # The raw response skips building pydantic models: about 12% less CPU per call.
-        raw = await client.chat.completions.with_raw_response.create(
-            model=self._endpoint.model,
-            messages=[{"role": m.role, "content": m.content} for m in request.messages],  # type: ignore[misc]
-            temperature=request.temperature,
-            max_tokens=request.max_tokens,
-            timeout=self._endpoint.timeout_seconds,
-            n=n if n != 1 else openai.omit,
-        )
-        return _responses(raw.http_response.content, n)
-
-    def _pool_client(self) -> openai.AsyncOpenAI:
-        assert self._pool is not None
-        return self._pool.client(self._endpoint, self._read_api_key(self._endpoint.api_key_env))
-
-
-def _responses(body: bytes, n: int) -> list[ChatResponse]:
-    """The `n` answers of a chat completion body; usage is carried by the first."""
-    try:
-        completion = json.loads(body)
-        choices = completion.get("choices") or []
-        texts = [str((choice.get("message") or {}).get("content") or "") for choice in choices]
-        usage = completion.get("usage") or {}
-        prompt, answer = (
-            int(usage.get("prompt_tokens") or 0),
-            int(usage.get("completion_tokens") or 0),
-        )
-    except (ValueError, AttributeError, TypeError) as error:
-        raise LLMCallFailed(f"malformed chat completion: {error}", transient=False) from error
-    texts = (texts + [""] * n)[:n]
-    first = ChatResponse(texts[0], prompt, answer)
-    return [first, *(ChatResponse(text, 0, 0) for text in texts[1:])]
-
-
-def _describe(error: Exception) -> str:
-    status = getattr(error, "status_code", None)
-    return f"HTTP {status}" if status is not None else type(error).__name__
-
-
-class OpenAIChatModels:
-    """The service's `ChatModel` factory: `OpenAIChatModel`s sharing one client pool."""
-
-    def __init__(self) -> None:
-        self.pool = OpenAIClientPool()
-
-    def __call__(self, endpoint: ModelEndpoint) -> ChatModel:
-        return OpenAIChatModel(endpoint, pool=self.pool)
+# Answers are cut to this many characters before they are cached, scored or stored.
+MAX_ANSWER_CHARS = 4000
 
 
 def cache_key(identity: str, request: ChatRequest) -> str:
@@ -344,6 +140,8 @@ class EndpointPolicy:
 
     limits: EndpointLimits = field(default_factory=EndpointLimits)
     pricing: Pricing = field(default_factory=Pricing)
+    # How messages name the endpoint (a registry name); empty: the model's identity.
+    name: str = ""
 
     @classmethod
     def of(cls, endpoint: ModelEndpoint) -> EndpointPolicy:
@@ -358,6 +156,7 @@ class EndpointPolicy:
                 endpoint.usd_per_million_prompt_tokens,
                 endpoint.usd_per_million_completion_tokens,
             ),
+            endpoint.name,
         )
 
 
@@ -368,9 +167,12 @@ class LLMGateway:
     budget reservation -> the endpoint's shared request/token rate buckets and concurrency
     limit (from `registry`, or private ones without it) -> the model. `complete` raises
     `BudgetExceeded` before sending when a cap would be exceeded, `LLMCallFailed` when the
-    model gave up, and `UpstreamUnavailable` when the endpoint has failed every call for longer
-    than `policy.limits.max_outage_seconds`; all leave the accounting consistent. Usage is
-    recorded per role in `ledger` (shared by a job's gateways, or private). Use from one loop.
+    model gave up, `EndpointFailing` when the endpoint has answered this job's first calls only
+    with errors (see `FailureTally`), and `UpstreamUnavailable` when it has failed every call
+    for longer than `policy.limits.max_outage_seconds`; all leave the accounting consistent.
+    Answers longer than `MAX_ANSWER_CHARS` are cut before they are cached or returned. Usage
+    is recorded per role in `ledger` and failures in `failures` (each shared by a job's
+    gateways, or private). Use from one loop.
     """
 
     def __init__(
@@ -384,6 +186,7 @@ class LLMGateway:
         policy: EndpointPolicy | None = None,
         registry: GatewayRegistry | None = None,
         ledger: UsageLedger | None = None,
+        failures: FailureTally | None = None,
     ) -> None:
         self._model = model
         self._budget = budget
@@ -394,10 +197,16 @@ class LLMGateway:
         registry = registry or GatewayRegistry()
         self._control: EndpointControl = registry.endpoint(model.identity, policy.limits)
         self._ledger = ledger or UsageLedger()
+        self._failures = failures or FailureTally()
+        self._name = policy.name or model.identity
 
     @property
     def identity(self) -> str:
         return self._model.identity
+
+    @property
+    def failures(self) -> FailureTally:
+        return self._failures
 
     def usage(self, role: str | None = None) -> Usage:
         """Usage of one role, or of all roles together when `role` is None."""
@@ -447,13 +256,14 @@ class LLMGateway:
         self._ledger.add(
             role, Usage(cache_hits=int(cached is not None), cache_misses=int(not cached))
         )
-        return cached
+        return None if cached is None else _bounded(cached)
 
     def _store(self, request: ChatRequest, response: ChatResponse) -> None:
         if self._cache is not None:
             self._cache.put(cache_key(self._model.identity, request), response)
 
     async def _send(self, request: ChatRequest, n: int, role: str) -> list[ChatResponse]:
+        self._failures.check(self._name)
         chars = sum(len(message.content) for message in request.messages)
         estimated = estimate_call_tokens(chars, request.max_tokens * n)
         reservation = self._budget.reserve(
@@ -468,7 +278,7 @@ class LLMGateway:
         async with control.concurrency.slot():
             responses = await self._call_model(request, n, role, reservation)
         self._settle(reservation, role, responses, chars, estimated)
-        return responses
+        return [_bounded(response) for response in responses]
 
     async def _call_model(
         self, request: ChatRequest, n: int, role: str, reservation: Reservation
@@ -482,6 +292,7 @@ class LLMGateway:
         except LLMCallFailed as error:
             self._budget.settle(reservation, 0)
             self._ledger.add(role, Usage(llm_calls=1, failed_calls=1))
+            self._failures.failed(self._name, error)
             if error.transient:
                 self._check_outage(started, error)
             raise
@@ -496,7 +307,7 @@ class LLMGateway:
         limit = self._control.limits.max_outage_seconds
         if limit and failing >= limit:
             raise UpstreamUnavailable(
-                f"endpoint {self.identity} failed every call for {failing:.1f} s "
+                f"endpoint {self._name} failed every call for {failing:.1f} s "
                 f"(limit {limit:g} s); last error: {error}"
             ) from error
 
@@ -509,6 +320,7 @@ class LLMGateway:
         estimated: int,
     ) -> None:
         self._control.health.record_success()
+        self._failures.succeeded(self._name)
         prompt = sum(r.prompt_tokens for r in responses)
         completion = sum(r.completion_tokens for r in responses)
         tokens, cost = prompt + completion, self._pricing.cost(prompt, completion)
@@ -523,6 +335,13 @@ class LLMGateway:
         )
 
 
+def _bounded(response: ChatResponse) -> ChatResponse:
+    if len(response.text) <= MAX_ANSWER_CHARS:
+        return response
+    log.warning("llm.answer.truncated", chars=len(response.text), kept=MAX_ANSWER_CHARS)
+    return replace(response, text=response.text[:MAX_ANSWER_CHARS])
+
+
 @dataclass(frozen=True)
 class GatewayFactory:
     """Builds the gateways of one job: one budget, cache, usage ledger and process registry."""
@@ -531,6 +350,7 @@ class GatewayFactory:
     cache: ResponseCache | None
     registry: GatewayRegistry = field(default_factory=GatewayRegistry)
     ledger: UsageLedger = field(default_factory=UsageLedger)
+    failures: FailureTally = field(default_factory=FailureTally)
 
     def gateway(
         self, model: ChatModel, max_concurrency: int, policy: EndpointPolicy | None = None
@@ -544,4 +364,5 @@ class GatewayFactory:
             policy=policy,
             registry=self.registry,
             ledger=self.ledger,
+            failures=self.failures,
         )

@@ -157,3 +157,8 @@ def trial_sampler(seed: int, finished: int, startup_trials: int) -> optuna.sampl
     return optuna.samplers.TPESampler(
         seed=(seed * 1_000_003 + finished) % 2**32, n_startup_trials=startup_trials
     )
+
+
+def startup_trials(max_trials: int) -> int:
+    """Random trials before TPE models the space: a third of the trials, within 3..10."""
+    return max(3, min(10, max_trials // 3))

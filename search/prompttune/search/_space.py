@@ -27,6 +27,8 @@ from prompttune.contract import (
 from prompttune.search._demos import DemoSet
 from prompttune.search._evaluate import CallSettings
 
+# Instruction characters stored with each trial for dashboards.
+SHOWN_INSTRUCTION_CHARS = 500
 # Answer cap of reasoning prompts: the model writes its steps before "Answer: ...".
 REASONING_MAX_TOKENS = 256
 
@@ -149,6 +151,28 @@ class SearchSpace:
             reasoning,
         )
         return key, prompt
+
+    def describe(self, config: TrialConfig) -> dict[str, str]:
+        """What a dashboard shows of a trial: its instruction (cut to `SHOWN_INSTRUCTION_CHARS`),
+        demonstrations and format."""
+        instruction = self.instructions[config.instruction]
+        demo_set = self.demo_sets[config.demo_set] if self.demo_sets and config.n_demos else None
+        if demo_set is None:
+            demos = "none"
+        elif demo_set.knn:
+            demos = f"{demo_set.name}: {config.n_demos} nearest of {len(demo_set.examples)}"
+        else:
+            ids = ", ".join(_ids(demo_set.examples[: config.n_demos]))
+            demos = f"{demo_set.name}: {ids}"
+        reasoning = config.reasoning and self.reasoning
+        prefix = "" if reasoning else config.answer_prefix
+        layout = config.layout.value if demo_set is not None else DemoLayout.CHAT_TURNS.value
+        shape = f"placement={config.placement.value} layout={layout} answer_prefix={prefix!r}"
+        return {
+            "instruction": instruction[:SHOWN_INSTRUCTION_CHARS],
+            "demos": demos,
+            "format": f"{shape} reasoning={reasoning}",
+        }
 
     def call_settings(self, prompt: Prompt, base: CallSettings) -> CallSettings:
         """Reasoning prompts get a larger answer cap: max(task cap, reasoning cap)."""

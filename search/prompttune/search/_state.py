@@ -7,6 +7,7 @@ per-example results live here, owned by the `Runner` for the duration of one `ru
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import optuna
 
@@ -18,6 +19,11 @@ from prompttune.search._gateway import LLMGateway, UsageLedger, add_usage
 from prompttune.search._proposer import InstructionProposer
 from prompttune.search._space import PromptKey, SearchSpace, TrialConfig
 from prompttune.search._types import DatasetSplits
+
+if TYPE_CHECKING:
+    from prompttune.search._finalize import Finalist
+    from prompttune.search._guard import StopGuard
+    from prompttune.search._objective import Objective
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
 
@@ -40,6 +46,11 @@ class TrialRecord:
         return len(self.results)
 
     @property
+    def answered(self) -> int:
+        """Examples whose calls succeeded (scored, not failed)."""
+        return sum(1 for r in self.results if not r.error)
+
+    @property
     def score(self) -> float:
         values = [r.score for r in self.results if not r.error]
         return sum(values) / len(values) if values else 0.0
@@ -54,8 +65,8 @@ class SearchState:
     """All mutable state of one `Runner.run` call."""
 
     task: TaskSpec
-    data: DatasetSplits
-    config: SearchSpec
+    splits: DatasetSplits
+    spec: SearchSpec
     budget: CallBudget
     task_gateway: LLMGateway
     proposer_gateway: LLMGateway
@@ -65,12 +76,16 @@ class SearchState:
     val_order: tuple[Example, ...]
     rungs: tuple[int, ...]
     space: SearchSpace
+    objective: Objective
+    guard: StopGuard
     records: list[TrialRecord] = field(default_factory=list)
     by_key: dict[PromptKey, TrialRecord] = field(default_factory=dict)
     best: TrialRecord | None = None
     reflected: bool = False
     stop_reason: str = ""
     notes: list[str] = field(default_factory=list)
+    # The baseline and finalists validated so far (promotion fills it).
+    finalists: list[Finalist] = field(default_factory=list)
     # Usage checkpointed by an earlier process that ran this job before it died.
     prior_usage: Usage = field(default_factory=Usage)
     # The job's Optuna study, where usage is checkpointed after every scored rung.

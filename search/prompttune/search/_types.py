@@ -46,3 +46,5 @@ class ModelEndpoint:
     # Prices in USD per 1,000,000 tokens; 0 = free.
     usd_per_million_prompt_tokens: float = 0.0
     usd_per_million_completion_tokens: float = 0.0
+    # How messages and summaries name this endpoint (its registry name); empty: the URL.
+    name: str = ""

@@ -12,8 +12,10 @@ from prompttune.search._types import DatasetSplits
 
 def validate_task(task: TaskSpec) -> None:
     """Raise `InvalidArgument` (field ``task.*``) when the task cannot be optimised."""
-    if not task.seed_instruction.strip():
-        raise InvalidArgument("task.seed_instruction", "must not be empty")
+    if task.seed_instruction and not task.seed_instruction.strip():
+        raise InvalidArgument("task.seed_instruction", "must not be blank")
+    if not task.instruction:
+        raise InvalidArgument("task.description", "must not be empty without a seed instruction")
     if not isinstance(task.metric, Metric):
         raise InvalidArgument("task.metric", "unknown metric")
     if not task.input_fields:

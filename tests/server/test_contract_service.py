@@ -37,7 +37,7 @@ from prompttune.contract import (
     Usage,
     wire,
 )
-from prompttune.search import SearchCancelled
+from prompttune.search import SearchCancelled, SearchFailed
 from prompttune.server import Adapters, EmbeddedServer, ServerConfig, WorkerConfig
 from prompttune.server._validate import decode
 from prompttune.server._worker import JobExecutor
@@ -342,28 +342,49 @@ def test_a_job_whose_finish_fails_still_ends_failed_with_the_cause(
     assert "value too long" in ended.error
 
 
-class CancelledWithPartial(JobExecutor):
-    """An executor whose search is cancelled after finding something."""
+def partial_result() -> JobResult:
+    scores = PromptScores(Prompt("best so far"), Score(0.7, 0.6, 0.8, 8))
+    return JobResult(scores, scores, False, "stopped", Usage(), 2, 0, 1.0, "cancelled")
+
+
+class StoppedWithPartial(JobExecutor):
+    """An executor whose search stops (cancelled or failed) after finding something."""
+
+    stop: Exception = SearchCancelled(partial=partial_result())
 
     async def _run(self, claimed: Any) -> JobResult:
-        scores = PromptScores(Prompt("best so far"), Score(0.7, 0.6, 0.8, 8))
-        partial = JobResult(scores, scores, False, "cancelled", Usage(), 2, 0, 1.0, "cancelled")
-        error = SearchCancelled()
-        error.partial = partial  # type: ignore[attr-defined]
-        raise error
+        raise self.stop
 
 
-def test_a_cancelled_search_keeps_its_partial_result(tmp_path: Path) -> None:
-    with serve(tmp_path, workers=0) as server:
+@pytest.mark.parametrize(
+    ("stop", "state", "error"),
+    [
+        (SearchCancelled(partial=partial_result()), JobState.CANCELLED, ""),
+        (
+            SearchFailed(
+                "every call to endpoint local failed: HTTP 401\x00 (29 calls)", partial_result()
+            ),
+            JobState.FAILED,
+            "every call to endpoint local failed: HTTP 401\\x00 (29 calls)",
+        ),
+    ],
+)
+def test_a_stopped_search_keeps_its_partial_result_and_cause(
+    tmp_path: Path, db_url: str, stop: Exception, state: JobState, error: str
+) -> None:
+    with serve(tmp_path, workers=0, db_url=db_url) as server:
         assert server.app is not None
         store = server.app.store
         job = store.create(spec(), server.app.jobs.create(spec(), True)[1])
         claimed = store.claim("w", 60)
         assert claimed is not None
         executor = server.app.workers._executor
-        CancelledWithPartial(executor._deps, executor._config).execute(claimed)
+        stopped = StoppedWithPartial(executor._deps, executor._config)
+        stopped.stop = stop
+        stopped.execute(claimed)
         ended = store.get(job.id)
-    assert ended.state is JobState.CANCELLED
+        store.delete(job.id)
+    assert ended.state is state and ended.error == error
     assert ended.result is not None and ended.result.partial
     assert ended.result.best.prompt.instruction == "best so far"
 

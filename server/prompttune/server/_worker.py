@@ -42,6 +42,7 @@ from prompttune.search import (
     Runner,
     RunnerDeps,
     SearchCancelled,
+    SearchFailed,
 )
 from prompttune.server._jobs import EndpointResolver
 from prompttune.server._store import ClaimedHelper, ClaimedJob, SqlJobStore, safe_text
@@ -158,13 +159,9 @@ class Outcome:
     error: str = ""
 
 
-def _partial(error: PromptTuneError) -> JobResult | None:
-    """The best result found before the engine stopped (`SearchCancelled` and `SearchFailed`
-    carry it as `partial`), marked partial."""
-    partial = getattr(error, "partial", None)
-    if not isinstance(partial, JobResult):
-        return None
-    return replace(partial, partial=True)
+def _partial(result: JobResult | None) -> JobResult | None:
+    """The best result found before the engine stopped, marked partial."""
+    return None if result is None else replace(result, partial=True)
 
 
 def _splits(spec: JobSpec) -> DatasetSplits:
@@ -193,11 +190,13 @@ class JobExecutor:
             result = asyncio.run(self._run(claimed))
         except SearchCancelled as cancelled:
             log.info("job.cancelled")
-            return Outcome(JobState.CANCELLED, _partial(cancelled))
-        except PromptTuneError as error:  # SearchFailed, an endpoint refused, ...
-            cause = str(getattr(error, "cause", "") or error)
-            log.warning("job.failed", error=cause)
-            return Outcome(JobState.FAILED, _partial(error), cause)
+            return Outcome(JobState.CANCELLED, _partial(cancelled.partial))
+        except SearchFailed as failed:
+            log.warning("job.failed", error=failed.cause)
+            return Outcome(JobState.FAILED, _partial(failed.partial), failed.cause)
+        except PromptTuneError as error:  # e.g. an endpoint the resolver refused
+            log.warning("job.failed", error=str(error))
+            return Outcome(JobState.FAILED, None, str(error))
         except Exception as error:  # the job fails with its cause; the worker carries on
             log.exception("job.crashed", error=repr(error))
             return Outcome(JobState.FAILED, None, f"internal error: {type(error).__name__}")

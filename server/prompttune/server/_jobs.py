@@ -49,7 +49,8 @@ from prompttune.search import (
 from prompttune.search import InvalidArgument as InvalidArgumentError
 from prompttune.server._auth import DEFAULT_TENANT
 from prompttune.server._limits import Limits
-from prompttune.server._store import TERMINAL_STATES, SqlJobStore, spec_digest
+from prompttune.server._records import TERMINAL_STATES
+from prompttune.server._store import SqlJobStore
 from prompttune.server._validate import (
     EvaluationRequest,
     JobQuery,
@@ -131,7 +132,7 @@ class JobService:
         guess = estimate(spec.task, splits, spec.search)
         if dry_run:
             return None, guess
-        job = self._store.create(spec, guess, tenant, spec_digest(spec))
+        job = self._store.create(spec, guess, tenant)
         return job, job.estimate or guess
 
     def get(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job:

@@ -9,14 +9,10 @@ and worker threads. Text written to the database never contains NUL (PostgreSQL 
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import math
 import secrets
-import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -26,9 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from prompttune.contract import (
-    BudgetUsed,
     ContractError,
-    Dataset,
     Estimate,
     Job,
     JobEvent,
@@ -36,44 +30,35 @@ from prompttune.contract import (
     JobResult,
     JobSpec,
     JobState,
-    ModelSpec,
-    NewBest,
-    Notice,
-    PhaseChanged,
     Progress,
-    SearchSpec,
     StateChanged,
-    TaskSpec,
-    TrialFinished,
-    from_document,
     to_document,
     wire,
 )
-from prompttune.search import FailedPrecondition, InvalidArgument, NotFound, PromptTuneError
+from prompttune.search import FailedPrecondition, NotFound, PromptTuneError
 from prompttune.server._auth import DEFAULT_TENANT
 from prompttune.server._db import DatasetRow, EventRow, HelperSlotRow, JobRow
+from prompttune.server._records import (
+    EVENT_FIELDS,
+    STATE_NUMBERS,
+    STATES,
+    TERMINAL_NUMBERS,
+    EventPayload,
+    StoredSpec,
+    dataset_bytes,
+    decode_page_token,
+    encode_page_token,
+    full_spec,
+    result_bytes,
+    safe_text,
+    spec_digest,
+    to_job,
+)
 from prompttune.v1 import optimizer_pb2 as pb
 
-TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 # Helpers join a job only in its search phase; once joined they stay through its reflection.
 JOINABLE_PHASE = "searching"
 SEARCH_PHASES = frozenset({"searching", "reflecting"})
-MAX_ERROR_CHARS = 2000
-
-EventPayload = StateChanged | PhaseChanged | TrialFinished | NewBest | BudgetUsed | Notice
-_EVENT_FIELDS: dict[type, str] = {
-    StateChanged: "state_changed",
-    PhaseChanged: "phase_changed",
-    TrialFinished: "trial_finished",
-    NewBest: "new_best",
-    BudgetUsed: "budget_used",
-    Notice: "notice",
-}
-_STATE_NUMBERS: dict[JobState, int] = {
-    state: int(pb.JobState.Value(f"JOB_STATE_{state.name}")) for state in JobState
-}
-_STATES: dict[int, JobState] = {number: state for state, number in _STATE_NUMBERS.items()}
-_TERMINAL_NUMBERS = tuple(_STATE_NUMBERS[state] for state in TERMINAL_STATES)
 
 
 class AlreadyExists(PromptTuneError):
@@ -84,16 +69,6 @@ class AlreadyExists(PromptTuneError):
             f"request_id {request_id!r} was used for job {job_id} with a different request"
         )
         self.job_id = job_id
-
-
-@dataclass(frozen=True)
-class StoredSpec:
-    """What a job row keeps of its JobSpec: everything but the dataset."""
-
-    task: TaskSpec
-    model: ModelSpec = field(default_factory=ModelSpec)
-    search: SearchSpec = field(default_factory=SearchSpec)
-    request_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,9 +91,7 @@ class ClaimedHelper:
 class JobStore(Protocol):
     """Where jobs, datasets and events live. Implementations are thread-safe."""
 
-    def create(
-        self, spec: JobSpec, estimate: Estimate, tenant: str = ..., digest: str = ...
-    ) -> Job: ...
+    def create(self, spec: JobSpec, estimate: Estimate, tenant: str = ...) -> Job: ...
     def get(self, job_id: str, tenant: str | None = None) -> Job: ...
     def list_jobs(
         self, state: JobState, page_size: int, page_token: str, tenant: str | None = None
@@ -136,59 +109,8 @@ class JobStore(Protocol):
     ) -> None: ...
 
 
-def safe_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
-    """`text` fit for any database text column: NUL escaped, at most `limit` characters."""
-    text = text.replace("\x00", "\\x00")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def new_job_id() -> str:
     return "job-" + secrets.token_hex(8)
-
-
-def spec_digest(spec: JobSpec) -> str:
-    """Identity of a request body (request_id aside), for idempotent CreateJob."""
-    document = _spec_document(spec)
-    return hashlib.sha256(document.encode() + _dataset_bytes(spec.dataset)).hexdigest()
-
-
-def _spec_document(spec: JobSpec) -> str:
-    stored = StoredSpec(spec.task, spec.model, spec.search, spec.request_id)
-    document = to_document(stored)
-    document.pop("request_id")
-    return json.dumps(document, sort_keys=True)
-
-
-def _dataset_bytes(dataset: Dataset) -> bytes:
-    return bytes(wire.to_message(dataset).SerializeToString(deterministic=True))
-
-
-# Page tokens: urlsafe base64 of (created_at, row number) plus a check of 8 bytes, so a
-# malformed or altered token is refused instead of reaching the database.
-_CURSOR = struct.Struct(">dq")
-
-
-def encode_page_token(created_at: float, num: int) -> str:
-    packed = _CURSOR.pack(created_at, num)
-    check = hashlib.sha256(b"prompttune-page|" + packed).digest()[:8]
-    return base64.urlsafe_b64encode(packed + check).decode().rstrip("=")
-
-
-def decode_page_token(token: str) -> tuple[float, int]:
-    """(created_at, num) of a token from `encode_page_token`; InvalidArgument otherwise."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (ValueError, TypeError):
-        raw = b""
-    size = _CURSOR.size
-    if len(token) > 64 or len(raw) != size + 8:
-        raise InvalidArgument("page_token", "is not a token from ListJobs")
-    packed, check = raw[:size], raw[size:]
-    created_at, num = _CURSOR.unpack(packed)
-    valid = hashlib.sha256(b"prompttune-page|" + packed).digest()[:8] == check
-    if not (valid and math.isfinite(created_at) and 0 < num < 2**31):
-        raise InvalidArgument("page_token", "is not a token from ListJobs")
-    return float(created_at), int(num)
 
 
 class SqlJobStore:
@@ -200,16 +122,11 @@ class SqlJobStore:
         self._skip_locked = engine.dialect.name == "postgresql"
         self._max_attempts = max_attempts
 
-    def create(
-        self,
-        spec: JobSpec,
-        estimate: Estimate,
-        tenant: str = DEFAULT_TENANT,
-        digest: str = "",
-    ) -> Job:
+    def create(self, spec: JobSpec, estimate: Estimate, tenant: str = DEFAULT_TENANT) -> Job:
         """Inserts a QUEUED job of `tenant` with its dataset. A reused request_id returns that
-        tenant's existing job when `digest` matches, else raises AlreadyExists."""
-        digest = digest or spec_digest(spec)
+        tenant's existing job when the request is the same, else raises AlreadyExists."""
+        dataset = dataset_bytes(spec.dataset)
+        digest = spec_digest(spec, dataset)
         if spec.request_id:
             existing = self._by_request_id(tenant, spec.request_id, digest)
             if existing is not None:
@@ -218,7 +135,7 @@ class SqlJobStore:
         try:
             with self._sessions.begin() as session:
                 session.add(row)
-                session.add(DatasetRow(job_id=row.id, payload=_dataset_bytes(spec.dataset)))
+                session.add(DatasetRow(job_id=row.id, payload=dataset))
                 session.add_all(
                     HelperSlotRow(job_id=row.id, slot=slot, done=False)
                     for slot in range(1, spec.search.parallelism)
@@ -240,7 +157,7 @@ class SqlJobStore:
             id=new_job_id(),
             tenant=tenant,
             request_id=spec.request_id or None,
-            state=_STATE_NUMBERS[JobState.QUEUED],
+            state=STATE_NUMBERS[JobState.QUEUED],
             spec=json.dumps(to_document(stored), sort_keys=True),
             body_digest=digest,
             attempts=0,
@@ -262,16 +179,16 @@ class SqlJobStore:
             return None
         if row.body_digest != digest:
             raise AlreadyExists(request_id, row.id)
-        return _to_job(row)
+        return to_job(row)
 
     def get(self, job_id: str, tenant: str | None = None) -> Job:
         """The job; NotFound also when it belongs to another tenant (None: any tenant)."""
         with self._sessions() as session:
-            return _to_job(self._row(session, job_id, tenant))
+            return to_job(self._row(session, job_id, tenant))
 
     def state(self, job_id: str) -> JobState:
         with self._sessions() as session:
-            return _STATES[self._row(session, job_id).state]
+            return STATES[self._row(session, job_id).state]
 
     def tenant_of(self, job_id: str) -> str:
         with self._sessions() as session:
@@ -300,7 +217,7 @@ class SqlJobStore:
         if tenant is not None:
             query = query.where(JobRow.tenant == tenant)
         if state is not JobState.UNSPECIFIED:
-            query = query.where(JobRow.state == _STATE_NUMBERS[state])
+            query = query.where(JobRow.state == STATE_NUMBERS[state])
         if page_token:
             created_at, num = decode_page_token(page_token)
             query = query.where(
@@ -313,7 +230,7 @@ class SqlJobStore:
             rows = list(session.scalars(query))
         last = rows[page_size - 1] if len(rows) > page_size else None
         token = "" if last is None else encode_page_token(last.created_at, last.num)
-        return JobPage(tuple(_to_job(row) for row in rows[:page_size]), token)
+        return JobPage(tuple(to_job(row) for row in rows[:page_size]), token)
 
     def count_by_state(self) -> dict[int, int]:
         """Number of jobs per state (proto enum numbers), for metrics."""
@@ -325,8 +242,8 @@ class SqlJobStore:
         """Queued jobs are cancelled at once; running ones are flagged for their worker."""
         with self._sessions.begin() as session:
             row = self._row(session, job_id, tenant)  # NotFound also for another tenant's job
-            queued = row.state == _STATE_NUMBERS[JobState.QUEUED]
-            if row.state not in _TERMINAL_NUMBERS:
+            queued = row.state == STATE_NUMBERS[JobState.QUEUED]
+            if row.state not in TERMINAL_NUMBERS:
                 row.cancel_requested = True
                 row.updated_at = time.time()
         if queued:
@@ -338,8 +255,8 @@ class SqlJobStore:
         Raises FailedPrecondition for a queued or running job, NotFound for a missing one."""
         with self._sessions.begin() as session:
             row = self._row(session, job_id, tenant)
-            if row.state not in _TERMINAL_NUMBERS:
-                state = _STATES[row.state].value
+            if row.state not in TERMINAL_NUMBERS:
+                state = STATES[row.state].value
                 raise FailedPrecondition(f"job {job_id} is {state}: cancel it first")
             for table in (EventRow, DatasetRow, HelperSlotRow):
                 session.execute(sa.delete(table).where(table.job_id == job_id))
@@ -354,7 +271,7 @@ class SqlJobStore:
         `max_attempts` times already, or whose spec cannot be read, is failed instead (and
         None returned: the caller simply claims again)."""
         now = time.time()
-        running, queued = _STATE_NUMBERS[JobState.RUNNING], _STATE_NUMBERS[JobState.QUEUED]
+        running, queued = STATE_NUMBERS[JobState.RUNNING], STATE_NUMBERS[JobState.QUEUED]
         claimable = sa.or_(
             JobRow.state == queued,
             sa.and_(JobRow.state == running, JobRow.lease_expires_at < now),
@@ -394,7 +311,7 @@ class SqlJobStore:
             .where(JobRow.num == row.num, JobRow.state == row.state)
             .where(sa.or_(JobRow.lease_owner.is_(None), JobRow.lease_owner == row.lease_owner))
             .values(
-                state=_STATE_NUMBERS[JobState.RUNNING],
+                state=STATE_NUMBERS[JobState.RUNNING],
                 phase="starting",  # helpers wait for this worker's search phase
                 lease_owner=worker_id,
                 lease_expires_at=lease_until,
@@ -410,7 +327,7 @@ class SqlJobStore:
             renewed = session.execute(
                 sa.update(JobRow)
                 .where(JobRow.id == job_id, JobRow.lease_owner == worker_id)
-                .where(JobRow.state == _STATE_NUMBERS[JobState.RUNNING])
+                .where(JobRow.state == STATE_NUMBERS[JobState.RUNNING])
                 .values(lease_expires_at=time.time() + lease_seconds)
             )
             return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]
@@ -423,7 +340,7 @@ class SqlJobStore:
             sa.select(HelperSlotRow)
             .join(JobRow, JobRow.id == HelperSlotRow.job_id)
             .where(
-                JobRow.state == _STATE_NUMBERS[JobState.RUNNING],
+                JobRow.state == STATE_NUMBERS[JobState.RUNNING],
                 JobRow.phase == JOINABLE_PHASE,
                 JobRow.cancel_requested.is_(False),
                 JobRow.lease_expires_at >= now,
@@ -494,7 +411,7 @@ class SqlJobStore:
             row = session.execute(query).one_or_none()
         return bool(
             row is not None
-            and row.state == _STATE_NUMBERS[JobState.RUNNING]
+            and row.state == STATE_NUMBERS[JobState.RUNNING]
             and row.phase in SEARCH_PHASES
             and not row.cancel_requested
         )
@@ -519,7 +436,7 @@ class SqlJobStore:
             sa.select(sa.func.max(EventRow.sequence)).where(EventRow.job_id == job_id)
         )
         sequence = (last or 0) + 1
-        kind: dict[str, Any] = {_EVENT_FIELDS[type(payload)]: payload}
+        kind: dict[str, Any] = {EVENT_FIELDS[type(payload)]: payload}
         event = JobEvent(job_id=job_id, sequence=sequence, time=datetime.now(UTC), **kind)
         message = wire.to_message(event)
         session.add(EventRow(job_id=job_id, sequence=sequence, payload=message.SerializeToString()))
@@ -558,10 +475,10 @@ class SqlJobStore:
             try:
                 with self._sessions.begin() as session:
                     row = self._row(session, job_id)
-                    if row.state in _TERMINAL_NUMBERS:
+                    if row.state in TERMINAL_NUMBERS:
                         return
-                    row.state = _STATE_NUMBERS[state]
-                    row.result = None if result is None else _result_bytes(result)
+                    row.state = STATE_NUMBERS[state]
+                    row.result = None if result is None else result_bytes(result)
                     row.error = error
                     row.lease_owner = None
                     row.lease_expires_at = None
@@ -576,54 +493,6 @@ class SqlJobStore:
 _EVENT_ATTEMPTS = 50
 
 
-def _result_bytes(result: JobResult) -> bytes:
-    return bytes(wire.to_message(result).SerializeToString())
-
-
-def _stored_spec(row: JobRow) -> StoredSpec:
-    if not row.spec:
-        raise ValueError("the job has no stored spec")
-    return from_document(StoredSpec, json.loads(row.spec))
-
-
 def _full_spec(session: Session, row: JobRow) -> JobSpec:
-    stored = _stored_spec(row)
     payload = session.scalar(sa.select(DatasetRow.payload).where(DatasetRow.job_id == row.id))
-    if payload is None:
-        raise KeyError(f"job {row.id} has no stored dataset")
-    dataset = wire.from_message(Dataset, pb.Dataset.FromString(payload), "dataset")
-    return JobSpec(stored.task, dataset, stored.model, stored.search, stored.request_id)
-
-
-_UNREADABLE = StoredSpec(TaskSpec(description="(unreadable stored spec)"))
-
-
-def _time(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
-
-
-def _to_job(row: JobRow) -> Job:
-    try:
-        spec = _stored_spec(row)
-    except (ContractError, ValueError):
-        spec = _UNREADABLE  # a job from an older, undecodable request still lists and deletes
-    return Job(
-        id=row.id,
-        state=_STATES.get(row.state, JobState.UNSPECIFIED),
-        create_time=_time(row.created_at),
-        update_time=_time(row.updated_at),
-        task=spec.task,
-        model=spec.model,
-        search=spec.search,
-        progress=_decode(Progress, pb.Progress, row.progress) or Progress(),
-        result=_decode(JobResult, pb.JobResult, row.result),
-        error=row.error,
-        estimate=_decode(Estimate, pb.Estimate, row.estimate),
-        request_id=row.request_id or "",
-    )
-
-
-def _decode(cls: type[Any], message: Any, payload: bytes | None) -> Any:
-    if not payload:
-        return None
-    return wire.from_message(cls, message.FromString(payload))
+    return full_spec(row, payload)

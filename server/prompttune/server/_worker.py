@@ -45,7 +45,8 @@ from prompttune.search import (
     SearchFailed,
 )
 from prompttune.server._jobs import EndpointResolver
-from prompttune.server._store import ClaimedHelper, ClaimedJob, SqlJobStore, safe_text
+from prompttune.server._records import safe_text
+from prompttune.server._store import ClaimedHelper, ClaimedJob, SqlJobStore
 from prompttune.server._telemetry import ServiceMetrics
 
 log = structlog.get_logger(__name__)

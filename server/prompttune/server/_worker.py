@@ -318,6 +318,7 @@ class WorkerPool:
         self._executor = executor
         self._config = config
         self._stopping = threading.Event()
+        self._warm = threading.Event()
         self._threads: list[threading.Thread] = []
         self._slot_threads: list[threading.Thread] = []
         self._running: dict[str, str] = {}  # job id -> worker id
@@ -326,7 +327,7 @@ class WorkerPool:
         self._host = f"{socket.gethostname()}:{os.getpid()}"
 
     def start(self) -> None:
-        threading.Thread(target=self._executor.warm_up, daemon=True).start()
+        threading.Thread(target=self._warm_up, daemon=True).start()
         for slot in range(self._config.slots):
             worker_id = f"{self._host}:{slot}"
             thread = threading.Thread(target=self._loop, args=(worker_id,), daemon=True)
@@ -341,9 +342,20 @@ class WorkerPool:
         """Worker slot threads still running (health reports NOT_SERVING below `slots`)."""
         return sum(thread.is_alive() for thread in self._slot_threads)
 
+    def _warm_up(self) -> None:
+        try:
+            self._executor.warm_up()
+        finally:
+            self._warm.set()
+
     def _loop(self, worker_id: str) -> None:
         """Claims a queued (or orphaned) job first, else a helper place in a running one.
-        Nothing a job does ends this loop; only `stop()` does."""
+        Nothing a job does ends this loop; only `stop()` does. Claims wait for the warm-up:
+        loading the embedding model can starve the lease heartbeat for seconds, and a job
+        claimed meanwhile would lose its lease to another worker."""
+        while not self._warm.wait(self._config.poll_seconds):
+            if self._stopping.is_set():
+                return
         while not self._stopping.is_set():
             try:
                 self._step(worker_id)

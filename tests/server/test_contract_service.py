@@ -389,6 +389,27 @@ def test_a_stopped_search_keeps_its_partial_result_and_cause(
     assert ended.result.best.prompt.instruction == "best so far"
 
 
+def test_a_crashing_search_fails_its_job_with_a_short_cause_and_the_worker_goes_on(
+    tmp_path: Path,
+) -> None:
+    with serve(tmp_path, workers=0) as server:
+        assert server.app is not None
+        store = server.app.store
+        first = store.create(spec(), server.app.jobs.create(spec(), True)[1])
+        second = store.create(spec(), server.app.jobs.create(spec(), True)[1])
+        executor = server.app.workers._executor
+        crashing = StoppedWithPartial(executor._deps, executor._config)
+        crashing.stop = TypeError("bad \x00 value " + "v" * 10_000)
+        for _ in range(2):
+            claimed = store.claim("w", 60)
+            assert claimed is not None
+            crashing.execute(claimed)  # never raises
+        ended = [store.get(job.id) for job in (first, second)]
+    assert [job.state for job in ended] == [JobState.FAILED, JobState.FAILED]
+    assert ended[0].error.startswith("internal error: TypeError: 'bad")
+    assert len(ended[0].error) < 100 and "\x00" not in ended[0].error
+
+
 def test_health_is_not_serving_once_worker_slots_are_gone(tmp_path: Path) -> None:
     with serve(tmp_path, workers=1) as server, grpc.insecure_channel(server.target) as channel:
         assert server.app is not None

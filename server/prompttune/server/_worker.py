@@ -29,6 +29,7 @@ from prompttune.contract import (
     Progress,
     SearchEvent,
     TrialFinished,
+    preview,
 )
 from prompttune.search import (
     ChatModel,
@@ -200,7 +201,8 @@ class JobExecutor:
             return Outcome(JobState.FAILED, None, str(error))
         except Exception as error:  # the job fails with its cause; the worker carries on
             log.exception("job.crashed", error=repr(error))
-            return Outcome(JobState.FAILED, None, f"internal error: {type(error).__name__}")
+            cause = f"internal error: {type(error).__name__}: {preview(str(error))}"
+            return Outcome(JobState.FAILED, None, cause)
         log.info("job.succeeded", best=result.best.validation.mean)
         return Outcome(JobState.SUCCEEDED, result)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from prompttune.contract import JobState
 from prompttune.server import SqlJobStore
 from prompttune.server._db import create_db_engine
 from prompttune.server.cli import main
-from prompttune.v1 import optimizer_pb2 as pb
 
 pytestmark = pytest.mark.e2e
 
@@ -56,11 +56,13 @@ def test_cli_optimize_on_the_real_stack_twice(tmp_path: Path) -> None:
     # Result and events are persisted in the database.
     store = SqlJobStore(create_db_engine(db_url))
     stored = store.get(first["id"])
-    assert stored.state == pb.JOB_STATE_SUCCEEDED
+    assert stored.state is JobState.SUCCEEDED
+    assert stored.result is not None
     assert stored.result.best.validation.mean == pytest.approx(result["best"]["validation"]["mean"])
     events = store.events_after(first["id"], 0, 10_000)
-    assert any(event.HasField("trial_finished") for event in events)
-    assert events[-1].state_changed.state == pb.JOB_STATE_SUCCEEDED
+    assert any(event.trial_finished is not None for event in events)
+    assert events[-1].state_changed is not None
+    assert events[-1].state_changed.state is JobState.SUCCEEDED
 
     # The same optimisation again: every call is a cache hit and the prompt is the same.
     assert (

@@ -423,3 +423,40 @@ def test_health_is_not_serving_once_worker_slots_are_gone(tmp_path: Path) -> Non
             assert time.monotonic() < deadline, "health still SERVING without workers"
             time.sleep(0.2)
         assert server.app.workers.workers_alive() == 0
+
+
+class SlowEmbedder(FakeEmbedder):
+    """Embeds like FakeEmbedder after holding its thread for a while (a big kNN pool)."""
+
+    def embed(self, texts: Any) -> Any:
+        time.sleep(2.0)
+        return super().embed(texts)
+
+
+def test_health_answers_while_a_knn_prompt_renders(tmp_path: Path) -> None:
+    config = ServerConfig(db_url=f"sqlite:///{tmp_path / 'slow.db'}", workers=0)
+    adapters = Adapters(chat_models=FakeModels(), embedder_factory=SlowEmbedder)
+    prompt = Prompt("Classify.", demo_pool=sentiment_examples(400, "p"), knn_k=3)
+    request = pb.RenderPromptRequest(prompt=wire.to_message(prompt), inputs={"input": "fine"})
+    with (
+        EmbeddedServer(config, adapters) as server,
+        grpc.insecure_channel(server.target) as channel,
+    ):
+        stub = pb_grpc.OptimizerServiceStub(channel)
+        rendering = stub.RenderPrompt.future(request, timeout=30)
+        time.sleep(0.3)
+        assert not rendering.done()
+        health = health_pb2_grpc.HealthStub(channel)
+        began = time.monotonic()
+        health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert time.monotonic() - began < 1.0
+        assert [m.role for m in rendering.result().messages] == [
+            "system",
+            "user",
+            "assistant",
+            "user",
+            "assistant",
+            "user",
+            "assistant",
+            "user",
+        ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 from tests.fakes import FakeChatModel, FakeEmbedder, routing_responder, sentiment_examples
 
@@ -12,6 +14,7 @@ from prompttune.client import Budget as ClientBudget
 from prompttune.client import Client, Dataset, Example, Metric, ModelSpec, SearchSpec, TaskSpec
 from prompttune.search import ChatModel, ModelEndpoint
 from prompttune.server import Adapters, EmbeddedServer, ServerConfig, WorkerConfig
+from prompttune.server._service import OptimizerServicer
 
 
 class FakeModels:
@@ -28,6 +31,24 @@ class FakeModels:
     @property
     def calls(self) -> int:
         return sum(model.calls for model in self.models)
+
+
+async def _unimplemented(
+    self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[Any]:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+    yield  # an async generator, like a streaming handler
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stream_evaluation_or_unimplemented() -> Iterator[None]:
+    """A service that does not implement StreamEvaluation yet answers UNIMPLEMENTED, as gRPC
+    does for a method a server does not know, so the SDK evaluates through EvaluatePrompt.
+    A no-op once the service serves it."""
+    with pytest.MonkeyPatch.context() as patch:
+        if "StreamEvaluation" not in OptimizerServicer.__dict__:
+            patch.setattr(OptimizerServicer, "StreamEvaluation", _unimplemented)
+        yield
 
 
 @pytest.fixture

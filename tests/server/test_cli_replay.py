@@ -5,11 +5,10 @@ messages and gets the same evaluate scores as the job reported."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import yaml
 from tests.fakes import (
@@ -29,7 +28,6 @@ from prompttune.search import ChatModel, ChatRequest, ModelEndpoint
 from prompttune.server import Adapters, EmbeddedServer, ServerConfig, WorkerConfig
 from prompttune.server._logging import configure_logging
 from prompttune.server._promptfile import read_prompt
-from prompttune.server._service import OptimizerServicer
 from prompttune.server._taskfile import load_examples
 from prompttune.server.cli import main
 
@@ -89,19 +87,8 @@ class Models:
         return FakeChatModel(knn_reasoning_responder, identity=f"{endpoint.base_url}|m")
 
 
-async def _unimplemented(
-    self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-) -> AsyncIterator[Any]:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
-    yield  # an async generator, like a streaming handler
-
-
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddedServer]:
-    if "StreamEvaluation" not in OptimizerServicer.__dict__:
-        # A service without StreamEvaluation answers UNIMPLEMENTED, as gRPC does for a method
-        # a server does not know; the SDK then evaluates through EvaluatePrompt.
-        monkeypatch.setattr(OptimizerServicer, "StreamEvaluation", _unimplemented)
+def server(tmp_path: Path) -> Iterator[EmbeddedServer]:
     configure_logging("WARNING")  # the server's logs on stderr, as in its own process
     config = ServerConfig(
         db_url=f"sqlite:///{tmp_path / 'replay.db'}",

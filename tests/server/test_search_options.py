@@ -6,12 +6,7 @@ import pytest
 from tests.server.conftest import FAKE_MODEL, TASK, client_examples
 
 from prompttune.client import Client, Example, Prompt, PromptFormat, SearchSpec
-from prompttune.client._convert import (
-    prompt_from_proto,
-    prompt_to_proto,
-    search_from_proto,
-    search_to_proto,
-)
+from prompttune.contract.wire import from_message, to_message
 from prompttune.search import InvalidArgument
 from prompttune.server._convert import prompt_from_proto as server_prompt
 from prompttune.server._convert import prompt_to_proto as server_prompt_to_proto
@@ -35,33 +30,33 @@ KNN = Prompt(
 
 
 def test_search_spec_fields_reach_the_engine_config() -> None:
-    default = search_config_from_proto(search_to_proto(SearchSpec()), Limits())
+    default = search_config_from_proto(to_message(SearchSpec()), Limits())
     assert default.allow_reasoning is None and not default.multi_objective
     assert default.num_reflection_candidates == 2
     spec = SearchSpec(allow_reasoning=False, multi_objective=True, num_reflection_candidates=0)
-    config = search_config_from_proto(search_to_proto(spec), Limits())
+    config = search_config_from_proto(to_message(spec), Limits())
     assert config.allow_reasoning is False and config.multi_objective
     assert config.num_reflection_candidates == 0
 
 
 def test_parallelism_reaches_the_engine_and_is_range_checked() -> None:
-    assert search_config_from_proto(search_to_proto(SearchSpec()), Limits()).parallelism == 1
+    assert search_config_from_proto(to_message(SearchSpec()), Limits()).parallelism == 1
     spec = SearchSpec(parallelism=4)
-    assert search_config_from_proto(search_to_proto(spec), Limits()).parallelism == 4
-    assert search_from_proto(search_to_proto(spec)).parallelism == 4
+    assert search_config_from_proto(to_message(spec), Limits()).parallelism == 4
+    assert from_message(SearchSpec, to_message(spec)).parallelism == 4
     for wrong in (SearchSpec(parallelism=0), SearchSpec(parallelism=17)):
         with pytest.raises(InvalidArgument, match=r"search\.parallelism"):
-            search_config_from_proto(search_to_proto(wrong), Limits())
+            search_config_from_proto(to_message(wrong), Limits())
     uncached = SearchSpec(parallelism=2, disable_cache=True)
     with pytest.raises(InvalidArgument, match="response cache"):
-        search_config_from_proto(search_to_proto(uncached), Limits())
+        search_config_from_proto(to_message(uncached), Limits())
 
 
 def test_knn_and_reasoning_prompts_round_trip() -> None:
-    assert prompt_from_proto(prompt_to_proto(KNN)) == KNN
-    engine = server_prompt(prompt_to_proto(KNN), Limits())
+    assert from_message(Prompt, to_message(KNN)) == KNN
+    engine = server_prompt(to_message(KNN), Limits())
     assert engine.knn_k == 1 and len(engine.demo_pool) == 3 and engine.format.reasoning
-    assert prompt_from_proto(server_prompt_to_proto(engine)) == KNN
+    assert from_message(Prompt, server_prompt_to_proto(engine)) == KNN
 
 
 def test_render_prompt_retrieves_knn_demos_and_adds_the_reasoning_cue(client: Client) -> None:

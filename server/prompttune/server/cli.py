@@ -307,6 +307,8 @@ def error_line(error: Exception) -> tuple[str | None, int]:
         return str(error), 1
     if isinstance(error, TaskFileError | ContractError | MissingEmbedder):
         return str(error), 2
+    if isinstance(error, ImportError):  # embedded mode, serve, worker or demo
+        return f"{error}: without --server this needs pip install 'prompttune[server]'", 2
     if isinstance(error, KeyError):  # render: a missing input field
         return str(error.args[0]) if error.args else str(error), 2
     if isinstance(error, OSError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import grpc
 import pytest
 
 from prompttune.client import (
+    AsyncClient,
     Budget,
     CancelledError,
     ChatMessage,
@@ -26,6 +28,7 @@ from prompttune.client import (
     InstructionPlacement,
     InternalError,
     InvalidArgumentError,
+    Job,
     JobEvent,
     JobFailedError,
     JobState,
@@ -572,3 +575,25 @@ def test_optimize_raises_job_failed(client: Client, fake: FakeOptimizer) -> None
     assert caught.value.job.state is JobState.FAILED
     assert caught.value.details == "model endpoint unreachable"
     assert caught.value.code == "JOB_FAILED"
+
+
+def test_async_client_streams_evaluations_falls_back_and_deletes(
+    target: str, fake: FakeOptimizer
+) -> None:
+    seen: list[EvaluationProgress] = []
+
+    async def scenario() -> tuple[int, int]:
+        async with AsyncClient(target, timeout=5) as sdk:
+            streamed = await sdk.evaluate_prompt(PROMPT, TASK, EXAMPLES, on_progress=seen.append)
+            fake.unimplemented_streaming = True
+            unary = await sdk.evaluate_prompt(PROMPT, TASK, EXAMPLES, MODEL)
+            job = await sdk.create_job(TASK, _dataset())
+            assert isinstance(job, Job)
+            await sdk.cancel_job(job.id)
+            await sdk.delete_job(job.id)
+            with pytest.raises(NotFoundError):
+                await sdk.get_job(job.id)
+            return len(streamed.results), len(unary.results)
+
+    assert asyncio.run(scenario()) == (2, 2)
+    assert seen == [EvaluationProgress(1, 2), EvaluationProgress(2, 2)]

@@ -7,17 +7,21 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
+from tests.client.test_client import FakeOptimizer
 from tests.server.conftest import FakeModels, start_server
 from tests.server.test_cli_batch import TASK_DOC, write_batch
 
-from prompttune.client import Job, Prompt, from_document
+from prompttune.client import Evaluation, Job, Prompt, from_document, to_document
 from prompttune.server import EmbeddedServer
 from prompttune.server._logging import configure_logging
 from prompttune.server.cli import main
+from prompttune.v1 import optimizer_pb2_grpc
 
 
 def test_embedded_mode_prints_only_data_on_stdout(tmp_path: Path) -> None:
@@ -58,3 +62,28 @@ def test_a_rejected_request_is_one_line_naming_the_field(
     assert code == 2 and captured.out == ""
     assert captured.err.startswith("prompttune: search.max_demos: ")
     assert captured.err.count("\n") == 1
+
+
+def test_evaluate_shows_progress_on_stderr_and_prints_the_evaluation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_batch(tmp_path)
+    prompt_file = tmp_path / "prompt.json"
+    prompt_file.write_text(json.dumps(to_document(Prompt("Classify."))), encoding="utf-8")
+    fake = FakeOptimizer()
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        data = str(tmp_path / "test.jsonl")
+        code = main(["evaluate", str(tmp_path / "task.yaml"), "--prompt", str(prompt_file),
+                     "--data", data, "--server", f"127.0.0.1:{port}"])  # fmt: skip
+    finally:
+        server.stop(grace=None)
+
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "evaluating 1/8" in captured.err and "evaluating 8/8" in captured.err
+    evaluation = from_document(Evaluation, json.loads(captured.out))
+    assert len(evaluation.results) == 8

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, TextIO, TypeAlias
+from typing import Any, NoReturn, TextIO, TypeAlias
 
 from prompttune.client import BatchItemResult, Client, EvaluationProgress, Job, JobEvent, JobState
 from prompttune.contract import ModelSpec, to_document
@@ -79,7 +79,6 @@ def run_optimization(
         return follow(client, job.id, line.update)
     except KeyboardInterrupt:
         leave_now(f"left without waiting; job {job.id} was asked to cancel")
-        raise
 
 
 class Detached(Exception):
@@ -92,7 +91,7 @@ class Detached(Exception):
         )
 
 
-def leave_now(message: str) -> None:
+def leave_now(message: str) -> NoReturn:
     """Exits with 130 at once, skipping the embedded server's graceful shutdown."""
     say(f"prompttune: {message}")
     os._exit(130)

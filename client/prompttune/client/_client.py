@@ -154,7 +154,8 @@ class Client:
         """Queue a job and return it (QUEUED). With ``dry_run=True`` nothing is created: the
         request is validated and the :class:`Estimate` returned instead.
 
-        ``model`` defaults to the server's local model, ``search`` to the server defaults.
+        ``model`` None is `ModelSpec()` (the local model) and ``search`` None `SearchSpec()`:
+        the contract's defaults, which are the server's.
         A repeated ``request_id`` returns the job created by its first request.
         Raises InvalidArgumentError (with ``.field``) when the server rejects the request.
         """

@@ -220,8 +220,10 @@ def cmd_render(args: argparse.Namespace, connect: Connect) -> int:
 
     prompt = read_prompt(Path(args.prompt))
     inputs = _json_argument(args.inputs, "inputs") if args.inputs.startswith("{") else args.inputs
-    if not isinstance(inputs, str | dict):
-        raise TaskFileError("inputs: expected text or a JSON object of input fields")
+    if not isinstance(inputs, str) and not (
+        isinstance(inputs, dict) and all(isinstance(v, str) for v in inputs.values())
+    ):
+        raise TaskFileError("inputs: expected text or a JSON object of text input fields")
     if not args.server and not (prompt.knn_k > 0 and prompt.demo_pool):
         messages = render(prompt, inputs)
     else:

@@ -120,8 +120,8 @@ def load_data(
         name = getattr(data, key)
         if not name:
             return ()
-        return load_examples(data_path(base, name, f"{where}: data.{key}", allow_outside_data),
-                             fields)  # fmt: skip
+        path = data_path(base, name, f"{where}: data.{key}", allow_outside_data)
+        return load_examples(path, fields)
 
     if data.examples:
         if data.train or data.validation or data.test:

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from prompttune.client import Client
 from prompttune.contract import Metric, ModelSpec, Prompt, from_document, to_document
 from prompttune.contract._fields import RECORD, shapes
 from prompttune.server._batchfile import load_batch
-from prompttune.server._promptfile import read_prompt
+from prompttune.server._promptfile import dump_yaml, read_prompt
 from prompttune.server._taskfile import (
     TaskFile,
     TaskFileError,
@@ -33,7 +33,7 @@ BASE = {"task": {"description": "Classify."}, "data": {"train": "train.jsonl"}}
 def write(folder: Path, document: Any, name: str = "task.yaml") -> Path:
     (folder / "train.jsonl").write_text("\n".join(ROWS) + "\n", encoding="utf-8")
     path = folder / name
-    text = json.dumps(document) if name.endswith(".json") else yaml.safe_dump(document)
+    text = json.dumps(document) if name.endswith(".json") else dump_yaml(document)
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -278,3 +278,36 @@ def test_prompt_files_are_strict(tmp_path: Path) -> None:
         read_prompt(path)
     path.write_text(json.dumps(to_document(Prompt("Hi.", knn_k=2))), encoding="utf-8")
     assert read_prompt(path) == Prompt("Hi.", knn_k=2)
+
+
+def test_task_file_keys_reach_the_job_the_server_stores(tmp_path: Path, client: Client) -> None:
+    """Every key of the README's table that a caller may set round-trips through CreateJob:
+    the stored job has the task, model and search the task file says."""
+    judge = {"kind": "openai_compatible", "base_url": "http://fake.invalid/v1", "model": "judge"}
+    document = {
+        "task": {"description": "Summarise.", "metric": "llm_judge", "rubric": "Is it short?",
+                 "judge": judge, "output_name": "summary", "seed_instruction": "Summarise it."},
+        "model": {**judge, "model": "m", "temperature": 0.5, "max_tokens": 48,
+                  "max_concurrency": 2, "requests_per_minute": 600, "tokens_per_minute": 90000,
+                  "usd_per_million_prompt_tokens": 0.15,
+                  "usd_per_million_completion_tokens": 0.6},
+        "search": {"num_instruction_candidates": 2, "num_reflection_candidates": 1,
+                   "max_demos": 2, "num_demo_sets": 2, "minibatch_size": 8, "num_finalists": 2,
+                   "seed": 5, "allow_reasoning": True, "multi_objective": True,
+                   "disable_cache": False, "parallelism": 2, "proposer": judge,
+                   "budget": {"max_trials": 3, "max_llm_calls": 300, "max_wall_seconds": 60.0,
+                              "max_tokens": 50000, "max_cost_usd": 0.5}},
+        "data": {"examples": "train.jsonl", "split": {"train": 0.5, "validation": 0.5,
+                                                       "test": 0.0}},
+    }  # fmt: skip
+    request = load_task_file(write(tmp_path, document))
+
+    job = client.create_job(request.task, request.dataset, request.model, request.search)
+    stored = client.get_job(job.id)
+    client.cancel_job(job.id)
+
+    assert (stored.task, stored.model, stored.search) == (
+        request.task,
+        request.model,
+        request.search,
+    )

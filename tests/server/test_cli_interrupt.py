@@ -13,14 +13,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from tests.fakes import FakeChatModel, FakeEmbedder, routing_responder
 from tests.server.test_cli_batch import write_batch
 
-from prompttune.client import Client, JobState
+from prompttune.client import Client, Job, JobState
 from prompttune.search import ChatModel, ModelEndpoint
-from prompttune.server import Adapters, EmbeddedServer, ServerConfig, WorkerConfig
+from prompttune.server import Adapters, EmbeddedServer, ServerConfig, WorkerConfig, _commands
 from prompttune.server._commands import run_optimization
 from prompttune.server._logging import configure_logging
 from prompttune.server._taskfile import load_task_file
@@ -95,3 +96,35 @@ def test_ctrl_c_in_embedded_mode_cancels_the_job(
 
     assert job.state is JobState.CANCELLED
     assert f"interrupted: cancelling job {job.id}" in capsys.readouterr().err
+
+
+class InterruptedWhileCancelling(Client):
+    """The user presses Ctrl-C again while the CLI waits for the cancel."""
+
+    def cancel_job(self, job_id: str) -> Job:
+        _thread.interrupt_main()
+        job = super().cancel_job(job_id)
+        time.sleep(2)  # the second interrupt lands here at the latest
+        return job
+
+
+def test_a_second_ctrl_c_leaves_at_once(
+    tmp_path: Path, slow_server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_batch(tmp_path)
+    request = load_task_file(tmp_path / "task.yaml")
+    left: list[str] = []
+
+    def leave_now(message: str) -> NoReturn:
+        left.append(message)
+        raise SystemExit(130)
+
+    monkeypatch.setattr(_commands, "leave_now", leave_now)
+    threading.Thread(
+        target=lambda: (wait_until_running(slow_server.target), _thread.interrupt_main()),
+        daemon=True,
+    ).start()
+    with InterruptedWhileCancelling(slow_server.target) as client, pytest.raises(SystemExit):
+        run_optimization(client, request, argparse.Namespace(server=None, request_id=None), True)
+
+    assert len(left) == 1 and "was asked to cancel" in left[0]

@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TextIO, TypeAlias
 
 from prompttune.client import BatchItemResult, Client, EvaluationProgress, Job, JobEvent, JobState
 from prompttune.contract import ModelSpec, to_document
+from prompttune.server._progress import ProgressLine
 from prompttune.server._promptfile import EXPORT_FORMATS, dump_json, export, read_prompt
 from prompttune.server._taskfile import (
     OptimizationRequest,
@@ -61,22 +62,20 @@ def run_optimization(
     """Creates the job and follows it. Ctrl-C against a server leaves the job running and
     says how to re-attach; in embedded mode it cancels the job and waits for its end, and a
     second Ctrl-C leaves at once."""
-    from prompttune.server._progress import ProgressLine
-
     job = client.create_job(
         request.task, request.dataset, request.model, request.search, request_id=args.request_id
     )
-    line = ProgressLine(job, sys.stderr, enabled=not quiet)
+    follower = JobFollower(client, job.id, ProgressLine(job, sys.stderr, enabled=not quiet))
     try:
-        return follow(client, job.id, line.update)
+        return follower.follow()
     except KeyboardInterrupt:
-        line.close()
+        follower.progress.close()
         if args.server:
             raise Detached(job.id, args.server) from None
     say(f"interrupted: cancelling job {job.id} (press Ctrl-C again to leave at once)")
     try:
         client.cancel_job(job.id)
-        return follow(client, job.id, line.update)
+        return follower.follow()
     except KeyboardInterrupt:
         leave_now(f"left without waiting; job {job.id} was asked to cancel")
 
@@ -97,16 +96,23 @@ def leave_now(message: str) -> NoReturn:
     os._exit(130)
 
 
-def follow(client: Client, job_id: str, on_event: Callable[[JobEvent], None]) -> Job:
-    """Watches the job until it is finished and returns it."""
-    cursor = 0
-    job = client.get_job(job_id)
-    while not job.done:
-        for event in client.watch_job(job_id, after_sequence=cursor):
-            cursor = event.sequence
-            on_event(event)
-        job = client.get_job(job_id)
-    return job
+class JobFollower:
+    """Watches one job, passing each event to ``progress.update`` once: `follow` resumes
+    after the last event seen, also after an interrupted `follow`."""
+
+    def __init__(self, client: Client, job_id: str, progress: ProgressLine) -> None:
+        self.client, self.job_id, self.progress = client, job_id, progress
+        self.cursor = 0
+
+    def follow(self) -> Job:
+        """Watches until the job is finished and returns it."""
+        job = self.client.get_job(self.job_id)
+        while not job.done:
+            for event in self.client.watch_job(self.job_id, after_sequence=self.cursor):
+                self.cursor = event.sequence
+                self.progress.update(event)
+            job = self.client.get_job(self.job_id)
+        return job
 
 
 def write_summary(job: Job, stream: TextIO) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prompttune.server._models import EndpointDefaults
+from prompttune.server._endpoints import EndpointDefaults
 from prompttune.server.cli import build_parser, endpoint_defaults
 
 

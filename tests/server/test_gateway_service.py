@@ -13,7 +13,7 @@ from tests.server.conftest import FAKE_MODEL, SMALL_SEARCH, TASK, small_dataset
 from prompttune.client import Budget, Client, JobFailedError, JobState, Metric, ModelSpec
 from prompttune.search import ChatModel, ChatRequest, ModelEndpoint
 from prompttune.server import Adapters, EmbeddedServer, ServerConfig, WorkerConfig
-from prompttune.server._models import EndpointDefaults
+from prompttune.server._endpoints import EndpointDefaults
 
 
 def judging_responder(request: ChatRequest) -> str:

@@ -29,8 +29,15 @@ from prompttune.client import (
 from prompttune.server._app import ServerConfig, TlsConfig, serve
 from prompttune.server._auth import AuthConfigError, load_registry
 from prompttune.server._embedded import EmbeddedServer
+from prompttune.server._endpoints import (
+    ANY_KEY_ENV,
+    EndpointConfig,
+    EndpointConfigError,
+    EndpointDefaults,
+    endpoint_config_path,
+    load_endpoint_config,
+)
 from prompttune.server._logging import configure_logging
-from prompttune.server._models import EndpointDefaults
 from prompttune.server._progress import ProgressLine
 from prompttune.server._taskfile import (
     OptimizationRequest,
@@ -88,7 +95,12 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
         with Client(args.server, token=token, credentials=credentials) as client:
             yield client
         return
-    config = ServerConfig(db_url=args.db or default_db_url(), workers=1)
+    # The in-process server is the caller's own: the task file's base_url and api_key_env
+    # are its operator's choice.
+    endpoints = dataclasses.replace(
+        endpoint_config(None), allow_caller_endpoints=True, caller_api_key_envs=(ANY_KEY_ENV,)
+    )
+    config = ServerConfig(db_url=args.db or default_db_url(), workers=1, endpoint_config=endpoints)
     with EmbeddedServer(config) as embedded, Client(embedded.target) as client:
         yield client
 
@@ -118,6 +130,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         endpoints=endpoint_defaults(args),
+        endpoint_config=endpoint_config(args),
     )
     asyncio.run(serve(config))
     return 0
@@ -133,9 +146,33 @@ def endpoint_defaults(args: argparse.Namespace) -> EndpointDefaults:
     )
 
 
+def endpoint_config(args: argparse.Namespace | None) -> EndpointConfig:
+    """The registry of --endpoints (else $PROMPTTUNE_ENDPOINTS), with
+    --allow-caller-endpoints applied."""
+    path = endpoint_config_path(getattr(args, "endpoints", None))
+    try:
+        config = load_endpoint_config(path) if path is not None else EndpointConfig()
+    except EndpointConfigError as error:
+        raise TaskFileError(str(error)) from error
+    if getattr(args, "allow_caller_endpoints", False):
+        config = dataclasses.replace(config, allow_caller_endpoints=True)
+    return config
+
+
 def add_endpoint_options(parser: argparse.ArgumentParser) -> None:
     defaults = EndpointDefaults()
     group = parser.add_argument_group("LLM endpoints (shared by all jobs of the process)")
+    group.add_argument(
+        "--endpoints",
+        help="YAML/JSON endpoint registry (default $PROMPTTUNE_ENDPOINTS; neither: the "
+        "built-in 'local' endpoint only); give workers the same file",
+    )
+    group.add_argument(
+        "--allow-caller-endpoints",
+        action="store_true",
+        help="single-tenant only: let requests name their own base_url (checked against "
+        "the registry's caller_networks) and an api_key_env from caller_api_key_envs",
+    )
     group.add_argument(
         "--endpoint-concurrency",
         type=int,
@@ -167,6 +204,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         workers=args.slots,
         worker=WorkerConfig(slots=args.slots, lease_seconds=args.lease_seconds),
         endpoints=endpoint_defaults(args),
+        endpoint_config=endpoint_config(args),
     )
     asyncio.run(_run_workers_only(config))
     return 0

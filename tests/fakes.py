@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import importlib.util
+import ipaddress
 import re
 import sys
 import threading

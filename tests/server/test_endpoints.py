@@ -76,7 +76,8 @@ def error_of(call: object) -> tuple[type[Exception], str]:
 @pytest.mark.parametrize(
     ("text", "named"),
     [
-        ("endpoints:\n  x:\n    base_url: http://a/v1\n    models: [m]\n    colour: red\n", "x.colour"),
+        ("endpoints:\n  x:\n    base_url: http://a/v1\n    models: [m]\n"
+         "    colour: red\n", "x.colour"),
         ("allow_callers: true\n", "allow_callers"),
         ("endpoints:\n  x:\n    models: [m]\n", "base_url is required"),
         ("endpoints:\n  x:\n    base_url: http://a/v1\n", "at least one model"),
@@ -147,9 +148,7 @@ def test_request_limits_only_tighten_and_prices_come_from_the_entry(
     assert endpoint.tokens_per_minute == 5  # the entry has none: the request's stands
     assert endpoint.usd_per_million_prompt_tokens == 0.5  # the entry's price wins
     assert endpoint.usd_per_million_completion_tokens == 2.0  # stands in for a missing one
-    tight = ModelSpec(
-        kind=ModelKind.OPENAI_COMPATIBLE, endpoint="openai", requests_per_minute=60
-    )
+    tight = ModelSpec(kind=ModelKind.OPENAI_COMPATIBLE, endpoint="openai", requests_per_minute=60)
     assert registry(tmp_path).resolve(tight, "model", "alpha").requests_per_minute == 60
 
 

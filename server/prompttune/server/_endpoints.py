@@ -301,9 +301,8 @@ class EndpointRegistry:
             )
         entry = self._entries.get(name)
         if entry is None or not entry.admits(tenant):
-            raise InvalidArgument(
-                f"{field}.endpoint", f"{preview(name)} is not an endpoint available to you"
-            )
+            # One message for both: no oracle of which endpoints exist.
+            raise InvalidArgument(f"{field}.endpoint", "is not an endpoint available to you")
         if entry.api_key_env and entry.api_key_env not in os.environ:
             raise FailedPrecondition(f"endpoint {name} is not configured on this server")
         model = _model_of(entry, spec.model, f"{field}.model", name)

@@ -222,6 +222,11 @@ def validate_model_spec(spec: ModelSpec, field: str, limits: Limits) -> None:
             raise InvalidArgument(f"{field}.{price}", "must be in [0, 1e6)")
 
 
+def _price(configured: float | None, requested: float) -> float:
+    """The entry's price; the request's only where the entry sets none."""
+    return requested if configured is None else configured
+
+
 def _tighter(requested: float, configured: float) -> float:
     """The stricter of two rates where 0 means unlimited."""
     if requested > 0 and (configured == 0 or requested < configured):
@@ -271,14 +276,6 @@ class EndpointRegistry:
         self._local = local_server
         self._guard = guard
 
-    @property
-    def share_cache_across_tenants(self) -> bool:
-        return self._config.share_cache_across_tenants
-
-    def names(self, tenant: str) -> tuple[str, ...]:
-        """The endpoints `tenant` may use, sorted."""
-        return tuple(sorted(n for n, e in self._entries.items() if e.admits(tenant)))
-
     def check(self, spec: ModelSpec, field: str, tenant: str) -> None:
         """Everything `resolve` checks, without starting the managed local model. Resolves
         caller hosts (blocking: call off the event loop)."""
@@ -320,10 +317,6 @@ class EndpointRegistry:
         per_job = spec.max_concurrency or (
             _LOCAL_JOB_CONCURRENCY if managed else _DEFAULT_JOB_CONCURRENCY
         )
-        prompt_price, completion_price = (
-            entry.usd_per_million_prompt_tokens,
-            (entry.usd_per_million_completion_tokens),
-        )
         return ModelEndpoint(
             base_url=base_url,
             model=model,
@@ -337,13 +330,11 @@ class EndpointRegistry:
             requests_per_minute=_tighter(spec.requests_per_minute, entry.requests_per_minute),
             tokens_per_minute=_tighter(spec.tokens_per_minute, entry.tokens_per_minute),
             max_outage_seconds=entry.max_outage_seconds,
-            usd_per_million_prompt_tokens=(
-                spec.usd_per_million_prompt_tokens if prompt_price is None else prompt_price
+            usd_per_million_prompt_tokens=_price(
+                entry.usd_per_million_prompt_tokens, spec.usd_per_million_prompt_tokens
             ),
-            usd_per_million_completion_tokens=(
-                spec.usd_per_million_completion_tokens
-                if completion_price is None
-                else completion_price
+            usd_per_million_completion_tokens=_price(
+                entry.usd_per_million_completion_tokens, spec.usd_per_million_completion_tokens
             ),
         )
 

@@ -37,6 +37,8 @@ def test_caller_urls_to_forbidden_addresses_get_one_generic_error(
         "http://metadata.google.internal/computeMetadata/v1/",
         "http://[fe80::1]:80/v1",
         "http://[::ffff:169.254.169.254]/v1",
+        "http://2852039166/v1",  # 169.254.169.254 as one decimal number
+        "http://0251.0376.0251.0376/v1",  # ... and in octal
         "http://127.0.0.1:5432/v1",  # the service's PostgreSQL
         "http://localhost:5432/v1",
         f"http://127.0.0.1:{grpc_port}/v1",  # its own gRPC port

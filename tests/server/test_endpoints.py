@@ -250,6 +250,8 @@ HOSTS = {
         "http://mixed.example/v1",
         "http://[fe80::1]/v1",
         "http://[::ffff:169.254.169.254]/v1",
+        "http://[2002:a9fe:a9fe::1]/v1",  # 6to4 carrying 169.254.169.254
+        "http://[64:ff9b::a9fe:a9fe]/v1",  # NAT64 of the same
         "http://v6-metadata.example/v1",
         "http://0.0.0.0:5432/v1",
         "http://127.0.0.1:50051/v1",

@@ -143,7 +143,7 @@ class AddressGuard:
             raise InvalidArgument(field, REFUSED)
 
     def _may_call(self, address: IPAddress, port: int) -> bool:
-        if any(address in network for network in DENIED_NETWORKS):
+        if any(form in network for form in _forms(address) for network in DENIED_NETWORKS):
             return False
         if not any(address in network for network in self._allowed):
             return False
@@ -151,6 +151,24 @@ class AddressGuard:
             if (address, port) in self._protected:
                 return False
             return not (port in self._protected_ports and _is_local(address))
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _forms(address: IPAddress) -> tuple[IPAddress, ...]:
+    """The address and any IPv4 address it carries (6to4, NAT64, Teredo), each of which
+    routes to the IPv4 host."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return (address,)
+    carried: list[IPAddress] = [address]
+    if address.sixtofour is not None:
+        carried.append(address.sixtofour)
+    if address.teredo is not None:
+        carried.append(address.teredo[1])
+    if address in _NAT64:
+        carried.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return tuple(carried)
 
 
 def _is_local(address: IPAddress) -> bool:

@@ -167,6 +167,13 @@ def test_unknown_and_forbidden_endpoints_give_the_same_error(tmp_path: Path) -> 
     assert error_of(unknown) == (kind, message)
 
 
+def test_a_tenants_view_resolves_as_that_tenant(tmp_path: Path) -> None:
+    endpoints = registry(tmp_path, multi_tenant=True)
+    assert endpoints.for_tenant("alpha").resolve(ModelSpec.named("private")).model == "tuned"
+    with pytest.raises(InvalidArgument):
+        endpoints.for_tenant("beta").check(ModelSpec.named("private"))
+
+
 def test_an_entry_whose_key_is_missing_does_not_name_the_variable(tmp_path: Path) -> None:
     kind, message = error_of(
         lambda: registry(tmp_path).resolve(ModelSpec.named("openai"), "model", "alpha")

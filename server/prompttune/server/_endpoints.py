@@ -276,6 +276,10 @@ class EndpointRegistry:
         self._local = local_server
         self._guard = guard
 
+    def for_tenant(self, tenant: str) -> TenantEndpoints:
+        """This registry as seen by `tenant`."""
+        return TenantEndpoints(self, tenant)
+
     def check(self, spec: ModelSpec, field: str, tenant: str) -> None:
         """Everything `resolve` checks, without starting the managed local model. Resolves
         caller hosts (blocking: call off the event loop)."""
@@ -376,6 +380,21 @@ class EndpointRegistry:
         listed = name in allowed or ANY_KEY_ENV in allowed
         valid = bool(_ENV_NAME.match(name)) and not name.startswith(RESERVED_ENV_PREFIX)
         return listed and valid and name in os.environ
+
+
+@dataclass(frozen=True)
+class TenantEndpoints:
+    """An `EndpointRegistry` bound to one tenant: `resolve(spec, field)` for code that
+    resolves the specs of one job or call."""
+
+    registry: EndpointRegistry
+    tenant: str
+
+    def check(self, spec: ModelSpec, field: str = "model") -> None:
+        self.registry.check(spec, field, self.tenant)
+
+    def resolve(self, spec: ModelSpec, field: str = "model") -> ModelEndpoint:
+        return self.registry.resolve(spec, field, self.tenant)
 
 
 def _model_of(entry: EndpointEntry, requested: str, field: str, name: str) -> str:

@@ -4,6 +4,7 @@ server parses its request."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
@@ -11,7 +12,7 @@ import grpc
 from prompttune.contract import ModelKind
 from prompttune.server._endpoints import EndpointConfig, EndpointEntry
 from prompttune.v1 import optimizer_pb2 as pb
-from tests.hostile.conftest import Listener, evaluate_request, model
+from tests.hostile.conftest import Listener, create_request, evaluate_request, model
 
 CREATE_JOB = "/prompttune.v1.OptimizerService/CreateJob"
 
@@ -38,6 +39,33 @@ def test_no_cache_hit_crosses_tenants(hostile_factory: Any, listener: Listener) 
     other = evaluate(beta)
     assert (other.usage.llm_calls, other.usage.cache_hits) == (6, 0)
     assert len(listener.received) == 12
+
+
+def run_job(stub: Any) -> pb.Job:
+    named = model(kind=ModelKind.OPENAI_COMPATIBLE, endpoint="gw")
+    created = stub.CreateJob(create_request(named))
+    assert isinstance(created, pb.CreateJobResponse), created
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = stub.GetJob(pb.GetJobRequest(job_id=created.job.id))
+        if job.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED):
+            return job  # type: ignore[no-any-return]
+        time.sleep(0.1)
+    raise AssertionError("the job did not finish")
+
+
+def test_a_job_of_another_tenant_gets_no_cache_hits(
+    hostile_factory: Any, listener: Listener
+) -> None:
+    hostile = hostile_factory(registry(listener, shared=False), auth=True)
+    first = run_job(hostile.stub("token-alpha"))
+    assert first.state == pb.JOB_STATE_SUCCEEDED, first.error
+    sent = len(listener.received)
+    assert sent == first.result.usage.llm_calls > 0
+    other = run_job(hostile.stub("token-beta"))
+    assert other.state == pb.JOB_STATE_SUCCEEDED, other.error
+    assert other.result.usage.cache_hits == 0
+    assert len(listener.received) == sent + other.result.usage.llm_calls
 
 
 def test_the_operator_may_share_the_cache(hostile_factory: Any, listener: Listener) -> None:

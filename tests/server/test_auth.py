@@ -154,6 +154,29 @@ def test_the_interceptor_never_calls_the_deserializer_of_a_refused_call() -> Non
     assert parsed == [b""]
 
 
+def test_streaming_request_methods_are_checked_too() -> None:
+    import asyncio
+
+    from prompttune.server._auth import Unauthenticated
+
+    async def behaviour(requests: object, context: object) -> object:
+        raise AssertionError("the handler must not run")
+        yield  # an async generator, like a stream-stream servicer method
+
+    async def continuation(details: object) -> grpc.RpcMethodHandler:
+        return grpc.stream_stream_rpc_method_handler(behaviour)
+
+    async def call() -> None:
+        interceptor = AuthInterceptor(TokenRegistry.from_mapping(TOKENS))
+        handler = await interceptor.intercept_service(continuation, _Details(METHOD, ()))
+        assert handler.stream_stream is not None
+        async for _reply in handler.stream_stream(iter(()), None):
+            pass
+
+    with pytest.raises(Unauthenticated):
+        asyncio.run(call())
+
+
 def test_caller_supplied_endpoints_are_refused_under_authentication(
     auth_server: EmbeddedServer,
 ) -> None:

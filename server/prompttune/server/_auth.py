@@ -168,19 +168,24 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or details.method.startswith(OPEN_METHOD_PREFIXES):
             return handler
         tenant = self.tenant_of(details.invocation_metadata)
+        deserializer = handler.request_deserializer if tenant else _unparsed
+        serializer = handler.response_serializer
+        # Every kind of method is wrapped, so none can skip the check (fail closed).
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary, tenant),
-                request_deserializer=handler.request_deserializer if tenant else _unparsed,
-                response_serializer=handler.response_serializer,
+                _unary(handler.unary_unary, tenant), deserializer, serializer
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _stream(handler.unary_stream, tenant),
-                request_deserializer=handler.request_deserializer if tenant else _unparsed,
-                response_serializer=handler.response_serializer,
+                _stream(handler.unary_stream, tenant), deserializer, serializer
             )
-        return handler
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _unary(handler.stream_unary, tenant), deserializer, serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _stream(handler.stream_stream, tenant), deserializer, serializer
+        )
 
 
 def _admit(tenant: str | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
+import ipaddress
 import re
 import sys
 import threading
@@ -263,3 +264,27 @@ def load_fake_openai() -> ModuleType:
     sys.modules["fake_openai"] = module
     spec.loader.exec_module(module)
     return module
+
+
+class FakeResolver:
+    """A `HostResolver` from a fixed table; names ending in ``.invalid`` resolve to a
+    documentation address (192.0.2.1, never routed), unknown names to nothing. Literal
+    addresses resolve to themselves."""
+
+    def __init__(self, table: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.table = dict(table or {})
+        self.lookups: list[str] = []
+
+    def addresses(
+        self, host: str, port: int
+    ) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+        self.lookups.append(host)
+        host = host.strip("[]")
+        if host in self.table:
+            return tuple(ipaddress.ip_address(a) for a in self.table[host])
+        if host.endswith(".invalid"):
+            return (ipaddress.ip_address("192.0.2.1"),)
+        try:
+            return (ipaddress.ip_address(host),)
+        except ValueError:
+            return ()

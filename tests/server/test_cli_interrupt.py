@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from tests.fakes import FakeChatModel, FakeEmbedder, routing_responder
+from tests.fakes import FakeChatModel, FakeEmbedder, FakeResolver, routing_responder
+from tests.server.conftest import CALLER_ENDPOINTS
 from tests.server.test_cli_batch import write_batch
 
 from prompttune.client import Client, Job, JobState
@@ -38,8 +39,11 @@ def slow_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
         db_url=f"sqlite:///{tmp_path / 'slow.db'}",
         workers=1,
         worker=WorkerConfig(poll_seconds=0.05, cancel_check_seconds=0.05),
+        endpoint_config=CALLER_ENDPOINTS,
     )
-    with EmbeddedServer(config, Adapters(slow_model, FakeEmbedder)) as embedded:
+    with EmbeddedServer(
+        config, Adapters(slow_model, FakeEmbedder, host_resolver=FakeResolver())
+    ) as embedded:
         yield embedded
 
 

@@ -17,10 +17,12 @@ from tests.fakes import (
     TOPICS,
     FakeChatModel,
     FakeEmbedder,
+    FakeResolver,
     request_text,
     routing_responder,
     unit_hash,
 )
+from tests.server.conftest import CALLER_ENDPOINTS
 
 from prompttune.client import Client, Job, Prompt, from_document, render
 from prompttune.contract import REASONING_CUE, ChatMessage, Evaluation
@@ -94,8 +96,9 @@ def server(tmp_path: Path) -> Iterator[EmbeddedServer]:
         db_url=f"sqlite:///{tmp_path / 'replay.db'}",
         workers=1,
         worker=WorkerConfig(poll_seconds=0.05, cancel_check_seconds=0.05),
+        endpoint_config=CALLER_ENDPOINTS,
     )
-    adapters = Adapters(chat_models=Models(), embedder_factory=FakeEmbedder)
+    adapters = Adapters(Models(), FakeEmbedder, host_resolver=FakeResolver())
     with EmbeddedServer(config, adapters) as embedded:
         yield embedded
 

@@ -22,7 +22,7 @@ from prompttune.search import (
     NotFound,
     UpstreamUnavailable,
 )
-from prompttune.server._auth import Unauthenticated
+from prompttune.server._auth import PermissionDenied, Unauthenticated
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +36,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (BudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (UpstreamUnavailable, grpc.StatusCode.UNAVAILABLE),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 

@@ -23,7 +23,6 @@ from prompttune.search import (
     LLMGateway,
     MetricName,
     ModelEndpoint,
-    ResponseCache,
     TaskSpec,
     answer_max_tokens,
     build_scorer,
@@ -40,8 +39,9 @@ from prompttune.search import (
 )
 from prompttune.server import _convert as convert
 from prompttune.server._auth import DEFAULT_TENANT
+from prompttune.server._cache import TenantCaches
+from prompttune.server._endpoints import EndpointRegistry, model_spec_from_proto
 from prompttune.server._limits import Limits
-from prompttune.server._models import ModelResolver, validate_model_spec
 from prompttune.server._store import TERMINAL_STATES, SqlJobStore
 from prompttune.v1 import optimizer_pb2 as pb
 
@@ -73,11 +73,8 @@ def validate_create_request(request: pb.CreateJobRequest, limits: Limits) -> Val
         raise InvalidArgumentError("request_id", f"must be at most {_MAX_REQUEST_ID} characters")
     task = convert.task_from_proto(request.task, limits)
     validate_task(task)
-    validate_model_spec(request.model, "model", limits)
-    if request.task.HasField("judge"):
-        validate_model_spec(request.task.judge, "task.judge", limits)
-    if request.search.HasField("proposer"):
-        validate_model_spec(request.search.proposer, "search.proposer", limits)
+    for message, field in request_model_specs(request):
+        model_spec_from_proto(message, field, limits)
     convert.search_config_from_proto(request.search, limits)
     splits, pooled = convert.splits_from_proto(request.dataset, limits)
     if pooled:
@@ -87,14 +84,26 @@ def validate_create_request(request: pb.CreateJobRequest, limits: Limits) -> Val
     return ValidatedJob(task=task, splits=splits)
 
 
+def request_model_specs(
+    request: pb.CreateJobRequest | pb.EvaluatePromptRequest,
+) -> list[tuple[pb.ModelSpec, str]]:
+    """The model specs a request carries, with their field paths."""
+    specs = [(request.model, "model")]
+    if request.task.HasField("judge"):
+        specs.append((request.task.judge, "task.judge"))
+    if isinstance(request, pb.CreateJobRequest) and request.search.HasField("proposer"):
+        specs.append((request.search.proposer, "search.proposer"))
+    return specs
+
+
 class JobService:
     """Implements the RPCs' semantics over a JobStore. Thread-safe."""
 
     def __init__(
         self,
         store: SqlJobStore,
-        resolver: ModelResolver,
-        cache: ResponseCache,
+        endpoints: EndpointRegistry,
+        caches: TenantCaches,
         chat_models: Callable[[ModelEndpoint], ChatModel],
         limits: Limits,
         *,
@@ -102,8 +111,8 @@ class JobService:
         embedder: Embedder | None = None,
     ) -> None:
         self._store = store
-        self._resolver = resolver
-        self._cache = cache
+        self._endpoints = endpoints
+        self._caches = caches
         self._chat_models = chat_models
         self._limits = limits
         self._registry = registry or GatewayRegistry()
@@ -112,7 +121,12 @@ class JobService:
     def create(
         self, request: pb.CreateJobRequest, tenant: str = DEFAULT_TENANT
     ) -> pb.CreateJobResponse:
+        """Validates and queues a job. Blocking (resolves caller endpoint hosts): call it off
+        the event loop."""
         validated = validate_create_request(request, self._limits)
+        for spec_message, field in request_model_specs(request):
+            spec = model_spec_from_proto(spec_message, field, self._limits)
+            self._endpoints.check(spec, field, tenant)
         config = convert.search_config_from_proto(request.search, self._limits)
         guess = estimate(validated.task, validated.splits, config)
         message = pb.Estimate(llm_calls=guess.llm_calls, tokens=guess.tokens)
@@ -168,7 +182,9 @@ class JobService:
                     return
                 await asyncio.sleep(poll_seconds)
 
-    async def evaluate(self, request: pb.EvaluatePromptRequest) -> pb.EvaluatePromptResponse:
+    async def evaluate(
+        self, request: pb.EvaluatePromptRequest, tenant: str = DEFAULT_TENANT
+    ) -> pb.EvaluatePromptResponse:
         task = convert.task_from_proto(request.task, self._limits)
         validate_task(task)
         prompt = convert.prompt_from_proto(request.prompt, self._limits)
@@ -185,21 +201,23 @@ class JobService:
         if not examples:
             raise InvalidArgumentError("examples", "at least one example is required")
         validate_splits(task, DatasetSplits(train=(), validation=examples))
-        validate_model_spec(request.model, "model", self._limits)
-        if request.task.HasField("judge"):
-            validate_model_spec(request.task.judge, "task.judge", self._limits)
-        endpoint = await asyncio.to_thread(self._resolver.resolve, request.model)
+        resolved = {
+            field: await asyncio.to_thread(
+                self._endpoints.resolve,
+                model_spec_from_proto(message, field, self._limits),
+                field,
+                tenant,
+            )
+            for message, field in request_model_specs(request)
+        }
+        endpoint = resolved["model"]
         calls = min(len(examples) * calls_per_example(task), _EVALUATE_CALL_CAP)
-        gateways = GatewayFactory(CallBudget(max_llm_calls=calls), self._cache, self._registry)
+        cache = self._caches.for_tenant(tenant)
+        gateways = GatewayFactory(CallBudget(max_llm_calls=calls), cache, self._registry)
         gateway = self._gateway(gateways, endpoint)
         judge = None
         if task.metric is MetricName.LLM_JUDGE:
-            judge_endpoint = endpoint
-            if request.task.HasField("judge"):
-                judge_endpoint = await asyncio.to_thread(
-                    self._resolver.resolve, request.task.judge, "task.judge"
-                )
-            judge = self._gateway(gateways, judge_endpoint)
+            judge = self._gateway(gateways, resolved.get("task.judge", endpoint))
         settings = CallSettings(
             max_tokens=answer_max_tokens(prompt, endpoint.max_tokens),
             embedder=self._embedder,

@@ -3,6 +3,7 @@ Errors are mapped to status codes by ServiceInterceptor, not here."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
@@ -22,7 +23,8 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
     async def CreateJob(
         self, request: pb.CreateJobRequest, context: Context
     ) -> pb.CreateJobResponse:
-        return self._jobs.create(request, current_tenant())
+        # Off the event loop: checking a caller-supplied endpoint resolves its host name.
+        return await asyncio.to_thread(self._jobs.create, request, current_tenant())
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
         return self._jobs.get(request.job_id, current_tenant())
@@ -44,7 +46,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
     async def EvaluatePrompt(
         self, request: pb.EvaluatePromptRequest, context: Context
     ) -> pb.EvaluatePromptResponse:
-        return await self._jobs.evaluate(request)
+        return await self._jobs.evaluate(request, current_tenant())
 
     async def RenderPrompt(
         self, request: pb.RenderPromptRequest, context: Context

@@ -29,7 +29,6 @@ from prompttune.search import (
     NewBest,
     PhaseChanged,
     PromptTuneError,
-    ResponseCache,
     Runner,
     RunnerDeps,
     SearchCancelled,
@@ -38,9 +37,10 @@ from prompttune.search import (
     TrialFinished,
 )
 from prompttune.server import _convert as convert
-from prompttune.server._jobs import ValidatedJob, validate_create_request
+from prompttune.server._cache import TenantCaches
+from prompttune.server._endpoints import EndpointRegistry, model_spec_from_proto
+from prompttune.server._jobs import ValidatedJob, request_model_specs, validate_create_request
 from prompttune.server._limits import Limits
-from prompttune.server._models import ModelResolver
 from prompttune.server._store import ClaimedHelper, ClaimedJob, SqlJobStore
 from prompttune.server._telemetry import ServiceMetrics
 from prompttune.v1 import optimizer_pb2 as pb
@@ -140,8 +140,8 @@ class PreparedJob:
 @dataclass(frozen=True)
 class ExecutorDeps:
     store: SqlJobStore
-    cache: ResponseCache
-    resolver: ModelResolver
+    caches: TenantCaches
+    endpoints: EndpointRegistry
     embedder: Embedder
     chat_models: Callable[[ModelEndpoint], ChatModel]
     study_storage: str
@@ -215,7 +215,7 @@ class JobExecutor:
         observer = HelperObserver(
             self._deps.store, claimed.job_id, self._config.cancel_check_seconds
         )
-        job = await self._prepare(claimed.request, observer)
+        job = await self._prepare(claimed.request, claimed.tenant, observer)
         await job.runner.assist(
             job.validated.task,
             job.validated.splits,
@@ -229,37 +229,40 @@ class JobExecutor:
         observer = StoreObserver(
             self._deps.store, claimed.job_id, self._config.cancel_check_seconds, self._deps.metrics
         )
-        job = await self._prepare(claimed.request, observer)
+        job = await self._prepare(claimed.request, claimed.tenant, observer)
         result = await job.runner.run(
             job.validated.task, job.validated.splits, job.config, study_name=claimed.job_id
         )
         return convert.result_to_proto(result)
 
     async def _prepare(
-        self, request: pb.CreateJobRequest, observer: StoreObserver | HelperObserver
+        self,
+        request: pb.CreateJobRequest,
+        tenant: str,
+        observer: StoreObserver | HelperObserver,
     ) -> PreparedJob:
         deps = self._deps
         validated = validate_create_request(request, deps.limits)
         config = convert.search_config_from_proto(request.search, deps.limits)
-        task_endpoint = await asyncio.to_thread(deps.resolver.resolve, request.model)
-        proposer_endpoint = task_endpoint
-        if request.search.HasField("proposer"):
-            proposer_spec = request.search.proposer
-            proposer_endpoint = await asyncio.to_thread(
-                deps.resolver.resolve, proposer_spec, "search.proposer"
+        resolved = {
+            field: await asyncio.to_thread(
+                deps.endpoints.resolve,
+                model_spec_from_proto(message, field, deps.limits),
+                field,
+                tenant,
             )
-        judge_endpoint = task_endpoint
-        if request.task.HasField("judge"):
-            judge_endpoint = await asyncio.to_thread(
-                deps.resolver.resolve, request.task.judge, "task.judge"
-            )
+            for message, field in request_model_specs(request)
+        }
+        task_endpoint = resolved["model"]
+        proposer_endpoint = resolved.get("search.proposer", task_endpoint)
+        judge_endpoint = resolved.get("task.judge", task_endpoint)
         judged = validated.task.metric is MetricName.LLM_JUDGE
         runner = Runner(
             RunnerDeps(
                 task_model=deps.chat_models(task_endpoint),
                 proposer_model=deps.chat_models(proposer_endpoint),
                 embedder=deps.embedder,
-                cache=deps.cache if config.use_cache else None,
+                cache=deps.caches.for_tenant(tenant) if config.use_cache else None,
                 observer=observer,
                 task_temperature=task_endpoint.temperature,
                 task_max_tokens=task_endpoint.max_tokens,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -36,7 +37,7 @@ from prompttune.server._taskfile import TaskFileError, load_task_file
 
 if TYPE_CHECKING:
     from prompttune.server._app import ServerConfig
-    from prompttune.server._models import EndpointDefaults
+    from prompttune.server._endpoints import EndpointConfig, EndpointDefaults
 
 DEFAULT_DB_ENV = "PROMPTTUNE_DB"
 TOKEN_ENV = "PROMPTTUNE_TOKEN"
@@ -81,10 +82,16 @@ def embedded_config(args: argparse.Namespace) -> ServerConfig:
     """The in-process server of the no-`--server` mode: one worker on the local database, its
     logs (JSON, WARNING and up unless --verbose) on stderr."""
     from prompttune.server._app import ServerConfig
+    from prompttune.server._endpoints import ANY_KEY_ENV
     from prompttune.server._logging import configure_logging
 
     configure_logging("INFO" if getattr(args, "verbose", False) else "WARNING")
-    return ServerConfig(db_url=args.db or default_db_url(), workers=1)
+    # The in-process server is the caller's own: the task file's base_url and api_key_env
+    # are its operator's choice.
+    endpoints = dataclasses.replace(
+        endpoint_config(None), allow_caller_endpoints=True, caller_api_key_envs=(ANY_KEY_ENV,)
+    )
+    return ServerConfig(db_url=args.db or default_db_url(), workers=1, endpoint_config=endpoints)
 
 
 # ---- commands ---------------------------------------------------------------------------
@@ -116,6 +123,7 @@ def cmd_serve(args: argparse.Namespace, connect: Connect) -> int:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         endpoints=endpoint_defaults(args),
+        endpoint_config=endpoint_config(args),
     )
     asyncio.run(serve(config))
     return 0
@@ -124,7 +132,7 @@ def cmd_serve(args: argparse.Namespace, connect: Connect) -> int:
 def endpoint_defaults(args: argparse.Namespace) -> EndpointDefaults:
     """Server-wide flow control for every LLM endpoint; a model spec may override the rates.
     Options left out take the library defaults."""
-    from prompttune.server._models import EndpointDefaults
+    from prompttune.server._endpoints import EndpointDefaults
 
     given = {
         "max_concurrency": args.endpoint_concurrency,
@@ -135,8 +143,39 @@ def endpoint_defaults(args: argparse.Namespace) -> EndpointDefaults:
     return EndpointDefaults(**{name: value for name, value in given.items() if value is not None})
 
 
+def endpoint_config(args: argparse.Namespace | None) -> EndpointConfig:
+    """The registry of --endpoints (else $PROMPTTUNE_ENDPOINTS), with
+    --allow-caller-endpoints applied."""
+    from prompttune.server._endpoints import (
+        EndpointConfig,
+        EndpointConfigError,
+        endpoint_config_path,
+        load_endpoint_config,
+    )
+
+    path = endpoint_config_path(getattr(args, "endpoints", None))
+    try:
+        config = load_endpoint_config(path) if path is not None else EndpointConfig()
+    except EndpointConfigError as error:
+        raise TaskFileError(str(error)) from error
+    if getattr(args, "allow_caller_endpoints", False):
+        config = dataclasses.replace(config, allow_caller_endpoints=True)
+    return config
+
+
 def add_endpoint_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("LLM endpoints (shared by all jobs of the process)")
+    group.add_argument(
+        "--endpoints",
+        help="YAML/JSON endpoint registry (default $PROMPTTUNE_ENDPOINTS; neither: the "
+        "built-in 'local' endpoint only); give workers the same file",
+    )
+    group.add_argument(
+        "--allow-caller-endpoints",
+        action="store_true",
+        help="single-tenant only: let requests name their own base_url (checked against "
+        "the registry's caller_networks) and an api_key_env from caller_api_key_envs",
+    )
     group.add_argument(
         "--endpoint-concurrency",
         type=int,
@@ -169,6 +208,7 @@ def cmd_worker(args: argparse.Namespace, connect: Connect) -> int:
         workers=args.slots,
         worker=WorkerConfig(slots=args.slots, lease_seconds=args.lease_seconds),
         endpoints=endpoint_defaults(args),
+        endpoint_config=endpoint_config(args),
     )
     asyncio.run(_run_workers_only(config))
     return 0

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import ipaddress
 import re
 import socket
 import sys
@@ -377,3 +378,25 @@ def closed_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+class FakeResolver:
+    """A `HostResolver` from a fixed table; names ending in ``.invalid`` resolve to a
+    documentation address (192.0.2.1, never routed), unknown names to nothing. Literal
+    addresses resolve to themselves."""
+
+    def __init__(self, table: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.table = dict(table or {})
+        self.lookups: list[str] = []
+
+    def addresses(
+        self, host: str, port: int
+    ) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+        self.lookups.append(host)
+        host = host.strip("[]")
+        if host in self.table:
+            return tuple(ipaddress.ip_address(a) for a in self.table[host])
+        if host.endswith(".invalid"):
+            return (ipaddress.ip_address("192.0.2.1"),)
+        try:
+            return (ipaddress.ip_address(host),)
+        except ValueError:
+            return ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import grpc
 import pytest
 
 from prompttune.client import (
+    AsyncClient,
     Budget,
     CancelledError,
     ChatMessage,
@@ -20,10 +22,13 @@ from prompttune.client import (
     Dataset,
     DeadlineExceededError,
     Estimate,
+    EvaluationProgress,
     Example,
     FailedPreconditionError,
+    InstructionPlacement,
     InternalError,
     InvalidArgumentError,
+    Job,
     JobEvent,
     JobFailedError,
     JobState,
@@ -42,8 +47,7 @@ from prompttune.client import (
     UnauthenticatedError,
     UnavailableError,
 )
-from prompttune.client import _convert as convert
-from prompttune.client._types import InstructionPlacement
+from prompttune.contract.wire import from_message, to_message
 from prompttune.v1 import optimizer_pb2 as pb
 from prompttune.v1 import optimizer_pb2_grpc
 
@@ -111,6 +115,9 @@ class FakeOptimizer(optimizer_pb2_grpc.OptimizerServiceServicer):
     overlap: int = 0
     final_state: pb.JobState.ValueType = pb.JOB_STATE_SUCCEEDED
     watch_starts: list[int] = field(default_factory=list)
+    # StreamEvaluation: seconds per example, and answering UNIMPLEMENTED like an older server.
+    evaluation_delay: float = 0.0
+    unimplemented_streaming: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _enter(self, request: object, context: grpc.ServicerContext) -> None:
@@ -200,6 +207,31 @@ class FakeOptimizer(optimizer_pb2_grpc.OptimizerServiceServicer):
             usage=pb.Usage(llm_calls=2),
         )
 
+    def StreamEvaluation(
+        self, request: pb.StreamEvaluationRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamEvaluationResponse]:
+        if self.unimplemented_streaming:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "StreamEvaluation")
+        self._enter(request, context)
+        total = len(request.evaluation.examples)
+        for done in range(1, total + 1):
+            time.sleep(self.evaluation_delay)
+            yield pb.StreamEvaluationResponse(
+                progress=pb.EvaluationProgress(done=done, total=total)
+            )
+        reply = self.EvaluatePrompt(request.evaluation, context)
+        yield pb.StreamEvaluationResponse(result=reply)
+
+    def DeleteJob(
+        self, request: pb.DeleteJobRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteJobResponse:
+        self._enter(request, context)
+        job = self._job(request.job_id, context)
+        if job.state in (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "cancel the job first")
+        del self.jobs[request.job_id]
+        return pb.DeleteJobResponse()
+
     def RenderPrompt(
         self, request: pb.RenderPromptRequest, context: grpc.ServicerContext
     ) -> pb.RenderPromptResponse:
@@ -215,7 +247,7 @@ class FakeOptimizer(optimizer_pb2_grpc.OptimizerServiceServicer):
 
 def _result() -> pb.JobResult:
     scores = pb.PromptScores(
-        prompt=convert.prompt_to_proto(PROMPT),
+        prompt=to_message(PROMPT),
         validation=pb.Score(mean=0.7, ci_low=0.6, ci_high=0.8, examples=50, per_label={"a": 1}),
         prompt_tokens=40,
     )
@@ -327,20 +359,63 @@ def test_evaluate_prompt_round_trips_prompt_and_results(
     evaluation = client.evaluate_prompt(PROMPT, TASK, EXAMPLES, MODEL)
 
     sent = fake.requests[0]
-    assert isinstance(sent, pb.EvaluatePromptRequest)
-    assert convert.prompt_from_proto(sent.prompt) == PROMPT
+    assert isinstance(sent, pb.StreamEvaluationRequest)
+    assert from_message(Prompt, sent.evaluation.prompt) == PROMPT
     assert [r.id for r in evaluation.results] == ["e1", ""]
     assert [r.failed for r in evaluation.results] == [False, True]
     assert (evaluation.score.failed, evaluation.usage.llm_calls) == (1, 2)
 
 
+def test_evaluate_prompt_streams_progress_without_an_overall_deadline(
+    target: str, fake: FakeOptimizer
+) -> None:
+    fake.evaluation_delay = 0.15
+    seen: list[EvaluationProgress] = []
+
+    with Client(target, timeout=0.2) as sdk:
+        evaluation = sdk.evaluate_prompt(PROMPT, TASK, EXAMPLES * 2, on_progress=seen.append)
+
+    assert seen == [EvaluationProgress(done, 4) for done in range(1, 5)]
+    assert len(evaluation.results) == 4
+    no_deadline = fake.deadlines[0]  # the stream took 0.6 s under a 0.2 s unary timeout
+    assert no_deadline is not None and no_deadline > 3600
+
+
+def test_evaluate_prompt_falls_back_to_the_unary_call_on_an_older_server(
+    client: Client, fake: FakeOptimizer
+) -> None:
+    fake.unimplemented_streaming = True
+
+    evaluation = client.evaluate_prompt(PROMPT, TASK, EXAMPLES, MODEL)
+
+    sent = fake.requests[0]
+    assert isinstance(sent, pb.EvaluatePromptRequest)
+    assert from_message(ModelSpec, sent.model) == MODEL
+    assert [r.failed for r in evaluation.results] == [False, True]
+    assert fake.deadlines[-1] is not None and fake.deadlines[-1] > 3600
+
+
+def test_delete_job_removes_a_finished_job_only(client: Client) -> None:
+    queued = client.create_job(TASK, _dataset())
+    with pytest.raises(FailedPreconditionError):
+        client.delete_job(queued.id)
+    client.cancel_job(queued.id)
+
+    client.delete_job(queued.id)
+
+    with pytest.raises(NotFoundError):
+        client.get_job(queued.id)
+    with pytest.raises(NotFoundError):
+        client.delete_job(queued.id)
+
+
 def test_render_prompt_returns_chat_messages(client: Client) -> None:
     messages = client.render_prompt(PROMPT, {"review": "Fine film"})
 
-    assert messages == [
+    assert messages == (
         ChatMessage("system", "Answer positive or negative."),
         ChatMessage("user", "review=Fine film"),
-    ]
+    )
     assert client.render_prompt(PROMPT, "x")[1].content == "input=x"
 
 
@@ -500,3 +575,25 @@ def test_optimize_raises_job_failed(client: Client, fake: FakeOptimizer) -> None
     assert caught.value.job.state is JobState.FAILED
     assert caught.value.details == "model endpoint unreachable"
     assert caught.value.code == "JOB_FAILED"
+
+
+def test_async_client_streams_evaluations_falls_back_and_deletes(
+    target: str, fake: FakeOptimizer
+) -> None:
+    seen: list[EvaluationProgress] = []
+
+    async def scenario() -> tuple[int, int]:
+        async with AsyncClient(target, timeout=5) as sdk:
+            streamed = await sdk.evaluate_prompt(PROMPT, TASK, EXAMPLES, on_progress=seen.append)
+            fake.unimplemented_streaming = True
+            unary = await sdk.evaluate_prompt(PROMPT, TASK, EXAMPLES, MODEL)
+            job = await sdk.create_job(TASK, _dataset())
+            assert isinstance(job, Job)
+            await sdk.cancel_job(job.id)
+            await sdk.delete_job(job.id)
+            with pytest.raises(NotFoundError):
+                await sdk.get_job(job.id)
+            return len(streamed.results), len(unary.results)
+
+    assert asyncio.run(scenario()) == (2, 2)
+    assert seen == [EvaluationProgress(1, 2), EvaluationProgress(2, 2)]

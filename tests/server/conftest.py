@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
-from tests.fakes import FakeChatModel, FakeEmbedder, routing_responder, sentiment_examples
+from tests.fakes import (
+    FakeChatModel,
+    FakeEmbedder,
+    FakeResolver,
+    routing_responder,
+    sentiment_examples,
+)
 
 from prompttune.client import Budget as ClientBudget
 from prompttune.client import Client, Dataset, Example, Metric, ModelSpec, SearchSpec, TaskSpec
 from prompttune.search import ChatModel, ModelEndpoint
 from prompttune.server import Adapters, EmbeddedServer, ServerConfig, WorkerConfig
+from prompttune.server._endpoints import EndpointConfig, EndpointEntry
+from prompttune.server._service import OptimizerServicer
+
+# These tests call caller-supplied endpoints (FAKE_MODEL), which servers refuse by default.
+CALLER_ENDPOINTS = EndpointConfig(allow_caller_endpoints=True)
 
 
 class FakeModels:
@@ -30,6 +43,24 @@ class FakeModels:
         return sum(model.calls for model in self.models)
 
 
+async def _unimplemented(
+    self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[Any]:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+    yield  # an async generator, like a streaming handler
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stream_evaluation_or_unimplemented() -> Iterator[None]:
+    """A service that does not implement StreamEvaluation yet answers UNIMPLEMENTED, as gRPC
+    does for a method a server does not know, so the SDK evaluates through EvaluatePrompt.
+    A no-op once the service serves it."""
+    with pytest.MonkeyPatch.context() as patch:
+        if "StreamEvaluation" not in OptimizerServicer.__dict__:
+            patch.setattr(OptimizerServicer, "StreamEvaluation", _unimplemented)
+        yield
+
+
 @pytest.fixture
 def fake_models() -> FakeModels:
     return FakeModels()
@@ -40,8 +71,14 @@ def start_server(tmp_path: Path, models: FakeModels, workers: int = 1) -> Embedd
         db_url=f"sqlite:///{tmp_path / 'service.db'}",
         workers=workers,
         worker=WorkerConfig(poll_seconds=0.05, cancel_check_seconds=0.05),
+        endpoint_config=CALLER_ENDPOINTS,
     )
-    return EmbeddedServer(config, Adapters(chat_models=models, embedder_factory=FakeEmbedder))
+    return EmbeddedServer(config, fake_adapters(models))
+
+
+def fake_adapters(models: FakeModels) -> Adapters:
+    """Fake models and embedder; caller hosts such as fake.invalid resolve to 192.0.2.1."""
+    return Adapters(chat_models=models, embedder_factory=FakeEmbedder, host_resolver=FakeResolver())
 
 
 @pytest.fixture
@@ -57,6 +94,12 @@ def client(server: EmbeddedServer) -> Iterator[Client]:
 
 
 FAKE_MODEL = ModelSpec.openai_compatible("http://fake.invalid/v1", "fake-model")
+# Under authentication a request must name a registry endpoint: in this registry the entry
+# "local" (what ModelSpec.local() names) is the fake endpoint.
+FAKE_REGISTRY = EndpointConfig(
+    endpoints={"local": EndpointEntry(base_url="http://fake.invalid/v1", models=("fake-model",))}
+)
+REGISTRY_MODEL = ModelSpec.local()
 TASK = TaskSpec(
     description="Decide whether a movie review sentence is positive or negative.",
     metric=Metric.LABEL_CHOICE,

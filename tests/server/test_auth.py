@@ -1,4 +1,5 @@
-"""Bearer-token authentication, tenant isolation, TLS and mutual TLS."""
+"""Bearer-token authentication (checked before a request is parsed), tenant isolation, TLS
+and mutual TLS."""
 
 from __future__ import annotations
 
@@ -15,28 +16,44 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tests.fakes import FakeEmbedder
-from tests.server.conftest import FAKE_MODEL, TASK, FakeModels, small_dataset
+from tests.server.conftest import (
+    FAKE_MODEL,
+    FAKE_REGISTRY,
+    REGISTRY_MODEL,
+    TASK,
+    FakeModels,
+    fake_adapters,
+    small_dataset,
+)
 
 from prompttune.client import (
     Client,
     JobState,
     NotFoundError,
+    PermissionDeniedError,
     UnauthenticatedError,
     UnavailableError,
 )
-from prompttune.server import Adapters, EmbeddedServer, ServerConfig
+from prompttune.server import EmbeddedServer, ServerConfig
 from prompttune.server._app import TlsConfig
-from prompttune.server._auth import AuthConfigError, TokenRegistry, hash_token, load_registry
+from prompttune.server._auth import (
+    AuthConfigError,
+    AuthInterceptor,
+    TokenRegistry,
+    hash_token,
+    load_registry,
+)
+from prompttune.v1 import optimizer_pb2 as pb
 
 TOKENS = {"token-alpha": "alpha", hash_token("token-beta"): "beta"}
 
 
 def make_server(tmp_path: Path, **config: object) -> EmbeddedServer:
-    settings = ServerConfig(db_url=f"sqlite:///{tmp_path / 'auth.db'}", workers=0)
+    settings = ServerConfig(
+        db_url=f"sqlite:///{tmp_path / 'auth.db'}", workers=0, endpoint_config=FAKE_REGISTRY
+    )
     settings = ServerConfig(**{**settings.__dict__, **config})  # type: ignore[arg-type]
-    adapters = Adapters(chat_models=FakeModels(), embedder_factory=FakeEmbedder)
-    return EmbeddedServer(settings, adapters)
+    return EmbeddedServer(settings, fake_adapters(FakeModels()))
 
 
 @pytest.fixture
@@ -77,6 +94,98 @@ def test_calls_without_a_valid_token_are_unauthenticated(auth_server: EmbeddedSe
         c.get_job("job-0000")
 
 
+METHOD = "/prompttune.v1.OptimizerService/CreateJob"
+
+
+def raw_create(target: str, body: bytes, token: str | None) -> grpc.RpcError:
+    """Sends `body` as the CreateJob request bytes; returns the error it was refused with."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    with grpc.insecure_channel(target, options=options) as channel:
+        call = channel.unary_unary(
+            METHOD, request_serializer=lambda raw: raw, response_deserializer=lambda raw: raw
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            call(body, metadata=metadata, timeout=60)
+    return caught.value
+
+
+def test_an_unauthenticated_request_is_refused_before_it_is_parsed(
+    auth_server: EmbeddedServer,
+) -> None:
+    # 30 MB of bytes that are no valid message: parsing them would answer INVALID_ARGUMENT.
+    garbage = b"\xff" * (30 * 1024 * 1024)
+    refused = raw_create(auth_server.target, garbage, token=None)
+    assert refused.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert raw_create(auth_server.target, garbage, "wrong").code() is (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    parsed = raw_create(auth_server.target, b"\xff" * 64, "token-alpha")
+    assert parsed.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+class _Details:
+    def __init__(self, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.method = method
+        self.invocation_metadata = metadata
+
+
+def test_the_interceptor_never_calls_the_deserializer_of_a_refused_call() -> None:
+    import asyncio
+
+    parsed: list[bytes] = []
+
+    def deserializer(data: bytes) -> pb.CreateJobRequest:
+        parsed.append(data)
+        return pb.CreateJobRequest.FromString(data)
+
+    async def behaviour(request: object, context: object) -> None:
+        raise AssertionError("the handler must not run")
+
+    async def continuation(details: object) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=deserializer)
+
+    interceptor = AuthInterceptor(TokenRegistry.from_mapping(TOKENS))
+    refused = asyncio.run(interceptor.intercept_service(continuation, _Details(METHOD, ())))
+    assert refused.request_deserializer(b"\xff" * 1024) is None
+    bearer = (("authorization", "Bearer token-alpha"),)
+    admitted = asyncio.run(interceptor.intercept_service(continuation, _Details(METHOD, bearer)))
+    admitted.request_deserializer(b"")
+    assert parsed == [b""]
+
+
+def test_streaming_request_methods_are_checked_too() -> None:
+    import asyncio
+
+    from prompttune.server._auth import Unauthenticated
+
+    async def behaviour(requests: object, context: object) -> object:
+        raise AssertionError("the handler must not run")
+        yield  # an async generator, like a stream-stream servicer method
+
+    async def continuation(details: object) -> grpc.RpcMethodHandler:
+        return grpc.stream_stream_rpc_method_handler(behaviour)
+
+    async def call() -> None:
+        interceptor = AuthInterceptor(TokenRegistry.from_mapping(TOKENS))
+        handler = await interceptor.intercept_service(continuation, _Details(METHOD, ()))
+        assert handler.stream_stream is not None
+        async for _reply in handler.stream_stream(iter(()), None):
+            pass
+
+    with pytest.raises(Unauthenticated):
+        asyncio.run(call())
+
+
+def test_caller_supplied_endpoints_are_refused_under_authentication(
+    auth_server: EmbeddedServer,
+) -> None:
+    with Client(auth_server.target, timeout=5, token="token-alpha") as alpha:
+        with pytest.raises(PermissionDeniedError, match="registry"):
+            alpha.create_job(TASK, small_dataset(), FAKE_MODEL)
+        assert alpha.list_jobs().jobs == ()
+
+
 def test_health_checking_stays_open(auth_server: EmbeddedServer) -> None:
     with grpc.insecure_channel(auth_server.target) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -90,7 +199,7 @@ def test_a_tenant_cannot_see_another_tenants_jobs(auth_server: EmbeddedServer) -
         Client(auth_server.target, timeout=5, token="token-alpha") as alpha,
         Client(auth_server.target, timeout=5, token="token-beta") as beta,
     ):
-        job = alpha.create_job(TASK, small_dataset(), FAKE_MODEL, request_id="same-key")
+        job = alpha.create_job(TASK, small_dataset(), REGISTRY_MODEL, request_id="same-key")
         assert alpha.get_job(job.id).id == job.id
         with pytest.raises(NotFoundError):
             beta.get_job(job.id)
@@ -101,17 +210,17 @@ def test_a_tenant_cannot_see_another_tenants_jobs(auth_server: EmbeddedServer) -
         assert [j.id for j in alpha.list_jobs().jobs] == [job.id]
         assert beta.list_jobs().jobs == ()
         # Idempotency keys are per tenant: beta's "same-key" is a different job.
-        other = beta.create_job(TASK, small_dataset(), FAKE_MODEL, request_id="same-key")
+        other = beta.create_job(TASK, small_dataset(), REGISTRY_MODEL, request_id="same-key")
         assert other.id != job.id
-        assert alpha.create_job(TASK, small_dataset(), FAKE_MODEL, request_id="same-key").id == (
-            job.id
-        )
+        assert alpha.create_job(
+            TASK, small_dataset(), REGISTRY_MODEL, request_id="same-key"
+        ).id == (job.id)
         assert alpha.cancel_job(job.id).state is JobState.CANCELLED
 
 
 def test_single_tenant_mode_needs_no_token(tmp_path: Path) -> None:
     with make_server(tmp_path) as server, Client(server.target, timeout=5) as client:
-        job = client.create_job(TASK, small_dataset(), FAKE_MODEL)
+        job = client.create_job(TASK, small_dataset(), REGISTRY_MODEL)
         assert [j.id for j in client.list_jobs().jobs] == [job.id]
 
 

@@ -1,9 +1,15 @@
-"""Server-wide endpoint flow-control flags reach the server configuration."""
+"""Server-wide endpoint flags (flow control, the registry file, caller endpoints) reach the
+server configuration."""
 
 from __future__ import annotations
 
-from prompttune.server._models import EndpointDefaults
-from prompttune.server.cli import build_parser, endpoint_defaults
+from pathlib import Path
+
+import pytest
+
+from prompttune.server._endpoints import EndpointConfig, EndpointDefaults
+from prompttune.server._taskfile import TaskFileError
+from prompttune.server.cli import build_parser, endpoint_config, endpoint_defaults
 
 
 def test_serve_and_worker_take_server_wide_endpoint_limits() -> None:
@@ -23,3 +29,24 @@ def test_serve_and_worker_take_server_wide_endpoint_limits() -> None:
 def test_endpoint_limits_default_to_the_library_defaults() -> None:
     args = build_parser().parse_args(["serve"])
     assert endpoint_defaults(args) == EndpointDefaults()
+
+
+def test_serve_and_worker_read_the_endpoint_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = tmp_path / "endpoints.yaml"
+    registry.write_text(
+        "endpoints:\n  gw:\n    base_url: http://gw/v1\n    models: [m]\n", encoding="utf-8"
+    )
+    monkeypatch.delenv("PROMPTTUNE_ENDPOINTS", raising=False)
+    for command in ("serve", "worker"):
+        args = build_parser().parse_args([command, "--endpoints", str(registry)])
+        config = endpoint_config(args)
+        assert list(config.endpoints) == ["gw"] and not config.allow_caller_endpoints
+        opened = build_parser().parse_args([command, "--allow-caller-endpoints"])
+        assert endpoint_config(opened) == EndpointConfig(allow_caller_endpoints=True)
+    monkeypatch.setenv("PROMPTTUNE_ENDPOINTS", str(registry))
+    assert list(endpoint_config(build_parser().parse_args(["serve"])).endpoints) == ["gw"]
+    registry.write_text("endpoints:\n  gw:\n    base_urll: http://gw/v1\n", encoding="utf-8")
+    with pytest.raises(TaskFileError, match="base_urll"):
+        endpoint_config(build_parser().parse_args(["serve"]))

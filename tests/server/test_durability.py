@@ -71,6 +71,7 @@ class Cluster:
         name = args[0] if args[0] == "serve" else f"worker-{len(self.processes)}"
         log = (self.tmp_path / f"{name}.log").open("wb")
         command = [sys.executable, "-m", "prompttune.server.cli", *args, "--db", self.db_url]
+        command.append("--allow-caller-endpoints")  # the fake endpoint is the caller's
         process = subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ})
         self.processes.append(process)
         return process

@@ -12,10 +12,9 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.fakes import FakeEmbedder
-from tests.server.conftest import FakeModels
+from tests.server.conftest import CALLER_ENDPOINTS, FakeModels, fake_adapters
 
-from prompttune.server import Adapters, EmbeddedServer, ServerConfig
+from prompttune.server import EmbeddedServer, ServerConfig
 from prompttune.v1 import optimizer_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["OptimizerService"]
@@ -42,8 +41,8 @@ WEIRD_TEXT = st.one_of(
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     db: Path = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
-    config = ServerConfig(db_url=f"sqlite:///{db}", workers=0)
-    adapters = Adapters(chat_models=FakeModels(), embedder_factory=FakeEmbedder)
+    config = ServerConfig(db_url=f"sqlite:///{db}", workers=0, endpoint_config=CALLER_ENDPOINTS)
+    adapters = fake_adapters(FakeModels())
     with EmbeddedServer(config, adapters) as server:
         yield server.target
 

@@ -7,13 +7,20 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from tests.fakes import FakeChatModel, FakeEmbedder, routing_responder
-from tests.server.conftest import FAKE_MODEL, SMALL_SEARCH, TASK, small_dataset
+from tests.fakes import FakeChatModel, routing_responder
+from tests.server.conftest import (
+    CALLER_ENDPOINTS,
+    FAKE_MODEL,
+    SMALL_SEARCH,
+    TASK,
+    fake_adapters,
+    small_dataset,
+)
 
 from prompttune.client import Budget, Client, JobFailedError, JobState, Metric, ModelSpec
 from prompttune.search import ChatModel, ChatRequest, ModelEndpoint
-from prompttune.server import Adapters, EmbeddedServer, ServerConfig, WorkerConfig
-from prompttune.server._models import EndpointDefaults
+from prompttune.server import EmbeddedServer, ServerConfig, WorkerConfig
+from prompttune.server._endpoints import EndpointDefaults
 
 
 def judging_responder(request: ChatRequest) -> str:
@@ -44,8 +51,9 @@ def serve(tmp_path: Path, models: JudgingModels, outage: float = 300.0) -> Embed
         workers=1,
         worker=WorkerConfig(poll_seconds=0.05, cancel_check_seconds=0.05),
         endpoints=EndpointDefaults(requests_per_minute=100_000, max_outage_seconds=outage),
+        endpoint_config=CALLER_ENDPOINTS,
     )
-    return EmbeddedServer(config, Adapters(chat_models=models, embedder_factory=FakeEmbedder))
+    return EmbeddedServer(config, fake_adapters(models))
 
 
 def test_judge_metric_job_reports_usage_by_role_and_cost(tmp_path: Path) -> None:

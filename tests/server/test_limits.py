@@ -11,8 +11,15 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from tests.fakes import FakeEmbedder
-from tests.server.conftest import FAKE_MODEL, TASK, FakeModels, client_examples, small_dataset
+from tests.server.conftest import (
+    CALLER_ENDPOINTS,
+    FAKE_MODEL,
+    TASK,
+    FakeModels,
+    client_examples,
+    fake_adapters,
+    small_dataset,
+)
 
 from prompttune.client import (
     Budget,
@@ -24,7 +31,7 @@ from prompttune.client import (
     Prompt,
     SearchSpec,
 )
-from prompttune.server import Adapters, EmbeddedServer, Limits, ServerConfig
+from prompttune.server import EmbeddedServer, Limits, ServerConfig
 from prompttune.v1 import optimizer_pb2 as pb
 from prompttune.v1 import optimizer_pb2_grpc as pb_grpc
 
@@ -42,8 +49,10 @@ LIMITS = Limits(
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     db = tmp_path_factory.mktemp("limits") / "limits.db"
-    config = ServerConfig(db_url=f"sqlite:///{db}", workers=0, limits=LIMITS)
-    adapters = Adapters(chat_models=FakeModels(), embedder_factory=FakeEmbedder)
+    config = ServerConfig(
+        db_url=f"sqlite:///{db}", workers=0, limits=LIMITS, endpoint_config=CALLER_ENDPOINTS
+    )
+    adapters = fake_adapters(FakeModels())
     with EmbeddedServer(config, adapters) as server, Client(server.target, timeout=10) as client:
         yield client
 

@@ -13,11 +13,18 @@ from pathlib import Path
 import optuna
 import pytest
 import structlog
-from tests.fakes import FakeEmbedder
-from tests.server.conftest import FAKE_MODEL, SMALL_SEARCH, TASK, FakeModels, small_dataset
+from tests.server.conftest import (
+    FAKE_REGISTRY,
+    REGISTRY_MODEL,
+    SMALL_SEARCH,
+    TASK,
+    FakeModels,
+    fake_adapters,
+    small_dataset,
+)
 
 from prompttune.client import Client, JobState
-from prompttune.server import Adapters, EmbeddedServer, ServerConfig, WorkerConfig
+from prompttune.server import EmbeddedServer, ServerConfig, WorkerConfig
 from prompttune.server._auth import TokenRegistry
 from prompttune.server._logging import configure_logging
 
@@ -48,14 +55,15 @@ def test_metrics_logs_and_optuna_storage(tmp_path: Path, logs: io.StringIO) -> N
         worker=WorkerConfig(poll_seconds=0.05, cancel_check_seconds=0.05),
         metrics_port=0,
         auth=TokenRegistry.from_mapping({"obs-token": "acme"}),
+        endpoint_config=FAKE_REGISTRY,
     )
-    adapters = Adapters(chat_models=FakeModels(), embedder_factory=FakeEmbedder)
+    adapters = fake_adapters(FakeModels())
     with (
         EmbeddedServer(config, adapters) as server,
         Client(server.target, timeout=10, token="obs-token") as client,
     ):
-        job = client.optimize(TASK, small_dataset(), FAKE_MODEL, SMALL_SEARCH)
-        client.optimize(TASK, small_dataset(), FAKE_MODEL, SMALL_SEARCH)  # all cache hits
+        job = client.optimize(TASK, small_dataset(), REGISTRY_MODEL, SMALL_SEARCH)
+        client.optimize(TASK, small_dataset(), REGISTRY_MODEL, SMALL_SEARCH)  # all cache hits
         assert server.app is not None and server.app.metrics_port
         url = f"http://127.0.0.1:{server.app.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:

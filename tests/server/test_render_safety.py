@@ -93,8 +93,8 @@ def prompts(draw: st.DrawFn) -> tuple[Prompt, dict[str, str]]:
             draw(st.sampled_from(["", "Answer:", "{0}"])),
             reasoning=draw(st.booleans()),
         ),
-        input_fields=() if fields == ("input",) and draw(st.booleans()) else fields,
-        output_name=draw(st.sampled_from(["", "sentiment", "final_answer"])),
+        input_fields=fields,
+        output_name=draw(st.sampled_from(["answer", "sentiment", "final_answer"])),
     )
     return prompt, {f: draw(texts) for f in fields}
 

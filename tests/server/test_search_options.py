@@ -6,7 +6,6 @@ import pytest
 from tests.server.conftest import FAKE_MODEL, TASK, client_examples
 
 from prompttune.client import Client, Example, Prompt, PromptFormat, SearchSpec
-from prompttune.client._convert import prompt_to_proto, search_to_proto
 from prompttune.contract import Prompt as ContractPrompt
 from prompttune.contract import SearchSpec as ContractSearch
 from prompttune.contract import wire
@@ -31,7 +30,7 @@ KNN = Prompt(
 
 
 def decoded_search(spec: SearchSpec) -> ContractSearch:
-    return wire.from_message(ContractSearch, search_to_proto(spec), "search")
+    return wire.from_message(ContractSearch, wire.to_message(spec), "search")
 
 
 def test_search_spec_fields_reach_the_engine_spec() -> None:
@@ -57,10 +56,10 @@ def test_parallelism_reaches_the_engine_and_is_range_checked() -> None:
 
 
 def test_knn_and_reasoning_prompts_round_trip() -> None:
-    decoded = wire.from_message(ContractPrompt, prompt_to_proto(KNN), "prompt")
+    decoded = wire.from_message(ContractPrompt, wire.to_message(KNN), "prompt")
     validate_prompt(decoded, Limits())
     assert decoded.knn_k == 1 and len(decoded.demo_pool) == 3 and decoded.format.reasoning
-    assert wire.to_message(decoded) == prompt_to_proto(KNN)
+    assert wire.to_message(decoded) == wire.to_message(KNN)
 
 
 def test_render_prompt_retrieves_knn_demos_and_adds_the_reasoning_cue(client: Client) -> None:

@@ -1,6 +1,7 @@
-"""An API key given by environment variable name is used for calls but never returned,
-logged or stored: a job runs against a fake OpenAI-compatible endpoint with a recognisable
-key, then the logs, the replies and every table and file of the database are scanned."""
+"""An endpoint's API key, named by environment variable in the operator's registry, is used
+for calls but never returned, logged or stored: a job runs against a fake OpenAI-compatible
+endpoint with a recognisable key, then the logs, the replies and every table and file of the
+database are scanned."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ from tests.server.conftest import TASK, small_dataset
 
 from prompttune.client import Budget, Client, JobState, ModelSpec, SearchSpec
 from prompttune.server import Adapters, EmbeddedServer, ServerConfig, WorkerConfig
+from prompttune.server._endpoints import EndpointConfig, EndpointEntry
 from prompttune.server._logging import configure_logging
 
 KEY = "sk-test-LEAKCHECK-7f3a9c1e5b2d4f60"
-KEY_ENV = "PROMPTTUNE_TEST_LEAKCHECK_KEY"
+KEY_ENV = "TEST_LEAKCHECK_KEY"  # PROMPTTUNE_* names are reserved for the server
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):
@@ -108,10 +110,13 @@ def test_api_key_is_never_logged_stored_or_returned(
     monkeypatch.setenv(KEY_ENV, KEY)
     FakeOpenAI.seen_keys.clear()
     db = tmp_path / "secrets.db"
+    entry = EndpointEntry(base_url=endpoint, models=("fake-gpt",), api_key_env=KEY_ENV)
     config = ServerConfig(
-        db_url=f"sqlite:///{db}", worker=WorkerConfig(poll_seconds=0.05, cancel_check_seconds=0.05)
+        db_url=f"sqlite:///{db}",
+        worker=WorkerConfig(poll_seconds=0.05, cancel_check_seconds=0.05),
+        endpoint_config=EndpointConfig(endpoints={"local": entry}),
     )
-    model = ModelSpec.openai_compatible(endpoint, "fake-gpt", api_key_env=KEY_ENV)
+    model = ModelSpec.local()  # the registry's "local" entry is the fake endpoint
     search = SearchSpec(
         budget=Budget(max_trials=3), num_instruction_candidates=1, max_demos=1, minibatch_size=8
     )
@@ -130,7 +135,6 @@ def test_api_key_is_never_logged_stored_or_returned(
     assert KEY not in logs
     assert KEY not in replies
     texts = list(database_texts(db))
-    assert any(KEY_ENV in text for text in texts)  # the name is stored, the value is not
-    assert all(KEY not in text for text in texts)
+    assert texts and all(KEY not in text for text in texts)
     for file in tmp_path.iterdir():
         assert KEY.encode() not in file.read_bytes(), file.name

@@ -1,13 +1,18 @@
 """prompttune.client: the thin Python SDK of the prompttune optimisation service.
 
-Depends only on grpcio, protobuf and the generated prompttune.v1 code. Public types are
-frozen dataclasses; errors are :class:`PromptTuneError` subclasses.
+Depends only on grpcio, protobuf, the generated prompttune.v1 code and `prompttune.contract`,
+whose frozen dataclasses (TaskSpec, Dataset, Prompt, Job, ...) and one renderer it
+re-exports: the SDK, the CLI and the engine share them. Errors are :class:`PromptTuneError`
+subclasses.
 
     from prompttune.client import Client, Dataset, Example, Metric, TaskSpec
 
     with Client("127.0.0.1:50051") as client:
         job = client.optimize(TaskSpec("Classify sentiment", Metric.LABEL_CHOICE, ...), dataset)
         print(job.result.best.prompt.instruction)
+
+`render(prompt, inputs, embedder=None)` gives the messages `Client.render_prompt` returns,
+without a call; a kNN prompt needs an `Embedder`, else it raises `MissingEmbedder`.
 """
 
 from prompttune.client._async_client import AsyncClient
@@ -28,16 +33,19 @@ from prompttune.client._errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from prompttune.client._render import render, to_openai_messages
-from prompttune.client._types import (
+from prompttune.client._requests import ProgressHandler
+from prompttune.contract import (
     Budget,
     BudgetUsed,
     ChatMessage,
+    ContractError,
     Dataset,
     DemoLayout,
+    Embedder,
+    EndpointCheck,
     Estimate,
     Evaluation,
-    EventKind,
+    EvaluationProgress,
     Example,
     ExampleResult,
     InstructionPlacement,
@@ -47,9 +55,11 @@ from prompttune.client._types import (
     JobResult,
     JobState,
     Metric,
+    MissingEmbedder,
     ModelKind,
     ModelSpec,
     NewBest,
+    Notice,
     PhaseChanged,
     Progress,
     Prompt,
@@ -62,6 +72,10 @@ from prompttune.client._types import (
     TaskSpec,
     TrialFinished,
     Usage,
+    from_document,
+    render,
+    to_document,
+    to_openai_messages,
 )
 
 __all__ = [
@@ -73,12 +87,15 @@ __all__ = [
     "CancelledError",
     "ChatMessage",
     "Client",
+    "ContractError",
     "Dataset",
     "DeadlineExceededError",
     "DemoLayout",
+    "Embedder",
+    "EndpointCheck",
     "Estimate",
     "Evaluation",
-    "EventKind",
+    "EvaluationProgress",
     "Example",
     "ExampleResult",
     "FailedPreconditionError",
@@ -94,13 +111,16 @@ __all__ = [
     "JobState",
     "Metadata",
     "Metric",
+    "MissingEmbedder",
     "ModelKind",
     "ModelSpec",
     "NewBest",
     "NotFoundError",
+    "Notice",
     "PermissionDeniedError",
     "PhaseChanged",
     "Progress",
+    "ProgressHandler",
     "Prompt",
     "PromptFormat",
     "PromptScores",
@@ -117,6 +137,8 @@ __all__ = [
     "UnavailableError",
     "Usage",
     "batch_request_id",
+    "from_document",
     "render",
+    "to_document",
     "to_openai_messages",
 ]

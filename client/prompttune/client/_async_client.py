@@ -9,7 +9,7 @@ from typing import Any, Self
 
 import grpc
 
-from prompttune.client import _convert as convert
+from prompttune.client import _requests as rpc
 from prompttune.client._batch import (
     BatchDoneHandler,
     BatchEventHandler,
@@ -17,11 +17,17 @@ from prompttune.client._batch import (
     BatchRequest,
 )
 from prompttune.client._client import Metadata, RetryPolicy, call_metadata
-from prompttune.client._errors import JobFailedError, PromptTuneError, error_from_rpc
-from prompttune.client._render import render
-from prompttune.client._types import (
+from prompttune.client._errors import (
+    InternalError,
+    JobFailedError,
+    PromptTuneError,
+    error_from_rpc,
+)
+from prompttune.client._requests import ProgressHandler
+from prompttune.contract import (
     ChatMessage,
     Dataset,
+    Embedder,
     Estimate,
     Evaluation,
     Example,
@@ -33,6 +39,7 @@ from prompttune.client._types import (
     Prompt,
     SearchSpec,
     TaskSpec,
+    render,
 )
 from prompttune.v1 import optimizer_pb2 as pb
 from prompttune.v1 import optimizer_pb2_grpc
@@ -89,30 +96,18 @@ class AsyncClient:
         dry_run: bool = False,
     ) -> Job | Estimate:
         """See :meth:`Client.create_job`."""
-        request = pb.CreateJobRequest(
-            task=convert.task_to_proto(task),
-            dataset=convert.dataset_to_proto(dataset),
-            model=None if model is None else convert.model_to_proto(model),
-            search=None if search is None else convert.search_to_proto(search),
-            request_id=request_id or "",
-            dry_run=dry_run,
-        )
-        response: pb.CreateJobResponse = await self._call(self._stub.CreateJob, request)
-        if dry_run or not response.HasField("job"):
-            return convert.estimate_from_proto(response.estimate)
-        return convert.job_from_proto(response.job)
+        request = rpc.create_job(task, dataset, model, search, request_id, dry_run)
+        return rpc.created(await self._call(self._stub.CreateJob, request), dry_run)
 
     async def get_job(self, job_id: str) -> Job:
         message = await self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
-        return convert.job_from_proto(message)
+        return rpc.job(message)
 
     async def list_jobs(
         self, state: JobState | None = None, page_size: int = 50, page_token: str = ""
     ) -> JobPage:
-        request = pb.ListJobsRequest(
-            page_size=page_size, page_token=page_token, state=convert.job_state_to_proto(state)
-        )
-        return convert.job_page_from_proto(await self._call(self._stub.ListJobs, request))
+        request = rpc.list_jobs(state, page_size, page_token)
+        return rpc.job_page(await self._call(self._stub.ListJobs, request))
 
     async def iter_jobs(
         self, state: JobState | None = None, page_size: int = 50
@@ -128,7 +123,11 @@ class AsyncClient:
 
     async def cancel_job(self, job_id: str) -> Job:
         message = await self._call(self._stub.CancelJob, pb.CancelJobRequest(job_id=job_id))
-        return convert.job_from_proto(message)
+        return rpc.job(message)
+
+    async def delete_job(self, job_id: str) -> None:
+        """See :meth:`Client.delete_job`."""
+        await self._call(self._stub.DeleteJob, pb.DeleteJobRequest(job_id=job_id))
 
     async def watch_job(self, job_id: str, after_sequence: int = 0) -> AsyncIterator[JobEvent]:
         """See :meth:`Client.watch_job`: resumes after UNAVAILABLE without repeating events."""
@@ -140,7 +139,7 @@ class AsyncClient:
                 async for message in call:
                     if message.sequence > cursor:
                         cursor, retries = message.sequence, 0
-                        yield convert.event_from_proto(message)
+                        yield rpc.event(message)
                 return
             except grpc.RpcError as error:
                 if (
@@ -159,25 +158,50 @@ class AsyncClient:
         task: TaskSpec,
         examples: Iterable[Example],
         model: ModelSpec | None = None,
+        *,
+        on_progress: ProgressHandler | None = None,
     ) -> Evaluation:
-        request = pb.EvaluatePromptRequest(
-            prompt=convert.prompt_to_proto(prompt),
-            task=convert.task_to_proto(task),
-            examples=[convert.example_to_proto(example) for example in examples],
-            model=None if model is None else convert.model_to_proto(model),
-        )
-        return convert.evaluation_from_proto(await self._call(self._stub.EvaluatePrompt, request))
+        """See :meth:`Client.evaluate_prompt`: streamed, no overall deadline."""
+        request = rpc.evaluate(prompt, task, examples, model)
+        try:
+            return await self._stream_evaluation(request, on_progress)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise error_from_rpc(error) from error
+        try:
+            reply = await self._stub.EvaluatePrompt(request.evaluation, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        return rpc.evaluation(reply)
+
+    async def _stream_evaluation(
+        self, request: pb.StreamEvaluationRequest, on_progress: ProgressHandler | None
+    ) -> Evaluation:
+        call = self._stub.StreamEvaluation(request, metadata=self._metadata)
+        try:
+            async for message in call:
+                evaluation = rpc.evaluation_update(message, on_progress)
+                if evaluation is not None:
+                    return evaluation
+        finally:
+            call.cancel()
+        raise InternalError("the evaluation stream ended without a result", code="INTERNAL")
 
     async def render_prompt(
         self, prompt: Prompt, inputs: Mapping[str, str] | str
-    ) -> list[ChatMessage]:
-        fields = {"input": inputs} if isinstance(inputs, str) else dict(inputs)
-        request = pb.RenderPromptRequest(prompt=convert.prompt_to_proto(prompt), inputs=fields)
-        return convert.chat_messages_from_proto(await self._call(self._stub.RenderPrompt, request))
+    ) -> tuple[ChatMessage, ...]:
+        """See :meth:`Client.render_prompt`."""
+        request = rpc.render(prompt, inputs)
+        return rpc.messages(await self._call(self._stub.RenderPrompt, request))
 
-    def render(self, prompt: Prompt, inputs: Mapping[str, str] | str) -> list[ChatMessage]:
+    def render(
+        self,
+        prompt: Prompt,
+        inputs: Mapping[str, str] | str,
+        embedder: Embedder | None = None,
+    ) -> tuple[ChatMessage, ...]:
         """Local rendering, identical to :meth:`render_prompt` (no call, not awaited)."""
-        return render(prompt, inputs)
+        return render(prompt, inputs, embedder)
 
     async def optimize(
         self,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prompttune.client._errors import PromptTuneError
-from prompttune.client._types import (
+from prompttune.contract import (
     Dataset,
     Job,
     JobEvent,

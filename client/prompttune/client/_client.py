@@ -10,7 +10,7 @@ from typing import Literal, Self, TypeVar, overload
 
 import grpc
 
-from prompttune.client import _convert as convert
+from prompttune.client import _requests as rpc
 from prompttune.client._batch import (
     BatchDoneHandler,
     BatchEventHandler,
@@ -18,11 +18,12 @@ from prompttune.client._batch import (
     BatchRequest,
     submit_batch,
 )
-from prompttune.client._errors import JobFailedError, error_from_rpc
-from prompttune.client._render import render
-from prompttune.client._types import (
+from prompttune.client._errors import InternalError, JobFailedError, error_from_rpc
+from prompttune.client._requests import ProgressHandler
+from prompttune.contract import (
     ChatMessage,
     Dataset,
+    Embedder,
     Estimate,
     Evaluation,
     Example,
@@ -34,6 +35,7 @@ from prompttune.client._types import (
     Prompt,
     SearchSpec,
     TaskSpec,
+    render,
 )
 from prompttune.v1 import optimizer_pb2 as pb
 from prompttune.v1 import optimizer_pb2_grpc
@@ -152,41 +154,24 @@ class Client:
         """Queue a job and return it (QUEUED). With ``dry_run=True`` nothing is created: the
         request is validated and the :class:`Estimate` returned instead.
 
-        ``model`` defaults to the server's local model, ``search`` to the server defaults.
+        ``model`` None is `ModelSpec()` (the local model) and ``search`` None `SearchSpec()`:
+        the contract's defaults, which are the server's.
         A repeated ``request_id`` returns the job created by its first request.
         Raises InvalidArgumentError (with ``.field``) when the server rejects the request.
         """
-        request = pb.CreateJobRequest(
-            task=convert.task_to_proto(task),
-            dataset=convert.dataset_to_proto(dataset),
-            model=None if model is None else convert.model_to_proto(model),
-            search=None if search is None else convert.search_to_proto(search),
-            request_id=request_id or "",
-            dry_run=dry_run,
-        )
-        response = self._call(self._stub.CreateJob, request)
-        if dry_run or not response.HasField("job"):
-            return convert.estimate_from_proto(response.estimate)
-        if not response.job.HasField("estimate") and response.HasField("estimate"):
-            response.job.estimate.CopyFrom(response.estimate)
-        return convert.job_from_proto(response.job)
+        request = rpc.create_job(task, dataset, model, search, request_id, dry_run)
+        return rpc.created(self._call(self._stub.CreateJob, request), dry_run)
 
     def get_job(self, job_id: str) -> Job:
         """Return the job with its progress and, once finished, its result. Raises NotFoundError."""
-        return convert.job_from_proto(
-            self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
-        )
+        return rpc.job(self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id)))
 
     def list_jobs(
         self, state: JobState | None = None, page_size: int = 50, page_token: str = ""
     ) -> JobPage:
         """One page of jobs, newest first; ``page_size`` in [1, 200]. See also :meth:`iter_jobs`."""
-        request = pb.ListJobsRequest(
-            page_size=page_size,
-            page_token=page_token,
-            state=convert.job_state_to_proto(state),
-        )
-        return convert.job_page_from_proto(self._call(self._stub.ListJobs, request))
+        request = rpc.list_jobs(state, page_size, page_token)
+        return rpc.job_page(self._call(self._stub.ListJobs, request))
 
     def iter_jobs(self, state: JobState | None = None, page_size: int = 50) -> Iterator[Job]:
         """Every job, newest first, fetching pages lazily."""
@@ -201,7 +186,12 @@ class Client:
     def cancel_job(self, job_id: str) -> Job:
         """Ask a queued or running job to stop; a no-op on finished jobs. Returns the job."""
         request = pb.CancelJobRequest(job_id=job_id)
-        return convert.job_from_proto(self._call(self._stub.CancelJob, request))
+        return rpc.job(self._call(self._stub.CancelJob, request))
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a finished job with its events, dataset and study. Raises NotFoundError, and
+        FailedPreconditionError for a queued or running job (cancel it first)."""
+        self._call(self._stub.DeleteJob, pb.DeleteJobRequest(job_id=job_id))
 
     def watch_job(self, job_id: str, after_sequence: int = 0) -> Iterator[JobEvent]:
         """Yield the job's events with sequence > ``after_sequence``, in order, until the job
@@ -219,7 +209,7 @@ class Client:
                 for message in stream:
                     if message.sequence > cursor:
                         cursor, retries = message.sequence, 0
-                        yield convert.event_from_proto(message)
+                        yield rpc.event(message)
                 return
             except grpc.RpcError as error:
                 if (
@@ -238,24 +228,51 @@ class Client:
         task: TaskSpec,
         examples: Iterable[Example],
         model: ModelSpec | None = None,
+        *,
+        on_progress: ProgressHandler | None = None,
     ) -> Evaluation:
-        """Score ``prompt`` on ``examples`` without a search; results keep the examples' order."""
-        request = pb.EvaluatePromptRequest(
-            prompt=convert.prompt_to_proto(prompt),
-            task=convert.task_to_proto(task),
-            examples=[convert.example_to_proto(example) for example in examples],
-            model=None if model is None else convert.model_to_proto(model),
-        )
-        return convert.evaluation_from_proto(self._call(self._stub.EvaluatePrompt, request))
+        """Score ``prompt`` on ``examples`` without a search; results keep the examples' order.
 
-    def render_prompt(self, prompt: Prompt, inputs: Mapping[str, str] | str) -> list[ChatMessage]:
-        """The chat messages to send to the model for one new input.
+        The evaluation streams (``StreamEvaluation``): ``on_progress`` is called with each
+        progress message, and there is no overall deadline, so evaluations of any size
+        complete. ``model`` None is the local model.
+        """
+        request = rpc.evaluate(prompt, task, examples, model)
+        try:
+            return self._stream_evaluation(request, on_progress)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise error_from_rpc(error) from error
+        # A server older than StreamEvaluation: one unary call, without a deadline either.
+        try:
+            reply = self._stub.EvaluatePrompt(request.evaluation, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        return rpc.evaluation(reply)
+
+    def _stream_evaluation(
+        self, request: pb.StreamEvaluationRequest, on_progress: ProgressHandler | None
+    ) -> Evaluation:
+        stream = self._stub.StreamEvaluation(request, metadata=self._metadata)
+        try:
+            for message in stream:
+                evaluation = rpc.evaluation_update(message, on_progress)
+                if evaluation is not None:
+                    return evaluation
+        finally:
+            stream.cancel()
+        raise InternalError("the evaluation stream ended without a result", code="INTERNAL")
+
+    def render_prompt(
+        self, prompt: Prompt, inputs: Mapping[str, str] | str
+    ) -> tuple[ChatMessage, ...]:
+        """The chat messages to send to the model for one new input, rendered by the server
+        (which retrieves kNN demonstrations with its embedder).
 
         A plain string is short for ``{"input": text}``.
         """
-        fields = {"input": inputs} if isinstance(inputs, str) else dict(inputs)
-        request = pb.RenderPromptRequest(prompt=convert.prompt_to_proto(prompt), inputs=fields)
-        return convert.chat_messages_from_proto(self._call(self._stub.RenderPrompt, request))
+        request = rpc.render(prompt, inputs)
+        return rpc.messages(self._call(self._stub.RenderPrompt, request))
 
     def optimize(
         self,
@@ -298,9 +315,16 @@ class Client:
         ``on_event(index, event)`` and ``on_done(result)`` run on worker threads."""
         return submit_batch(self, requests, max_in_flight, on_event, on_done)
 
-    def render(self, prompt: Prompt, inputs: Mapping[str, str] | str) -> list[ChatMessage]:
-        """Like :meth:`render_prompt`, computed locally without a call (same output)."""
-        return render(prompt, inputs)
+    def render(
+        self,
+        prompt: Prompt,
+        inputs: Mapping[str, str] | str,
+        embedder: Embedder | None = None,
+    ) -> tuple[ChatMessage, ...]:
+        """Like :meth:`render_prompt`, computed locally without a call (same output). A kNN
+        prompt needs an ``embedder`` (the server's model); without one it raises
+        ``MissingEmbedder``."""
+        return render(prompt, inputs, embedder)
 
     def _call(self, method: Callable[..., _Response], request: object) -> _Response:
         try:

@@ -11,7 +11,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 if TYPE_CHECKING:
-    from prompttune.client._types import Job
+    from prompttune.contract import Job
 
 FIELD_METADATA_KEY = "prompttune-field"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"

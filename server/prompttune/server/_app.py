@@ -17,7 +17,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from prompttune.contract import ModelSpec, wire
 from prompttune.search import (
     ChatModel,
     Embedder,
@@ -25,14 +24,26 @@ from prompttune.search import (
     ModelEndpoint,
     OpenAIChatModels,
 )
+from prompttune.server._addresses import (
+    AddressGuard,
+    HostResolver,
+    ProtectedSocket,
+    SystemResolver,
+    database_socket,
+)
 from prompttune.server._auth import AuthInterceptor, TokenRegistry
-from prompttune.server._cache import SqlResponseCache
+from prompttune.server._cache import SqlResponseCache, TenantCaches
 from prompttune.server._db import create_db_engine
+from prompttune.server._endpoints import (
+    EndpointConfig,
+    EndpointDefaults,
+    EndpointRegistry,
+    RegistrySettings,
+)
 from prompttune.server._interceptor import ServiceInterceptor
 from prompttune.server._jobs import JobService, ServiceDeps
 from prompttune.server._limits import Limits
 from prompttune.server._local_model import LocalModelConfig, LocalModelServer
-from prompttune.server._models import EndpointDefaults, ModelResolver
 from prompttune.server._service import OptimizerServicer, RequestDecoder
 from prompttune.server._store import SqlJobStore
 from prompttune.server._telemetry import MeasuredResponseCache, ServiceMetrics
@@ -86,6 +97,8 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     # Flow control of LLM endpoints shared by all jobs of this process.
     endpoints: EndpointDefaults = field(default_factory=EndpointDefaults)
+    # The operator's endpoint registry and caller-endpoint policy (see _endpoints.py).
+    endpoint_config: EndpointConfig = field(default_factory=EndpointConfig)
 
 
 def default_embedder() -> Embedder:
@@ -103,16 +116,8 @@ class Adapters:
     embedder_factory: Callable[[], Embedder] = default_embedder
     # Decodes request messages into contract values (tests count the calls).
     request_decode: Decoder = decode
-
-
-class _ResolverOfSpecs:
-    """Resolves contract model specs through the protobuf-typed ModelResolver."""
-
-    def __init__(self, resolver: ModelResolver) -> None:
-        self._resolver = resolver
-
-    def resolve(self, spec: ModelSpec, field: str = "model") -> ModelEndpoint:
-        return self._resolver.resolve(wire.to_message(spec), field)
+    # Resolves caller-supplied endpoint hosts for the address guard.
+    host_resolver: HostResolver = field(default_factory=SystemResolver)
 
 
 def study_deleter(storage_url: str) -> Callable[[str], None]:
@@ -141,14 +146,25 @@ class PromptTuneServer:
         cache = MeasuredResponseCache(self.cache, self.metrics)
         chat_models = self.metrics.chat_models(adapters.chat_models)
         self.local_model = LocalModelServer(config.local_model)
-        resolver = _ResolverOfSpecs(ModelResolver(self.local_model, config.endpoints))
+        self.address_guard = AddressGuard(
+            config.endpoint_config.networks(),
+            adapters.host_resolver,
+            protected=[item for item in (database_socket(config.db_url),) if item is not None],
+        )
+        endpoints = EndpointRegistry(
+            config.endpoint_config,
+            self.local_model,
+            self.address_guard,
+            RegistrySettings(multi_tenant=config.auth is not None, defaults=config.endpoints),
+        )
+        caches = TenantCaches(cache, config.endpoint_config.share_cache_across_tenants)
         embedder = adapters.embedder_factory()
         self.gateways = GatewayRegistry()
         self.jobs = JobService(
             ServiceDeps(
                 store=self.store,
-                resolver=resolver,
-                cache=cache,
+                endpoints=endpoints,
+                caches=caches,
                 chat_models=chat_models,
                 limits=config.limits,
                 registry=self.gateways,
@@ -159,8 +175,8 @@ class PromptTuneServer:
         executor = JobExecutor(
             ExecutorDeps(
                 store=self.store,
-                cache=cache,
-                resolver=resolver,
+                caches=caches,
+                endpoints=endpoints,
                 embedder=embedder,
                 chat_models=chat_models,
                 study_storage=config.db_url,
@@ -204,6 +220,7 @@ class PromptTuneServer:
         else:
             port = server.add_secure_port(address, self.config.tls.credentials())
         await server.start()
+        self.address_guard.protect(ProtectedSocket(self.config.host, int(port)))
         self._start_metrics()
         self._server = server
         for name in ("", SERVICE_NAME):
@@ -237,6 +254,7 @@ class PromptTuneServer:
             self.config.metrics_port, self.config.metrics_host, registry=self.metrics.registry
         )
         self.metrics_port = int(self._metrics_http.server_port)
+        self.address_guard.protect(ProtectedSocket(self.config.metrics_host, self.metrics_port))
 
     async def stop(self) -> None:
         """Reports NOT_SERVING, finishes in-flight RPCs within the grace period, stops workers

@@ -39,6 +39,10 @@ class Unauthenticated(PromptTuneError):
     """The call carries no valid bearer token. Maps to UNAUTHENTICATED."""
 
 
+class PermissionDenied(PromptTuneError):
+    """The caller is known but may not do what it asked. Maps to PERMISSION_DENIED."""
+
+
 class AuthConfigError(ValueError):
     """The token file or environment variable is malformed."""
 
@@ -133,22 +137,27 @@ def _bind(tenant: str) -> None:
     structlog.contextvars.bind_contextvars(tenant=tenant)
 
 
+def _unparsed(data: bytes) -> None:
+    """The deserializer of a refused call: the request bytes are dropped unread."""
+    return None
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Resolves the caller's tenant from ``authorization: Bearer <token>`` and runs the
-    handler with it in :func:`current_tenant` and the log context. Must sit inside
-    ServiceInterceptor, which maps :class:`Unauthenticated` to UNAUTHENTICATED."""
+    """Resolves the caller's tenant from ``authorization: Bearer <token>`` before the request
+    is deserialised: a call without a valid token gets a handler whose deserializer does not
+    parse the bytes and which raises :class:`Unauthenticated` (ServiceInterceptor, outside
+    this one, maps it to UNAUTHENTICATED). Otherwise the handler runs with the tenant in
+    :func:`current_tenant` and the log context. Health checking and reflection stay open."""
 
     def __init__(self, registry: TokenRegistry | None) -> None:
         self._registry = registry
 
-    def _tenant(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    def tenant_of(self, metadata: Any) -> str | None:
+        """The tenant of a call with this invocation metadata; None when it is refused."""
         if self._registry is None:
             return DEFAULT_TENANT
-        token = _bearer(context.invocation_metadata())
-        tenant = None if token is None else self._registry.tenant_for(token)
-        if tenant is None:
-            raise Unauthenticated("missing or invalid bearer token")
-        return tenant
+        token = _bearer(metadata)
+        return None if token is None else self._registry.tenant_for(token)
 
     async def intercept_service(
         self,
@@ -158,33 +167,47 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_METHOD_PREFIXES):
             return handler
+        tenant = self.tenant_of(details.invocation_metadata)
+        deserializer = handler.request_deserializer if tenant else _unparsed
+        serializer = handler.response_serializer
+        # Every kind of method is wrapped, so none can skip the check (fail closed).
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                _unary(handler.unary_unary, tenant), deserializer, serializer
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                _stream(handler.unary_stream, tenant), deserializer, serializer
             )
-        return handler
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _unary(handler.stream_unary, tenant), deserializer, serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _stream(handler.stream_stream, tenant), deserializer, serializer
+        )
 
-    def _wrap_unary(self, behaviour: Any) -> Any:
-        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            _bind(self._tenant(context))
-            return await behaviour(request, context)
 
-        return unary
+def _admit(tenant: str | None) -> None:
+    if tenant is None:
+        raise Unauthenticated("missing or invalid bearer token")
+    _bind(tenant)
 
-    def _wrap_stream(self, behaviour: Any) -> Any:
-        async def stream(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            _bind(self._tenant(context))
-            async for reply in behaviour(request, context):
-                yield reply
 
-        return stream
+def _unary(behaviour: Any, tenant: str | None) -> Any:
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        _admit(tenant)
+        return await behaviour(request, context)
+
+    return unary
+
+
+def _stream(behaviour: Any, tenant: str | None) -> Any:
+    async def stream(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        _admit(tenant)
+        async for reply in behaviour(request, context):
+            yield reply
+
+    return stream

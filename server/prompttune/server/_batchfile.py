@@ -1,14 +1,17 @@
 """`prompttune batch submit`: a JSONL batch file, its resumable state and its results.
 
-Each line is a task-file reference ``{"task_file": "task.yaml"}`` or an inline task-file
-document ``{"task": {...}, "data": {"train": "train.jsonl", ...}, "model": ..., "search": ...}``,
-optionally with ``request_id``. Paths are relative to the batch file. Without a request_id,
+Each line is a `BatchLine`: a task-file reference ``{"task_file": "task.yaml"}`` or an inline
+task-file document ``{"task": {...}, "data": {"train": "train.jsonl", ...}, "model": ...,
+"search": ...}``, optionally with ``request_id``, read by the contract's document codec (an
+unknown key fails with the line and the key path). Paths are relative to the batch file and
+stay inside its folder unless allowed. Without a request_id,
 one is derived from the batch file's name, the line number and the line's text, so
 submitting the same batch again re-attaches to the same jobs instead of creating new ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -17,7 +20,28 @@ from pathlib import Path
 from typing import Any
 
 from prompttune.client import BatchItemResult, BatchRequest, batch_request_id
-from prompttune.server._taskfile import TaskFileError, load_task_file, request_from_document
+from prompttune.contract import ModelSpec, SearchSpec, TaskSpec, to_document
+from prompttune.server._taskfile import (
+    DataFiles,
+    TaskFile,
+    TaskFileError,
+    data_path,
+    decode,
+    load_data,
+    load_task_file,
+)
+
+
+@dataclass(frozen=True)
+class BatchLine:
+    """One line of a batch file: a task-file reference, or an inline task-file document."""
+
+    task_file: str = ""
+    request_id: str = ""
+    task: TaskSpec | None = None
+    data: DataFiles | None = None
+    model: ModelSpec | None = None
+    search: SearchSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -26,28 +50,39 @@ class BatchEntry:
     request: BatchRequest
 
 
-def load_batch(path: Path) -> list[BatchEntry]:
+def load_batch(path: Path, allow_outside_data: bool = False) -> list[BatchEntry]:
     entries = []
     for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not text.strip() or text.lstrip().startswith("#"):
             continue
-        where = Path(f"{path}:{number}")
+        where = f"{path}:{number}"
         try:
             document = json.loads(text)
         except ValueError as error:
             raise TaskFileError(f"{where}: {error}") from error
-        if not isinstance(document, dict):
-            raise TaskFileError(f"{where}: expected a JSON object")
-        if "task_file" in document:
-            loaded = load_task_file(path.parent / str(document["task_file"]))
-        else:
-            loaded = request_from_document(document, path.parent, where)
-        request_id = str(document.get("request_id") or batch_request_id(path.name, number, text))
-        request = BatchRequest(
-            loaded.task, loaded.dataset, loaded.model, loaded.search, request_id=request_id
-        )
-        entries.append(BatchEntry(number, request))
+        line = decode(BatchLine, document, where)
+        request = _request(line, path.parent, where, allow_outside_data)
+        request_id = line.request_id or batch_request_id(path.name, number, text)
+        entries.append(BatchEntry(number, dataclasses.replace(request, request_id=request_id)))
     return entries
+
+
+def _request(line: BatchLine, base: Path, where: str, allow_outside: bool) -> BatchRequest:
+    if line.task_file:
+        if line.task is not None or line.data is not None:
+            raise TaskFileError(f"{where}: give either task_file or task and data, not both")
+        loaded = load_task_file(
+            data_path(base, line.task_file, f"{where}: task_file", allow_outside), allow_outside
+        )
+    elif line.task is None:
+        raise TaskFileError(f"{where}: task: is required (or task_file)")
+    else:
+        document = TaskFile(
+            line.task, line.data or DataFiles(), line.model or ModelSpec(),
+            line.search or SearchSpec(),
+        )  # fmt: skip
+        loaded = load_data(document, base, where, allow_outside)
+    return BatchRequest(loaded.task, loaded.dataset, loaded.model, loaded.search)
 
 
 def result_record(entry: BatchEntry, result: BatchItemResult) -> dict[str, Any]:
@@ -61,10 +96,8 @@ def result_record(entry: BatchEntry, result: BatchItemResult) -> dict[str, Any]:
         "error": result.error,
     }
     if job is not None and job.result is not None:
-        from prompttune.server.cli import to_jsonable
-
         outcome = job.result
-        record["best_prompt"] = to_jsonable(outcome.best.prompt)
+        record["best_prompt"] = to_document(outcome.best.prompt)
         record["scores"] = {
             name: {
                 "validation": scores.validation.mean,
@@ -73,7 +106,7 @@ def result_record(entry: BatchEntry, result: BatchItemResult) -> dict[str, Any]:
             for name, scores in (("baseline", outcome.baseline), ("best", outcome.best))
         }
         record["improved"] = outcome.improved
-        record["cost"] = to_jsonable(outcome.usage) | {"wall_seconds": outcome.wall_seconds}
+        record["cost"] = to_document(outcome.usage) | {"wall_seconds": outcome.wall_seconds}
     return record
 
 

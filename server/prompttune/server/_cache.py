@@ -1,7 +1,13 @@
-"""The response cache in the service database, shared by every job and worker."""
+"""The response cache in the service database, and its tenant scoping.
+
+Keys are content hashes of the endpoint identity (registry name, model, base URL), the
+messages and the sampling settings. `TenantCaches` scopes them by tenant as well, so one
+tenant's answers are never served to another unless the operator shares the cache.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import sqlalchemy as sa
@@ -9,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
-from prompttune.search import ChatResponse
+from prompttune.search import ChatResponse, ResponseCache
 from prompttune.server._db import CacheRow
 
 
@@ -47,3 +53,33 @@ class SqlResponseCache:
     def count(self) -> int:
         with self._sessions() as session:
             return int(session.scalar(sa.select(sa.func.count()).select_from(CacheRow)) or 0)
+
+
+class TenantScopedCache:
+    """A ResponseCache whose keys are those of `inner` bound to one tenant: the same request
+    from two tenants is two entries. Thread-safe when `inner` is."""
+
+    def __init__(self, inner: ResponseCache, tenant: str) -> None:
+        self._inner = inner
+        self._scope = f"tenant\x00{tenant}\x00"
+
+    def _key(self, key: str) -> str:
+        return hashlib.sha256((self._scope + key).encode("utf-8")).hexdigest()
+
+    def get(self, key: str) -> ChatResponse | None:
+        return self._inner.get(self._key(key))
+
+    def put(self, key: str, response: ChatResponse) -> None:
+        self._inner.put(self._key(key), response)
+
+
+class TenantCaches:
+    """Hands out the response cache of a tenant: scoped to it, or the one shared cache when
+    the operator set `share_across_tenants`."""
+
+    def __init__(self, inner: ResponseCache, share_across_tenants: bool = False) -> None:
+        self._inner = inner
+        self._shared = share_across_tenants
+
+    def for_tenant(self, tenant: str) -> ResponseCache:
+        return self._inner if self._shared else TenantScopedCache(self._inner, tenant)

@@ -24,6 +24,7 @@ from prompttune.search import (
 )
 from prompttune.server._auth import Unauthenticated
 from prompttune.server._store import AlreadyExists
+from prompttune.server._auth import PermissionDenied, Unauthenticated
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +39,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (UpstreamUnavailable, grpc.StatusCode.UNAVAILABLE),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 

@@ -40,7 +40,6 @@ from prompttune.search import (
     GatewayRegistry,
     LLMGateway,
     ModelEndpoint,
-    ResponseCache,
     build_scorer,
     calls_per_example,
     estimate,
@@ -48,6 +47,8 @@ from prompttune.search import (
 )
 from prompttune.search import InvalidArgument as InvalidArgumentError
 from prompttune.server._auth import DEFAULT_TENANT
+from prompttune.server._cache import TenantCaches
+from prompttune.server._endpoints import EndpointRegistry
 from prompttune.server._limits import Limits
 from prompttune.server._records import TERMINAL_STATES
 from prompttune.server._store import SqlJobStore
@@ -73,6 +74,16 @@ class EndpointResolver(Protocol):
     `field` for a spec the server will not serve."""
 
     def resolve(self, spec: ModelSpec, field: str = "model") -> ModelEndpoint: ...
+
+
+def job_model_specs(spec: JobSpec) -> list[tuple[ModelSpec, str]]:
+    """The model specs a job uses, with their field paths."""
+    specs = [(spec.model, "model")]
+    if spec.task.judge is not None:
+        specs.append((spec.task.judge, "task.judge"))
+    if spec.search.proposer is not None:
+        specs.append((spec.search.proposer, "search.proposer"))
+    return specs
 
 
 def job_id_of(job_id: str) -> str:
@@ -104,8 +115,8 @@ class ServiceDeps:
     """What JobService needs from the outside world."""
 
     store: SqlJobStore
-    resolver: EndpointResolver
-    cache: ResponseCache
+    endpoints: EndpointRegistry
+    caches: TenantCaches
     chat_models: Callable[[ModelEndpoint], ChatModel]
     limits: Limits
     registry: GatewayRegistry
@@ -128,6 +139,8 @@ class JobService:
         """Validates `spec` once, estimates it and (unless `dry_run`) queues it. CPU-bound on
         large datasets: call it off the event loop. Raises InvalidArgument, AlreadyExists."""
         spec = validate_job_spec(spec, self._limits)
+        for model, field in job_model_specs(spec):
+            self._deps.endpoints.check(model, field, tenant)
         splits = DatasetSplits(spec.dataset.train, spec.dataset.validation, spec.dataset.test)
         guess = estimate(spec.task, splits, spec.search)
         if dry_run:
@@ -178,19 +191,22 @@ class JobService:
             job_id, sequence, 1
         )
 
-    async def evaluate(self, request: EvaluationRequest) -> Evaluation:
-        """Scores a prompt on the request's examples with the request's model."""
+    async def evaluate(
+        self, request: EvaluationRequest, tenant: str = DEFAULT_TENANT
+    ) -> Evaluation:
+        """Scores a prompt on the request's examples with the request's model, through
+        `tenant`'s endpoints and response cache."""
         request = await asyncio.to_thread(validate_evaluation, request, self._limits)
-        return await self._evaluate(request, None)
+        return await self._evaluate(request, tenant, None)
 
     async def evaluate_stream(
-        self, request: EvaluationRequest, tick_seconds: float = 0.5
+        self, request: EvaluationRequest, tenant: str = DEFAULT_TENANT, tick_seconds: float = 0.5
     ) -> AsyncIterator[EvaluationProgress | Evaluation]:
         """Progress every `tick_seconds` while scoring, then the evaluation. Closing the
         iterator cancels the scoring."""
         request = await asyncio.to_thread(validate_evaluation, request, self._limits)
         counter: list[_CountingChatModel] = []
-        scoring = asyncio.ensure_future(self._evaluate(request, counter))
+        scoring = asyncio.ensure_future(self._evaluate(request, tenant, counter))
         total = len(request.examples)
         per_example = calls_per_example(request.task)
         try:
@@ -203,14 +219,16 @@ class JobService:
             scoring.cancel()
 
     async def _evaluate(
-        self, request: EvaluationRequest, counters: list[_CountingChatModel] | None
+        self,
+        request: EvaluationRequest,
+        tenant: str,
+        counters: list[_CountingChatModel] | None,
     ) -> Evaluation:
-        resolver, task = self._deps.resolver, request.task
+        resolver, task = self._deps.endpoints.for_tenant(tenant), request.task
         endpoint = await asyncio.to_thread(resolver.resolve, request.model, "model")
         calls = min(len(request.examples) * calls_per_example(task), _EVALUATE_CALL_CAP)
-        gateways = GatewayFactory(
-            CallBudget(max_llm_calls=calls), self._deps.cache, self._deps.registry
-        )
+        cache = self._deps.caches.for_tenant(tenant)
+        gateways = GatewayFactory(CallBudget(max_llm_calls=calls), cache, self._deps.registry)
         gateway = self._gateway(gateways, endpoint, counters)
         judge = None
         if task.metric is Metric.LLM_JUDGE:

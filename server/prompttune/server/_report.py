@@ -1,21 +1,16 @@
-"""`prompttune report` and `prompttune export`: a finished job as a self-contained HTML or
-Markdown report with a PNG plot, or its best prompt in a ready-to-use format."""
+"""`prompttune report`: a finished job as a self-contained HTML or Markdown report with a PNG
+plot (matplotlib, imported only when a report is drawn)."""
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-import yaml
-
-from prompttune.client import Job, JobEvent, Prompt, to_openai_messages
-from prompttune.client._render import render
+from prompttune.contract import Job, JobEvent, to_document
 
 
 @dataclass(frozen=True)
@@ -118,64 +113,28 @@ def _summary_rows(job: Job) -> list[tuple[str, str]]:
 
 
 def report(job: Job, events: list[JobEvent], fmt: str) -> str:
-    """A self-contained report (the plot is an inline data: URI) in "html" or "md"."""
-    png = base64.b64encode(plot_png(job, trial_points(events))).decode()
+    """A self-contained report (the plot is an inline data: URI) in "html" or "md". Without
+    matplotlib (the ``report`` extra) the report says so in place of the plot."""
+    try:
+        png = base64.b64encode(plot_png(job, trial_points(events))).decode()
+    except ImportError:
+        png = ""
     rows = _summary_rows(job)
-    best = json.dumps(prompt_document(job.result.best.prompt), indent=2) if job.result else ""
+    if not png:
+        rows.append(("plot", "not drawn: install matplotlib (pip install 'prompttune[report]')"))
+    best = json.dumps(to_document(job.result.best.prompt), indent=2) if job.result else ""
     if fmt == "md":
         table = "\n".join(f"| {k} | {v.replace('|', '/')} |" for k, v in rows)
         return (
             f"# prompttune report: {job.id}\n\n| | |\n|---|---|\n{table}\n\n"
-            f"![score plot](data:image/png;base64,{png})\n\n"
-            f"## Best prompt\n\n```json\n{best}\n```\n"
+            + (f"![score plot](data:image/png;base64,{png})\n\n" if png else "")
+            + f"## Best prompt\n\n```json\n{best}\n```\n"
         )
     cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>prompttune report {html.escape(job.id)}</title></head><body>"
         f"<h1>prompttune report: {html.escape(job.id)}</h1><table>{cells}</table>"
-        f"<img alt='score plot' src='data:image/png;base64,{png}'>"
-        f"<h2>Best prompt</h2><pre>{html.escape(best)}</pre></body></html>\n"
+        + (f"<img alt='score plot' src='data:image/png;base64,{png}'>" if png else "")
+        + f"<h2>Best prompt</h2><pre>{html.escape(best)}</pre></body></html>\n"
     )
-
-
-def prompt_document(prompt: Prompt) -> dict[str, Any]:
-    from prompttune.server.cli import to_jsonable
-
-    document: dict[str, Any] = to_jsonable(prompt)
-    return document
-
-
-def export(job: Job, fmt: str) -> str:
-    """The best prompt: "json"/"yaml" = the prompt itself (loadable by `prompttune render
-    --prompt`); "openai" = chat messages with an `{input}`-style placeholder per input field
-    plus the prompt, ready for chat.completions."""
-    if job.result is None:
-        raise ValueError(f"job {job.id} has no result ({job.state.value})")
-    prompt = job.result.best.prompt
-    document = prompt_document(prompt)
-    if fmt == "json":
-        return json.dumps(document, indent=2) + "\n"
-    if fmt == "yaml":
-        return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
-    fields = prompt.input_fields or ("input",)
-    placeholders = {name: f"{{{{{name}}}}}" for name in fields}
-    exported: dict[str, Any] = {
-        "job_id": job.id,
-        "input_fields": list(fields),
-        "placeholder_syntax": "{{field}} marks where each input goes; substitute literally",
-    }
-    if prompt.knn_k > 0 and prompt.demo_pool:
-        # Demonstrations are chosen per input, so the template holds the static part only.
-        static = dataclasses.replace(prompt, knn_k=0, demo_pool=())
-        exported["dynamic_demos"] = {
-            "k": prompt.knn_k,
-            "how": "insert the k pool examples most similar to the input (all-MiniLM-L6-v2 "
-            "cosine), most similar last, before the input; or call RenderPrompt per input",
-            "pool": document.get("demo_pool", []),
-        }
-    else:
-        static = prompt
-    exported["messages"] = to_openai_messages(render(static, placeholders))
-    exported["prompt"] = document
-    return json.dumps(exported, indent=2) + "\n"

@@ -94,13 +94,13 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         self, request: pb.EvaluatePromptRequest, context: Context
     ) -> pb.EvaluatePromptResponse:
         evaluation = await asyncio.to_thread(self._decode, EvaluationRequest, request)
-        return wire.to_message(await self._jobs.evaluate(evaluation))  # type: ignore[no-any-return]
+        return wire.to_message(await self._jobs.evaluate(evaluation, current_tenant()))  # type: ignore[no-any-return]
 
     async def StreamEvaluation(
         self, request: pb.StreamEvaluationRequest, context: Context
     ) -> AsyncIterator[pb.StreamEvaluationResponse]:
         evaluation = await asyncio.to_thread(self._decode, EvaluationRequest, request.evaluation)
-        async for item in self._jobs.evaluate_stream(evaluation):
+        async for item in self._jobs.evaluate_stream(evaluation, current_tenant()):
             if isinstance(item, Evaluation):
                 yield pb.StreamEvaluationResponse(result=wire.to_message(item))
             else:

@@ -39,13 +39,13 @@ from prompttune.search import (
     GatewayRegistry,
     ModelEndpoint,
     PromptTuneError,
-    ResponseCache,
     Runner,
     RunnerDeps,
     SearchCancelled,
     SearchFailed,
 )
-from prompttune.server._jobs import EndpointResolver
+from prompttune.server._cache import TenantCaches
+from prompttune.server._endpoints import EndpointRegistry
 from prompttune.server._records import safe_text
 from prompttune.server._store import ClaimedHelper, ClaimedJob, SqlJobStore
 from prompttune.server._telemetry import ServiceMetrics
@@ -141,8 +141,8 @@ class HelperObserver:
 @dataclass(frozen=True)
 class ExecutorDeps:
     store: SqlJobStore
-    cache: ResponseCache
-    resolver: EndpointResolver
+    caches: TenantCaches
+    endpoints: EndpointRegistry
     embedder: Embedder
     chat_models: Callable[[ModelEndpoint], ChatModel]
     study_storage: str
@@ -258,7 +258,7 @@ class JobExecutor:
             self._deps.store, claimed.job_id, self._config.cancel_check_seconds
         )
         spec = claimed.spec
-        runner = await self._runner(spec, observer)
+        runner = await self._runner(spec, claimed.tenant, observer)
         await runner.assist(
             spec.task,
             _splits(spec),
@@ -273,13 +273,16 @@ class JobExecutor:
             self._deps.store, claimed.job_id, self._config.cancel_check_seconds, self._deps.metrics
         )
         spec = claimed.spec
-        runner = await self._runner(spec, observer)
+        runner = await self._runner(spec, claimed.tenant, observer)
         return await runner.run(spec.task, _splits(spec), spec.search, study_name=claimed.job_id)
 
-    async def _runner(self, spec: JobSpec, observer: StoreObserver | HelperObserver) -> Runner:
-        """A runner for the already validated `spec`, bound to its endpoints and observer."""
+    async def _runner(
+        self, spec: JobSpec, tenant: str, observer: StoreObserver | HelperObserver
+    ) -> Runner:
+        """A runner for the already validated `spec`, bound to `tenant`'s endpoints and
+        response cache and to `observer`."""
         deps = self._deps
-        resolve = deps.resolver.resolve
+        resolve = deps.endpoints.for_tenant(tenant).resolve
         task_endpoint = await asyncio.to_thread(resolve, spec.model, "model")
         proposer_endpoint = task_endpoint
         if spec.search.proposer is not None:
@@ -295,7 +298,7 @@ class JobExecutor:
                 task_model=deps.chat_models(task_endpoint),
                 proposer_model=deps.chat_models(proposer_endpoint),
                 embedder=deps.embedder,
-                cache=None if spec.search.disable_cache else deps.cache,
+                cache=None if spec.search.disable_cache else deps.caches.for_tenant(tenant),
                 observer=observer,
                 task_temperature=task_endpoint.temperature,
                 task_max_tokens=task_endpoint.max_tokens,

@@ -1,0 +1,112 @@
+"""Requests and replies of OptimizerService, built from and read into contract types.
+
+The sync and async clients share these functions, so each RPC's conversion is written once;
+every field goes through `prompttune.contract.wire`, the one codec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from prompttune.contract import (
+    ChatMessage,
+    Dataset,
+    Estimate,
+    Evaluation,
+    EvaluationProgress,
+    Example,
+    Job,
+    JobEvent,
+    JobPage,
+    JobState,
+    ModelSpec,
+    Prompt,
+    SearchSpec,
+    TaskSpec,
+)
+from prompttune.contract.wire import from_message, to_message
+from prompttune.v1 import optimizer_pb2 as pb
+
+ProgressHandler = Callable[[EvaluationProgress], None]
+
+
+def create_job(
+    task: TaskSpec,
+    dataset: Dataset,
+    model: ModelSpec | None,
+    search: SearchSpec | None,
+    request_id: str | None,
+    dry_run: bool,
+) -> pb.CreateJobRequest:
+    """``model`` and ``search`` None are left unset: the server reads them as `ModelSpec()`
+    and `SearchSpec()`, the contract's defaults."""
+    return pb.CreateJobRequest(
+        task=to_message(task),
+        dataset=to_message(dataset),
+        model=None if model is None else to_message(model),
+        search=None if search is None else to_message(search),
+        request_id=request_id or "",
+        dry_run=dry_run,
+    )
+
+
+def created(response: pb.CreateJobResponse, dry_run: bool) -> Job | Estimate:
+    """The job a CreateJob reply carries, or its estimate for a dry run."""
+    if dry_run or not response.HasField("job"):
+        return from_message(Estimate, response.estimate, "estimate")
+    if not response.job.HasField("estimate") and response.HasField("estimate"):
+        response.job.estimate.CopyFrom(response.estimate)
+    return job(response.job)
+
+
+def job(message: pb.Job) -> Job:
+    return from_message(Job, message)
+
+
+def job_page(message: pb.ListJobsResponse) -> JobPage:
+    return from_message(JobPage, message)
+
+
+def event(message: pb.JobEvent) -> JobEvent:
+    return from_message(JobEvent, message)
+
+
+def list_jobs(state: JobState | None, page_size: int, page_token: str) -> pb.ListJobsRequest:
+    number = pb.JobState.Value(f"JOB_STATE_{(state or JobState.UNSPECIFIED).name}")
+    return pb.ListJobsRequest(page_size=page_size, page_token=page_token, state=number)
+
+
+def evaluate(
+    prompt: Prompt, task: TaskSpec, examples: Iterable[Example], model: ModelSpec | None
+) -> pb.StreamEvaluationRequest:
+    evaluation = pb.EvaluatePromptRequest(
+        prompt=to_message(prompt),
+        task=to_message(task),
+        examples=[to_message(example) for example in examples],
+        model=None if model is None else to_message(model),
+    )
+    return pb.StreamEvaluationRequest(evaluation=evaluation)
+
+
+def evaluation_update(
+    message: pb.StreamEvaluationResponse, on_progress: ProgressHandler | None
+) -> Evaluation | None:
+    """The final evaluation, or None after passing a progress message to `on_progress`."""
+    if message.HasField("result"):
+        return evaluation(message.result)
+    if message.HasField("progress") and on_progress is not None:
+        on_progress(from_message(EvaluationProgress, message.progress, "progress"))
+    return None
+
+
+def evaluation(message: pb.EvaluatePromptResponse) -> Evaluation:
+    return from_message(Evaluation, message, "result")
+
+
+def render(prompt: Prompt, inputs: Mapping[str, str] | str) -> pb.RenderPromptRequest:
+    fields = {"input": inputs} if isinstance(inputs, str) else dict(inputs)
+    return pb.RenderPromptRequest(prompt=to_message(prompt), inputs=fields)
+
+
+def messages(response: pb.RenderPromptResponse) -> tuple[ChatMessage, ...]:
+    return tuple(from_message(ChatMessage, message) for message in response.messages)

@@ -1,0 +1,101 @@
+"""A hostile caller probes the network and the registry: caller URLs aimed at link-local,
+metadata, the service's database or its own ports get one generic error (no port scanner),
+an unknown endpoint and another tenant's endpoint answer identically (no existence oracle),
+and redirects from an endpoint are not followed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+
+from prompttune.contract import ModelKind
+from prompttune.server._endpoints import EndpointConfig, EndpointEntry
+from prompttune.v1 import optimizer_pb2 as pb
+from tests.hostile.conftest import Listener, create_request, evaluate_request, model
+
+GENERIC = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    "model.base_url: is not an address this server may call",
+)
+
+
+def caller(url: str) -> pb.ModelSpec:
+    return model(kind=ModelKind.OPENAI_COMPATIBLE, base_url=url, model="m")
+
+
+def test_caller_urls_to_forbidden_addresses_get_one_generic_error(
+    hostile_factory: Any, listener: Listener, postgres_url: str
+) -> None:
+    config = EndpointConfig(allow_caller_endpoints=True)
+    hostile = hostile_factory(config, auth=False, db_url=postgres_url, metrics_port=0)
+    app = hostile.server.app
+    grpc_port = int(hostile.server.target.rsplit(":", 1)[1])
+    targets = [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://[fe80::1]:80/v1",
+        "http://[::ffff:169.254.169.254]/v1",
+        "http://2852039166/v1",  # 169.254.169.254 as one decimal number
+        "http://0251.0376.0251.0376/v1",  # ... and in octal
+        "http://127.0.0.1:5432/v1",  # the service's PostgreSQL
+        "http://localhost:5432/v1",
+        f"http://127.0.0.1:{grpc_port}/v1",  # its own gRPC port
+        f"http://0.0.0.0:{grpc_port}/v1",
+        f"http://127.0.0.1:{app.metrics_port}/v1",  # its metrics port
+        "http://no-such-host.invalid/v1",
+    ]
+    stub = hostile.stub()
+    for url in targets:
+        for rpc, request in (
+            ("CreateJob", create_request(caller(url))),
+            ("EvaluatePrompt", evaluate_request(caller(url))),
+        ):
+            reply = getattr(stub, rpc)(request)
+            assert isinstance(reply, grpc.RpcError), (rpc, url)
+            assert (reply.code(), reply.details()) == GENERIC, (rpc, url)
+    # A permitted address is called: the refusals above are the guard's, not the network's.
+    allowed = stub.EvaluatePrompt(evaluate_request(caller(listener.url)))
+    assert isinstance(allowed, pb.EvaluatePromptResponse)
+    assert len(listener.received) == 6
+
+
+def test_unknown_and_forbidden_endpoints_answer_identically(
+    hostile_factory: Any, listener: Listener
+) -> None:
+    private = EndpointEntry(base_url=listener.url, models=("m",), tenants=("alpha",))
+    hostile = hostile_factory(EndpointConfig(endpoints={"alpha-only": private}), auth=True)
+    beta = hostile.stub("token-beta")
+    answers = set()
+    for name in ("alpha-only", "no-such-endpoint"):
+        named = model(kind=ModelKind.OPENAI_COMPATIBLE, endpoint=name)
+        for rpc, request in (
+            ("CreateJob", create_request(named)),
+            ("EvaluatePrompt", evaluate_request(named)),
+        ):
+            reply = getattr(beta, rpc)(request)
+            assert isinstance(reply, grpc.RpcError)
+            answers.add((reply.code(), reply.details(), tuple(reply.trailing_metadata() or ())))
+    assert len(answers) == 1
+    assert listener.received == []
+    alpha = hostile.stub("token-alpha")
+    named = model(kind=ModelKind.OPENAI_COMPATIBLE, endpoint="alpha-only")
+    assert isinstance(alpha.EvaluatePrompt(evaluate_request(named)), pb.EvaluatePromptResponse)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the engine's OpenAI client with follow_redirects=False (engine branch)",
+)
+def test_redirects_from_an_endpoint_are_not_followed(
+    hostile_factory: Any, listener_factory: Any
+) -> None:
+    redirecting, target = listener_factory(), listener_factory()
+    redirecting.redirect_to = target.url
+    entry = EndpointEntry(base_url=redirecting.url, models=("m",))
+    stub = hostile_factory(EndpointConfig(endpoints={"gw": entry}), auth=False).stub()
+    named = model(kind=ModelKind.OPENAI_COMPATIBLE, endpoint="gw")
+    stub.EvaluatePrompt(evaluate_request(named, count=1))
+    assert redirecting.received
+    assert target.received == []

@@ -6,8 +6,8 @@ import asyncio
 import dataclasses
 import hashlib
 import importlib.util
-import json
 import ipaddress
+import json
 import re
 import socket
 import sys
@@ -378,6 +378,8 @@ def closed_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
 class FakeResolver:
     """A `HostResolver` from a fixed table; names ending in ``.invalid`` resolve to a
     documentation address (192.0.2.1, never routed), unknown names to nothing. Literal

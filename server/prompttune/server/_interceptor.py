@@ -22,9 +22,8 @@ from prompttune.search import (
     NotFound,
     UpstreamUnavailable,
 )
-from prompttune.server._auth import Unauthenticated
-from prompttune.server._store import AlreadyExists
 from prompttune.server._auth import PermissionDenied, Unauthenticated
+from prompttune.server._store import AlreadyExists
 
 log = structlog.get_logger(__name__)
 

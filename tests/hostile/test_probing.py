@@ -84,10 +84,6 @@ def test_unknown_and_forbidden_endpoints_answer_identically(
     assert isinstance(alpha.EvaluatePrompt(evaluate_request(named)), pb.EvaluatePromptResponse)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the engine's OpenAI client with follow_redirects=False (engine branch)",
-)
 def test_redirects_from_an_endpoint_are_not_followed(
     hostile_factory: Any, listener_factory: Any
 ) -> None:

@@ -16,8 +16,8 @@ import optuna
 import pytest
 import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tests.fakes import FakeEmbedder, sentiment_examples
-from tests.server.conftest import FakeModels
+from tests.fakes import FakeEmbedder, FakeResolver, sentiment_examples
+from tests.server.conftest import CALLER_ENDPOINTS, FakeModels
 
 from prompttune.contract import (
     Budget,
@@ -94,9 +94,13 @@ def serve(tmp_path: Path, workers: int, decoder: Any = decode, db_url: str = "")
         db_url=db_url or f"sqlite:///{tmp_path / 'contract.db'}",
         workers=workers,
         worker=WorkerConfig(poll_seconds=0.05, cancel_check_seconds=0.05),
+        endpoint_config=CALLER_ENDPOINTS,
     )
     adapters = Adapters(
-        chat_models=FakeModels(), embedder_factory=FakeEmbedder, request_decode=decoder
+        chat_models=FakeModels(),
+        embedder_factory=FakeEmbedder,
+        request_decode=decoder,
+        host_resolver=FakeResolver(),
     )
     return EmbeddedServer(config, adapters)
 
@@ -434,8 +438,12 @@ class SlowEmbedder(FakeEmbedder):
 
 
 def test_health_answers_while_a_knn_prompt_renders(tmp_path: Path) -> None:
-    config = ServerConfig(db_url=f"sqlite:///{tmp_path / 'slow.db'}", workers=0)
-    adapters = Adapters(chat_models=FakeModels(), embedder_factory=SlowEmbedder)
+    config = ServerConfig(
+        db_url=f"sqlite:///{tmp_path / 'slow.db'}", workers=0, endpoint_config=CALLER_ENDPOINTS
+    )
+    adapters = Adapters(
+        chat_models=FakeModels(), embedder_factory=SlowEmbedder, host_resolver=FakeResolver()
+    )
     prompt = Prompt("Classify.", demo_pool=sentiment_examples(400, "p"), knn_k=3)
     request = pb.RenderPromptRequest(prompt=wire.to_message(prompt), inputs={"input": "fine"})
     with (

@@ -284,8 +284,8 @@ class SplitRatio(_message.Message):
     TEST_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     train: _builtins.float
-    """Fractions of examples for training (demo pool), validation and test; each in (0, 1),
-    summing to 1. Default 0.5 / 0.25 / 0.25.
+    """Fractions of examples for training (demo pool), validation and test; each in [0, 1),
+    summing to 1. Unset: 0.5 / 0.25 / 0.25 (an explicit 0 is kept, e.g. no test split).
     """
     validation: _builtins.float
     test: _builtins.float
@@ -294,16 +294,27 @@ class SplitRatio(_message.Message):
     def __init__(
         self,
         *,
-        train: _builtins.float = ...,
-        validation: _builtins.float = ...,
-        test: _builtins.float = ...,
+        train: _builtins.float | None = ...,
+        validation: _builtins.float | None = ...,
+        test: _builtins.float | None = ...,
         seed: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_test", b"_test", "_train", b"_train", "_validation", b"_validation", "test", b"test", "train", b"train", "validation", b"validation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["seed", b"seed", "test", b"test", "train", b"train", "validation", b"validation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_test", b"_test", "_train", b"_train", "_validation", b"_validation", "seed", b"seed", "test", b"test", "train", b"train", "validation", b"validation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__test: _TypeAlias = _typing.Literal["test"]  # noqa: Y015
+    _WhichOneofArgType__test: _TypeAlias = _typing.Literal["_test", b"_test"]  # noqa: Y015
+    _WhichOneofReturnType__train: _TypeAlias = _typing.Literal["train"]  # noqa: Y015
+    _WhichOneofArgType__train: _TypeAlias = _typing.Literal["_train", b"_train"]  # noqa: Y015
+    _WhichOneofReturnType__validation: _TypeAlias = _typing.Literal["validation"]  # noqa: Y015
+    _WhichOneofArgType__validation: _TypeAlias = _typing.Literal["_validation", b"_validation"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__test) -> _WhichOneofReturnType__test | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__train) -> _WhichOneofReturnType__train | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__validation) -> _WhichOneofReturnType__validation | None: ...
 
 Global___SplitRatio: _TypeAlias = SplitRatio  # noqa: Y015
 

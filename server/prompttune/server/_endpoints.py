@@ -322,6 +322,7 @@ class EndpointRegistry:
             _LOCAL_JOB_CONCURRENCY if managed else _DEFAULT_JOB_CONCURRENCY
         )
         return ModelEndpoint(
+            name=name,
             base_url=base_url,
             model=model,
             api_key_env=entry.api_key_env,
@@ -358,6 +359,7 @@ class EndpointRegistry:
             raise InvalidArgument(f"{field}.model", "is required for a caller-supplied endpoint")
         defaults = self._settings.defaults
         return ModelEndpoint(
+            name="caller",
             base_url=spec.base_url,
             model=spec.model,
             api_key_env=spec.api_key_env,

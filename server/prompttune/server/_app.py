@@ -12,8 +12,6 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from prompttune.search import (
@@ -26,6 +24,7 @@ from prompttune.search import (
 from prompttune.server._auth import AuthInterceptor, TokenRegistry
 from prompttune.server._cache import SqlResponseCache
 from prompttune.server._db import create_db_engine
+from prompttune.server._health import HealthReporter
 from prompttune.server._interceptor import ServiceInterceptor
 from prompttune.server._jobs import JobService
 from prompttune.server._limits import Limits
@@ -144,7 +143,7 @@ class PromptTuneServer:
             executor,
             WorkerConfig(**{**config.worker.__dict__, "slots": config.workers}),
         )
-        self._health = health.aio.HealthServicer()
+        self._health = HealthReporter((SERVICE_NAME,))
         self._server: grpc.aio.Server | None = None
         self._metrics_http: WSGIServer | None = None
         self.metrics_port: int | None = None
@@ -153,19 +152,17 @@ class PromptTuneServer:
         limits = self.config.limits
         server = grpc.aio.server(
             # ServiceInterceptor is outermost: it logs and maps AuthInterceptor's errors too.
-            interceptors=[ServiceInterceptor(), AuthInterceptor(self.config.auth)],
+            interceptors=[
+                ServiceInterceptor(self.metrics.rpcs),
+                AuthInterceptor(self.config.auth),
+            ],
             options=[
                 ("grpc.max_receive_message_length", limits.max_request_bytes + 1024 * 1024),
                 ("grpc.max_send_message_length", limits.max_request_bytes + 1024 * 1024),
             ],
         )
         pb_grpc.add_OptimizerServiceServicer_to_server(OptimizerServicer(self.jobs), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
-            server,
-        )  # fmt: skip
+        self._health.attach(server)
         address = f"{self.config.host}:{self.config.port}"
         if self.config.tls is None:
             port = server.add_insecure_port(address)
@@ -174,8 +171,7 @@ class PromptTuneServer:
         await server.start()
         self._start_metrics()
         self._server = server
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.serving()
         if self.config.workers > 0:
             self.workers.start()
         log.info(
@@ -200,7 +196,8 @@ class PromptTuneServer:
     async def stop(self) -> None:
         """Reports NOT_SERVING, finishes in-flight RPCs within the grace period, stops workers
         and the local model. Jobs still running are reclaimed later through their lease."""
-        await self._health.enter_graceful_shutdown()
+        await self._health.draining()
+        log.info("server.draining", grace_seconds=self.config.grace_seconds)
         if self._server is not None:
             await self._server.stop(self.config.grace_seconds)
         await asyncio.to_thread(self.workers.stop)

@@ -160,7 +160,11 @@ class JobExecutor:
 
     def execute(self, claimed: ClaimedJob) -> None:
         job_id = claimed.job_id
-        bound = structlog.contextvars.bound_contextvars(job_id=job_id, tenant=claimed.tenant)
+        # request_id: CreateJob's idempotency key, which its `rpc.done` and `job.created`
+        # lines carry too, so a request can be followed to its job's lines.
+        bound = structlog.contextvars.bound_contextvars(
+            job_id=job_id, tenant=claimed.tenant, request_id=claimed.request.request_id or None
+        )
         with bound:
             log.info("job.started")
             try:

@@ -97,7 +97,7 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, service=True)
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -161,7 +161,7 @@ def add_endpoint_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, service=True)
     config = ServerConfig(
         db_url=args.db or default_db_url(),
         workers=args.slots,

@@ -16,6 +16,7 @@ from tests.fakes import FakeEmbedder
 from tests.server.conftest import FakeModels
 
 from prompttune.server import Adapters, EmbeddedServer, ServerConfig
+from prompttune.server._health import HealthReporter
 
 SERVICE = "prompttune.v1.OptimizerService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -120,3 +121,31 @@ def test_rpc_and_process_metrics(channel: tuple[EmbeddedServer, grpc.Channel]) -
     )
     assert f'prompttune_rpc_handled_total{{grpc_code="OK",{reflection}}} 1.0' in text
     assert "process_resident_memory_bytes " in text and "python_info{" in text
+
+
+async def test_not_serving_then_serving_again() -> None:
+    reporter = HealthReporter((SERVICE,))
+    server = grpc.aio.server()
+    reporter.attach(server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
+            stub = health_pb2_grpc.HealthStub(chan)
+
+            async def status(name: str) -> int:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+                return int(reply.status)
+
+            await reporter.serving()
+            assert await status(SERVICE) == SERVING
+            await reporter.not_serving(("", SERVICE))
+            assert (await status(""), await status(SERVICE)) == (NOT_SERVING, NOT_SERVING)
+            assert await status("grpc.health.v1.Health") == SERVING
+            await reporter.serving()
+            assert await status(SERVICE) == SERVING
+            await reporter.draining()
+            await reporter.serving()  # ignored once draining
+            assert await status(SERVICE) == NOT_SERVING
+    finally:
+        await server.stop(0)

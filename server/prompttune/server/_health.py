@@ -35,6 +35,12 @@ class HealthReporter:
         for name in self.services:
             await self._servicer.set(name, _SERVING)
 
+    async def not_serving(self, services: tuple[str, ...] = ()) -> None:
+        """NOT_SERVING for `services` (default: the whole server, "" and every service),
+        e.g. when the server can no longer run jobs. Serving again takes `serving()`."""
+        for name in services or self.services:
+            await self._servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
     async def draining(self) -> None:
         """NOT_SERVING for every service, for good: later `set` calls are ignored."""
         await self._servicer.enter_graceful_shutdown()

@@ -190,11 +190,9 @@ class _Call:
 
 
 def _aborted_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """The code a handler passed to `context.abort` (grpc's own health servicer aborts)."""
     code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code
-    known = {status.value[0]: status for status in grpc.StatusCode}
-    return known.get(code, grpc.StatusCode.UNKNOWN) if isinstance(code, int) else code
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
 
 
 def _wrap_unary(behaviour: Any, call: _Call) -> Any:

@@ -87,6 +87,11 @@ def _route_stdlib_logging(
     logging.captureWarnings(True)  # warnings.warn -> logger "py.warnings"
     for noisy in _NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Optuna gives its logger a plain-text stderr handler of its own and stops propagation.
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
 
 
 _crash_log = structlog.get_logger("prompttune.crash")

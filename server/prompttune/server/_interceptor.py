@@ -104,24 +104,30 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         call = _Call(details.method, self._metrics)
-        serializers = {
+        # Client-streaming handlers iterate requests themselves and would not know what to
+        # do with a MalformedRequest, so only single requests are parsed tolerantly.
+        single = {
             "request_deserializer": _tolerant(handler.request_deserializer),
+            "response_serializer": handler.response_serializer,
+        }
+        streamed = {
+            "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, call), **serializers
+                _wrap_unary(handler.unary_unary, call), **single
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_streaming(handler.unary_stream, call), **serializers
+                _wrap_streaming(handler.unary_stream, call), **single
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, call), **serializers
+                _wrap_unary(handler.stream_unary, call), **streamed
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_streaming(handler.stream_stream, call), **serializers
+            _wrap_streaming(handler.stream_stream, call), **streamed
         )
 
 

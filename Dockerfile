@@ -36,13 +36,21 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     PROMPTTUNE_DB=sqlite:////data/prompttune.db \
-    PROMPTTUNE_DEMO_TASK=/app/examples/sst2/task.yaml
+    PROMPTTUNE_DEMO_TASK=/app/examples/sst2/task.yaml \
+    GRPC_VERBOSITY=ERROR \
+    TQDM_DISABLE=1 \
+    HF_HUB_DISABLE_PROGRESS_BARS=1 \
+    PROMPTTUNE_HEALTH_TARGET=127.0.0.1:50051
 USER prompttune
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 50051
+# The probe reads PROMPTTUNE_HEALTH_* from the environment: with `serve --tls-cert ...` set
+# PROMPTTUNE_HEALTH_TLS_CA (and PROMPTTUNE_HEALTH_SERVER_NAME when the certificate does not
+# name 127.0.0.1); with --tls-client-ca also PROMPTTUNE_HEALTH_TLS_CERT and _TLS_KEY.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-m", "prompttune.server.healthcheck", "127.0.0.1:50051"]
-# SIGTERM triggers a graceful shutdown (health NOT_SERVING, in-flight RPCs drained).
+    CMD ["python", "-m", "prompttune.server.healthcheck"]
+# SIGTERM triggers a graceful shutdown (health NOT_SERVING, in-flight RPCs drained). Logs are
+# JSON lines on stderr, one object per line.
 ENTRYPOINT ["prompttune"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "50051"]

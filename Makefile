@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 LLAMA_VERSION := 0.3.36
 
-.PHONY: install proto lint typecheck check test test-fast bench bench-gateway bench-load bench-scaleout bench-search demo clean
+.PHONY: install node-deps buf gen-es proto-baseline proto lint typecheck check test test-fast bench bench-gateway bench-load bench-scaleout bench-search demo clean
 
 install: $(STAMP)
 
@@ -20,22 +20,46 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[server,local,dev]"
 	touch $(STAMP)
 
+# npm packages of the Node.js client and the proto tooling (buf, protoc-gen-es), from the lock.
+NODE_DIR := clients/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+BUF := $(NODE_DIR)/node_modules/.bin/buf
+node-deps: $(NODE_STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
+# Lint the proto and check it against the previous release (see buf.yaml).
+buf: node-deps
+	$(BUF) lint
+	$(BUF) breaking --against proto/baseline/a58f1f1.binpb
+
+# TypeScript message types under gen/es (buf.gen.yaml); not checked in.
+gen-es: node-deps
+	$(BUF) generate
+
+# Re-records the breaking-change baseline from a release's git ref: make proto-baseline REF=<tag>
+REF ?= a58f1f1
+proto-baseline: node-deps
+	$(BUF) build '.git#ref=$(REF),subdir=proto' -o proto/baseline/$(REF).binpb
+
 proto: install
 	$(PY) -m grpc_tools.protoc -I proto --python_out=proto --grpc_python_out=proto \
 		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 		--mypy_out=proto --mypy_grpc_out=proto proto/prompttune/v1/optimizer.proto
 
-lint: install
+lint: install buf
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
 	$(VENV)/bin/mypy
 
-test: install
+test: install node-deps
 	$(VENV)/bin/pytest -q
 
-test-fast: install
+test-fast: install node-deps
 	$(VENV)/bin/pytest -q -m "not e2e"
 
 check: lint typecheck test
@@ -70,4 +94,4 @@ demo: install
 	$(VENV)/bin/prompttune demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(NODE_DIR)/node_modules gen

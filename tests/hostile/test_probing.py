@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-import pytest
 
 from prompttune.contract import ModelKind
 from prompttune.server._endpoints import EndpointConfig, EndpointEntry

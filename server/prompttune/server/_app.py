@@ -13,8 +13,6 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from prompttune.search import (
@@ -40,6 +38,7 @@ from prompttune.server._endpoints import (
     EndpointRegistry,
     RegistrySettings,
 )
+from prompttune.server._health import HealthReporter
 from prompttune.server._interceptor import ServiceInterceptor
 from prompttune.server._jobs import JobService, ServiceDeps
 from prompttune.server._limits import Limits
@@ -190,7 +189,7 @@ class PromptTuneServer:
             executor,
             WorkerConfig(**{**config.worker.__dict__, "slots": config.workers}),
         )
-        self._health = health.aio.HealthServicer()
+        self._health = HealthReporter((SERVICE_NAME,))
         self._server: grpc.aio.Server | None = None
         self._health_watch: asyncio.Future[None] | None = None
         self._metrics_http: WSGIServer | None = None
@@ -200,7 +199,10 @@ class PromptTuneServer:
         limits = self.config.limits
         server = grpc.aio.server(
             # ServiceInterceptor is outermost: it logs and maps AuthInterceptor's errors too.
-            interceptors=[ServiceInterceptor(), AuthInterceptor(self.config.auth)],
+            interceptors=[
+                ServiceInterceptor(self.metrics.rpcs),
+                AuthInterceptor(self.config.auth),
+            ],
             options=[
                 ("grpc.max_receive_message_length", limits.max_request_bytes + 1024 * 1024),
                 ("grpc.max_send_message_length", limits.max_request_bytes + 1024 * 1024),
@@ -208,12 +210,7 @@ class PromptTuneServer:
         )
         servicer = OptimizerServicer(self.jobs, RequestDecoder(limits, self._decode))
         pb_grpc.add_OptimizerServiceServicer_to_server(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
-            server,
-        )  # fmt: skip
+        self._health.attach(server)
         address = f"{self.config.host}:{self.config.port}"
         if self.config.tls is None:
             port = server.add_insecure_port(address)
@@ -223,8 +220,7 @@ class PromptTuneServer:
         self.address_guard.protect(ProtectedSocket(self.config.host, int(port)))
         self._start_metrics()
         self._server = server
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.serving()
         if self.config.workers > 0:
             self.workers.start()
             self._health_watch = asyncio.ensure_future(self._watch_workers())
@@ -244,8 +240,7 @@ class PromptTuneServer:
         while self.workers.workers_alive() >= self.config.workers:
             await asyncio.sleep(every_seconds)
         log.error("server.worker_lost", alive=self.workers.workers_alive())
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._health.not_serving(("", SERVICE_NAME))
 
     def _start_metrics(self) -> None:
         if self.config.metrics_port is None:
@@ -261,7 +256,8 @@ class PromptTuneServer:
         and the local model. Jobs still running are reclaimed later through their lease."""
         if self._health_watch is not None:
             self._health_watch.cancel()
-        await self._health.enter_graceful_shutdown()
+        await self._health.draining()
+        log.info("server.draining", grace_seconds=self.config.grace_seconds)
         if self._server is not None:
             await self._server.stop(self.config.grace_seconds)
         await asyncio.to_thread(self.workers.stop)

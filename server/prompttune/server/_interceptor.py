@@ -1,8 +1,12 @@
-"""The one place where domain errors become gRPC status codes, and where each RPC gets a
-request id bound into the structured log context."""
+"""The one place where domain errors become gRPC status codes, where each RPC gets a request id
+bound into the structured log context, and where every RPC (unary or streaming, ours or
+health/reflection) is counted and timed."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +28,8 @@ from prompttune.search import (
 )
 from prompttune.server._auth import PermissionDenied, Unauthenticated
 from prompttune.server._store import AlreadyExists
+from prompttune.server._telemetry import RpcMetrics
+from prompttune.v1 import optimizer_pb2 as pb
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +80,11 @@ def _bad_request_details(error: InvalidArgument, details: str) -> tuple[str, byt
     return str(key), bytes(value)
 
 
-def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+def _request_id(context: grpc.aio.ServicerContext[Any, Any], request: Any) -> str:
+    """CreateJob's idempotency key when it has one (so the job's own log lines, which carry
+    that key, match the RPC's), else the caller's `x-request-id`, else a fresh id."""
+    if isinstance(request, pb.CreateJobRequest) and request.request_id:
+        return request.request_id
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
             return value
@@ -82,7 +92,11 @@ def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Binds request_id/rpc to the log context, logs `rpc.done`, maps errors to statuses."""
+    """Binds request_id/rpc to the log context, logs `rpc.done`, records per-RPC metrics
+    and maps errors to statuses, for all four kinds of RPC."""
+
+    def __init__(self, metrics: RpcMetrics | None = None) -> None:
+        self._metrics = metrics
 
     async def intercept_service(
         self,
@@ -92,21 +106,32 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
-        method = details.method
-        deserializer = _tolerant(handler.request_deserializer)
+        call = _Call(details.method, self._metrics)
+        # Client-streaming handlers iterate requests themselves and would not know what to
+        # do with a MalformedRequest, so only single requests are parsed tolerantly.
+        single = {
+            "request_deserializer": _tolerant(handler.request_deserializer),
+            "response_serializer": handler.response_serializer,
+        }
+        streamed = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
+                _wrap_unary(handler.unary_unary, call), **single
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
-                request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
+                _wrap_streaming(handler.unary_stream, call), **single
             )
-        return handler
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, call), **streamed
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_streaming(handler.stream_stream, call), **streamed
+        )
 
 
 @dataclass(frozen=True)
@@ -135,44 +160,80 @@ def _check_parsed(request: Any) -> None:
         raise InvalidArgument("request", "is not a valid serialized message")
 
 
-def _wrap_unary(behaviour: Any, method: str) -> Any:
-    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+@dataclass(frozen=True)
+class _Call:
+    """One RPC method as the interceptor observes it."""
+
+    method: str
+    metrics: RpcMetrics | None
+
+    def done(self, started: float, code: grpc.StatusCode) -> None:
+        seconds = time.perf_counter() - started
+        log.info("rpc.done", code=code.name, duration_ms=round(seconds * 1000, 2))
+        if self.metrics is not None:
+            self.metrics.observe(self.method, code.name, seconds)
+
+    @contextlib.asynccontextmanager
+    async def observed(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[None]:
+        """Runs the handler's body inside the log context; maps what it raises to a status.
+        `request` is the parsed message, or the request iterator of client streaming."""
         started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(request_id=_request_id(context), rpc=method):
+        request_id = _request_id(context, request)
+        with structlog.contextvars.bound_contextvars(request_id=request_id, rpc=self.method):
             try:
                 _check_parsed(request)
-                reply = await behaviour(request, context)
+                yield
             except grpc.aio.AbortError:
+                self.done(started, _aborted_code(context))
+                raise
+            except (asyncio.CancelledError, GeneratorExit):
+                self.done(started, grpc.StatusCode.CANCELLED)
                 raise
             except Exception as error:
-                _log_done(started, status_for(error)[0])
+                self.done(started, status_for(error)[0])
                 await _abort(context, error)
-            _log_done(started, grpc.StatusCode.OK)
-            return reply
+            else:
+                self.done(started, grpc.StatusCode.OK)
+
+
+def _aborted_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """The code a handler passed to `context.abort` (grpc's own health servicer aborts)."""
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def _wrap_unary(behaviour: Any, call: _Call) -> Any:
+    """Unary and client-streaming handlers: one reply."""
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async with call.observed(request, context):
+            reply = await behaviour(request, context)
+            if isinstance(reply, pb.CreateJobResponse) and reply.HasField("job"):
+                log.info("job.created", job_id=reply.job.id)
+        return reply
 
     return unary
 
 
-def _wrap_stream(behaviour: Any, method: str) -> Any:
-    async def stream(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(request_id=_request_id(context), rpc=method):
-            try:
-                _check_parsed(request)
+def _wrap_streaming(behaviour: Any, call: _Call) -> Any:
+    """Server- and bidi-streaming handlers. gRPC accepts two shapes and so must the wrapper:
+    an async generator that yields replies, or a coroutine that sends them with
+    `context.write` (grpc's own health `Watch` is one)."""
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            async with call.observed(request, context):
                 async for reply in behaviour(request, context):
                     yield reply
-            except grpc.aio.AbortError:
-                raise
-            except Exception as error:
-                _log_done(started, status_for(error)[0])
-                await _abort(context, error)
-            _log_done(started, grpc.StatusCode.OK)
 
-    return stream
+        return stream
 
+    async def writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        async with call.observed(request, context):
+            await behaviour(request, context)
 
-def _log_done(started: float, code: grpc.StatusCode) -> None:
-    elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
-    log.info("rpc.done", code=code.name, duration_ms=elapsed_ms)
+    return writer

@@ -2,7 +2,9 @@
 
 LLM calls and the response cache are measured by wrapping the `ChatModel` and `ResponseCache`
 protocols, so the engine's gateway stays unaware of metrics. Job counts by state are read
-from the store at scrape time, so every API server reports the shared database's truth.
+from the store at scrape time, so every API server reports the shared database's truth. RPCs
+are counted and timed by the service interceptor through `RpcMetrics`; the standard process
+metrics (`process_*`, `python_info`) come from prometheus_client's own collectors.
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -26,6 +34,42 @@ from prompttune.search import (
 from prompttune.v1 import optimizer_pb2 as pb
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+# Unary RPCs answer in milliseconds; streams (WatchJob, Health.Watch) last minutes.
+_RPC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 600)
+
+
+@dataclass(frozen=True)
+class RpcMetrics:
+    """Per-RPC counts by status code and handling time, labelled like grpc-prometheus:
+    `/prompttune.v1.OptimizerService/GetJob` is service `prompttune.v1.OptimizerService`,
+    method `GetJob`. A stream's handling time is its whole lifetime."""
+
+    handled: Counter
+    handling: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> RpcMetrics:
+        labels = ["grpc_service", "grpc_method"]
+        return cls(
+            handled=Counter(
+                "prompttune_rpc_handled",
+                "RPCs completed, by status code.",
+                [*labels, "grpc_code"],
+                registry=registry,
+            ),
+            handling=Histogram(
+                "prompttune_rpc_handling_seconds",
+                "Time from an RPC's start to its status.",
+                labels,
+                buckets=_RPC_BUCKETS,
+                registry=registry,
+            ),
+        )
+
+    def observe(self, full_method: str, code: str, seconds: float) -> None:
+        service, _, method = full_method.lstrip("/").partition("/")
+        self.handled.labels(service, method, code).inc()
+        self.handling.labels(service, method).observe(seconds)
 
 
 class _JobStateCollector(Collector):
@@ -53,6 +97,7 @@ class ServiceMetrics:
     """The server's metrics in their own registry (several servers may share a process)."""
 
     registry: CollectorRegistry
+    rpcs: RpcMetrics
     trials: Counter
     llm_calls: Counter
     llm_errors: Counter
@@ -64,8 +109,11 @@ class ServiceMetrics:
     def create(cls, count_by_state: Callable[[], dict[int, int]]) -> ServiceMetrics:
         registry = CollectorRegistry()
         registry.register(_JobStateCollector(count_by_state))
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
         return cls(
             registry=registry,
+            rpcs=RpcMetrics.create(registry),
             trials=Counter(
                 "prompttune_trials", "Search trials finished.", ["outcome"], registry=registry
             ),

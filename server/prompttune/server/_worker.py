@@ -179,8 +179,10 @@ class JobExecutor:
         self._config = config
 
     def execute(self, claimed: ClaimedJob) -> None:
+        # request_id: CreateJob's idempotency key, which its `rpc.done` and `job.created`
+        # lines carry too, so a request can be followed to its job's lines.
         bound = structlog.contextvars.bound_contextvars(
-            job_id=claimed.job_id, tenant=claimed.tenant
+            job_id=claimed.job_id, tenant=claimed.tenant, request_id=claimed.spec.request_id or None
         )
         with bound:
             log.info("job.started")

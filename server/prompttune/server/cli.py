@@ -102,7 +102,7 @@ def cmd_serve(args: argparse.Namespace, connect: Connect) -> int:
     from prompttune.server._auth import AuthConfigError, load_registry
     from prompttune.server._logging import configure_logging
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, service=True)
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -202,7 +202,7 @@ def cmd_worker(args: argparse.Namespace, connect: Connect) -> int:
     from prompttune.server._logging import configure_logging
     from prompttune.server._worker import WorkerConfig
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, service=True)
     config = ServerConfig(
         db_url=args.db or default_db_url(),
         workers=args.slots,

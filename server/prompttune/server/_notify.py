@@ -1,0 +1,144 @@
+"""Waking WatchJob streams when their job has a new event.
+
+On PostgreSQL the store sends ``NOTIFY prompttune_events, '<job id>'`` in the transaction that
+appends an event, and one listener connection per server process wakes every stream watching
+that job: an idle watcher costs no queries. Other databases poll. Either way a watcher
+re-reads the store after every wake-up or timeout, so a lost notification only delays an
+event by the safety interval, never drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+from typing import Protocol
+
+import psycopg
+import structlog
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "prompttune_events"
+
+
+class EventWaker(Protocol):
+    """Lets a watcher sleep until its job may have a new event."""
+
+    @property
+    def wait_seconds(self) -> float:
+        """The longest a watcher sleeps between two reads of the store."""
+        ...
+
+    async def wait(self, job_id: str) -> None:
+        """Returns when `job_id` may have a new event, or after `wait_seconds`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PollingWaker:
+    """Sleeps a fixed interval: every watcher reads the store every `poll_seconds`."""
+
+    def __init__(self, poll_seconds: float = 0.2) -> None:
+        self._poll_seconds = poll_seconds
+
+    @property
+    def wait_seconds(self) -> float:
+        return self._poll_seconds
+
+    async def wait(self, job_id: str) -> None:
+        await asyncio.sleep(self._poll_seconds)
+
+    def close(self) -> None:
+        return None
+
+
+class _Waiters:
+    """asyncio events of the watchers of each job, touched only on their event loop."""
+
+    def __init__(self) -> None:
+        self.by_job: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+
+    def wake(self, job_id: str) -> None:
+        for event in self.by_job.get(job_id, ()):
+            event.set()
+
+
+class PostgresNotifyWaker:
+    """Wakes watchers on ``NOTIFY prompttune_events`` from a listener thread.
+
+    `conninfo` is a libpq connection string (see `libpq_conninfo`). `safety_seconds` bounds a
+    watcher's sleep when no notification comes (a lost connection, a missed notify).
+    Thread-safe; `wait` must be called from one event loop (the server's).
+    """
+
+    def __init__(self, conninfo: str, safety_seconds: float = 5.0) -> None:
+        self._conninfo = conninfo
+        self._safety_seconds = safety_seconds
+        self._waiters = _Waiters()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._listening = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="pg-notify", daemon=True)
+        self._thread.start()
+
+    @property
+    def wait_seconds(self) -> float:
+        return self._safety_seconds
+
+    def ready(self, timeout: float) -> bool:
+        """True once the listener has subscribed (notifications sent after it are seen)."""
+        return self._listening.wait(timeout)
+
+    async def wait(self, job_id: str) -> None:
+        self._loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        self._waiters.by_job[job_id].add(event)
+        try:
+            await asyncio.wait_for(event.wait(), self._safety_seconds)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._waiters.by_job[job_id]
+            waiters.discard(event)
+            if not waiters:
+                del self._waiters.by_job[job_id]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as connection:
+                    connection.execute(f"LISTEN {CHANNEL}")
+                    self._listening.set()
+                    self._dispatch(connection)
+            except psycopg.Error as error:
+                log.warning("events.listen.failed", error=type(error).__name__)
+                self._listening.clear()
+                self._stop.wait(1.0)
+
+    def _dispatch(self, connection: psycopg.Connection[tuple[object, ...]]) -> None:
+        while not self._stop.is_set():
+            for notify in connection.notifies(timeout=0.5):
+                loop = self._loop
+                if loop is not None and not loop.is_closed():
+                    loop.call_soon_threadsafe(self._waiters.wake, notify.payload)
+
+
+def libpq_conninfo(db_url: str) -> str:
+    """The libpq form of a SQLAlchemy PostgreSQL URL (``postgresql+psycopg://...``)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+def waker_for(db_url: str, poll_seconds: float = 0.2) -> EventWaker:
+    """LISTEN/NOTIFY on PostgreSQL, polling every `poll_seconds` elsewhere."""
+    if db_url.startswith("postgresql"):
+        return PostgresNotifyWaker(libpq_conninfo(db_url))
+    return PollingWaker(poll_seconds)

@@ -21,45 +21,64 @@ def _notify(job_id: str) -> None:
 @pytest.mark.postgres
 async def test_a_notify_wakes_the_watchers_of_its_job_long_before_the_safety_interval() -> None:
     waker = PostgresNotifyWaker(libpq_conninfo(PG_URL), safety_seconds=10.0)
+    first, second, other = (waker.subscribe(job) for job in ("job-a", "job-a", "job-b"))
     try:
         assert waker.ready(timeout=10)
         started = time.monotonic()
-        watched = asyncio.gather(waker.wait("job-a"), waker.wait("job-a"))
-        other = asyncio.ensure_future(waker.wait("job-b"))
-        await asyncio.sleep(0.1)
+        unrelated = asyncio.ensure_future(other.wait())
         await asyncio.to_thread(_notify, "job-a")
-        await asyncio.wait_for(watched, timeout=5)
+        await asyncio.wait_for(asyncio.gather(first.wait(), second.wait()), timeout=5)
 
         assert time.monotonic() - started < 3
-        assert not other.done()
-        other.cancel()
+        assert not unrelated.done()
+        unrelated.cancel()
     finally:
+        for subscription in (first, second, other):
+            subscription.close()
+        waker.close()
+
+
+@pytest.mark.postgres
+async def test_a_notify_before_the_wait_is_not_lost() -> None:
+    waker = PostgresNotifyWaker(libpq_conninfo(PG_URL), safety_seconds=10.0)
+    subscription = waker.subscribe("job-early")
+    try:
+        assert waker.ready(timeout=10)
+        await asyncio.to_thread(_notify, "job-early")
+        await asyncio.sleep(0.5)  # the notify arrives while nobody waits
+        started = time.monotonic()
+
+        await asyncio.wait_for(subscription.wait(), timeout=5)
+
+        assert time.monotonic() - started < 0.5
+    finally:
+        subscription.close()
         waker.close()
 
 
 @pytest.mark.postgres
 async def test_without_a_notify_a_watcher_wakes_after_the_safety_interval() -> None:
     waker = PostgresNotifyWaker(libpq_conninfo(PG_URL), safety_seconds=0.3)
+    subscription = waker.subscribe("job-quiet")
     try:
         started = time.monotonic()
-        await waker.wait("job-quiet")
+        await subscription.wait()
 
         assert 0.25 <= time.monotonic() - started < 2
     finally:
+        subscription.close()
         waker.close()
 
 
 async def test_polling_sleeps_its_interval() -> None:
-    waker = PollingWaker(poll_seconds=0.05)
+    subscription = PollingWaker(poll_seconds=0.05).subscribe("job-x")
     started = time.monotonic()
 
-    await waker.wait("job-x")
+    await subscription.wait()
 
     assert 0.04 <= time.monotonic() - started < 1
-    assert waker.wait_seconds == 0.05
 
 
 def test_a_sqlalchemy_url_becomes_a_libpq_url() -> None:
-    assert (
-        libpq_conninfo("postgresql+psycopg://user:pw@db:5433/x") == "postgresql://user:pw@db:5433/x"
-    )
+    url = "postgresql+psycopg://user:pw@db:5433/x"
+    assert libpq_conninfo(url) == "postgresql://user:pw@db:5433/x"

@@ -43,6 +43,7 @@ from prompttune.server._interceptor import ServiceInterceptor
 from prompttune.server._jobs import JobService, ServiceDeps
 from prompttune.server._limits import Limits
 from prompttune.server._local_model import LocalModelConfig, LocalModelServer
+from prompttune.server._notify import waker_for
 from prompttune.server._service import OptimizerServicer, RequestDecoder
 from prompttune.server._store import SqlJobStore
 from prompttune.server._telemetry import MeasuredResponseCache, ServiceMetrics
@@ -98,6 +99,8 @@ class ServerConfig:
     endpoints: EndpointDefaults = field(default_factory=EndpointDefaults)
     # The operator's endpoint registry and caller-endpoint policy (see _endpoints.py).
     endpoint_config: EndpointConfig = field(default_factory=EndpointConfig)
+    # WatchJob streams wake on PostgreSQL LISTEN/NOTIFY; off (or SQLite): they poll.
+    watch_notify: bool = True
 
 
 def default_embedder() -> Embedder:
@@ -159,6 +162,7 @@ class PromptTuneServer:
         caches = TenantCaches(cache, config.endpoint_config.share_cache_across_tenants)
         embedder = adapters.embedder_factory()
         self.gateways = GatewayRegistry()
+        self.waker = waker_for(config.db_url, config.watch_notify)
         self.jobs = JobService(
             ServiceDeps(
                 store=self.store,
@@ -169,6 +173,7 @@ class PromptTuneServer:
                 registry=self.gateways,
                 embedder=embedder,
                 delete_study=study_deleter(config.db_url),
+                waker=self.waker,
             )
         )
         executor = JobExecutor(
@@ -262,6 +267,7 @@ class PromptTuneServer:
             await self._server.stop(self.config.grace_seconds)
         await asyncio.to_thread(self.workers.stop)
         await asyncio.to_thread(self.local_model.close)
+        await asyncio.to_thread(self.waker.close)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

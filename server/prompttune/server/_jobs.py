@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from prompttune.contract import (
@@ -50,6 +50,7 @@ from prompttune.server._auth import DEFAULT_TENANT
 from prompttune.server._cache import TenantCaches
 from prompttune.server._endpoints import EndpointRegistry
 from prompttune.server._limits import Limits
+from prompttune.server._notify import EventWaker, PollingWaker
 from prompttune.server._records import TERMINAL_STATES
 from prompttune.server._store import SqlJobStore
 from prompttune.server._validate import (
@@ -123,6 +124,8 @@ class ServiceDeps:
     embedder: Embedder | None = None
     # Deletes a job's Optuna study (named after the job); a missing study is not an error.
     delete_study: Callable[[str], None] = lambda _study: None
+    # Wakes WatchJob streams: LISTEN/NOTIFY on PostgreSQL, polling elsewhere.
+    waker: EventWaker = field(default_factory=PollingWaker)
 
 
 class JobService:
@@ -139,8 +142,8 @@ class JobService:
         """Validates `spec` once, estimates it and (unless `dry_run`) queues it. CPU-bound on
         large datasets: call it off the event loop. Raises InvalidArgument, AlreadyExists."""
         spec = validate_job_spec(spec, self._limits)
-        for model, field in job_model_specs(spec):
-            self._deps.endpoints.check(model, field, tenant)
+        for model, path in job_model_specs(spec):
+            self._deps.endpoints.check(model, path, tenant)
         splits = DatasetSplits(spec.dataset.train, spec.dataset.validation, spec.dataset.test)
         guess = estimate(spec.task, splits, spec.search)
         if dry_run:
@@ -168,23 +171,28 @@ class JobService:
         self._deps.delete_study(job_id)
 
     async def watch(
-        self, request: WatchRequest, tenant: str = DEFAULT_TENANT, poll_seconds: float = 0.2
+        self, request: WatchRequest, tenant: str = DEFAULT_TENANT
     ) -> AsyncIterator[JobEvent]:
-        """Yields events after `after_sequence` until the job's terminal state event."""
+        """Yields events after `after_sequence` until the job's terminal state event. Between
+        reads it sleeps until the waker says the job may have news."""
         job_id = job_id_of(request.job_id)
         sequence = check_sequence(request.after_sequence, "after_sequence")
         await asyncio.to_thread(self._store.get, job_id, tenant)  # NotFound before streaming
-        while True:
-            events = await asyncio.to_thread(self._store.events_after, job_id, sequence, 500)
-            for event in events:
-                sequence = event.sequence
-                yield event
-                if event.state_changed is not None and event.state_changed.state.terminal:
-                    return
-            if not events:
-                if await asyncio.to_thread(self._finished, job_id, sequence):
-                    return
-                await asyncio.sleep(poll_seconds)
+        subscription = self._deps.waker.subscribe(job_id)
+        try:
+            while True:
+                events = await asyncio.to_thread(self._store.events_after, job_id, sequence, 500)
+                for event in events:
+                    sequence = event.sequence
+                    yield event
+                    if event.state_changed is not None and event.state_changed.state.terminal:
+                        return
+                if not events:
+                    if await asyncio.to_thread(self._finished, job_id, sequence):
+                        return
+                    await subscription.wait()
+        finally:
+            subscription.close()
 
     def _finished(self, job_id: str, sequence: int) -> bool:
         return self._store.state(job_id) in TERMINAL_STATES and not self._store.events_after(

@@ -10,6 +10,7 @@ event by the safety interval, never drops it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import defaultdict
 from typing import Protocol
@@ -17,24 +18,42 @@ from typing import Protocol
 import psycopg
 import structlog
 
+from prompttune.server._store import EVENTS_CHANNEL
+
 log = structlog.get_logger(__name__)
 
-CHANNEL = "prompttune_events"
+
+class Subscription(Protocol):
+    """One watcher's wake-ups for one job. Subscribe before the first read of the store, so
+    an event appended between a read and the wait still wakes it."""
+
+    async def wait(self) -> None:
+        """Returns when the job may have a new event since the last `wait`, or after the
+        waker's interval."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class EventWaker(Protocol):
     """Lets a watcher sleep until its job may have a new event."""
 
-    @property
-    def wait_seconds(self) -> float:
-        """The longest a watcher sleeps between two reads of the store."""
-        ...
-
-    async def wait(self, job_id: str) -> None:
-        """Returns when `job_id` may have a new event, or after `wait_seconds`."""
+    def subscribe(self, job_id: str) -> Subscription:
+        """Call on the server's event loop."""
         ...
 
     def close(self) -> None: ...
+
+
+class _Sleep:
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self._seconds)
+
+    def close(self) -> None:
+        return None
 
 
 class PollingWaker:
@@ -43,15 +62,32 @@ class PollingWaker:
     def __init__(self, poll_seconds: float = 0.2) -> None:
         self._poll_seconds = poll_seconds
 
-    @property
-    def wait_seconds(self) -> float:
-        return self._poll_seconds
-
-    async def wait(self, job_id: str) -> None:
-        await asyncio.sleep(self._poll_seconds)
+    def subscribe(self, job_id: str) -> Subscription:
+        return _Sleep(self._poll_seconds)
 
     def close(self) -> None:
         return None
+
+
+class _Flag:
+    """A watcher's flag, set by notifications of its job and cleared by each `wait`."""
+
+    def __init__(self, waiters: _Waiters, job_id: str, timeout: float) -> None:
+        self._waiters, self._job_id, self._timeout = waiters, job_id, timeout
+        self.event = asyncio.Event()
+        waiters.by_job[job_id].add(self.event)
+
+    async def wait(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), self._timeout)
+        self.event.clear()
+
+    def close(self) -> None:
+        waiters = self._waiters.by_job.get(self._job_id)
+        if waiters is not None:
+            waiters.discard(self.event)
+            if not waiters:
+                del self._waiters.by_job[self._job_id]
 
 
 class _Waiters:
@@ -70,7 +106,7 @@ class PostgresNotifyWaker:
 
     `conninfo` is a libpq connection string (see `libpq_conninfo`). `safety_seconds` bounds a
     watcher's sleep when no notification comes (a lost connection, a missed notify).
-    Thread-safe; `wait` must be called from one event loop (the server's).
+    Thread-safe; subscriptions belong to one event loop (the server's).
     """
 
     def __init__(self, conninfo: str, safety_seconds: float = 5.0) -> None:
@@ -83,27 +119,13 @@ class PostgresNotifyWaker:
         self._thread = threading.Thread(target=self._listen, name="pg-notify", daemon=True)
         self._thread.start()
 
-    @property
-    def wait_seconds(self) -> float:
-        return self._safety_seconds
-
     def ready(self, timeout: float) -> bool:
         """True once the listener has subscribed (notifications sent after it are seen)."""
         return self._listening.wait(timeout)
 
-    async def wait(self, job_id: str) -> None:
+    def subscribe(self, job_id: str) -> Subscription:
         self._loop = asyncio.get_running_loop()
-        event = asyncio.Event()
-        self._waiters.by_job[job_id].add(event)
-        try:
-            await asyncio.wait_for(event.wait(), self._safety_seconds)
-        except TimeoutError:
-            pass
-        finally:
-            waiters = self._waiters.by_job[job_id]
-            waiters.discard(event)
-            if not waiters:
-                del self._waiters.by_job[job_id]
+        return _Flag(self._waiters, job_id, self._safety_seconds)
 
     def close(self) -> None:
         self._stop.set()
@@ -113,7 +135,7 @@ class PostgresNotifyWaker:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as connection:
-                    connection.execute(f"LISTEN {CHANNEL}")
+                    connection.execute(f"LISTEN {EVENTS_CHANNEL}")
                     self._listening.set()
                     self._dispatch(connection)
             except psycopg.Error as error:
@@ -137,8 +159,9 @@ def libpq_conninfo(db_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def waker_for(db_url: str, poll_seconds: float = 0.2) -> EventWaker:
-    """LISTEN/NOTIFY on PostgreSQL, polling every `poll_seconds` elsewhere."""
-    if db_url.startswith("postgresql"):
+def waker_for(db_url: str, notify: bool = True, poll_seconds: float = 0.2) -> EventWaker:
+    """LISTEN/NOTIFY on PostgreSQL (unless `notify` is off), polling every `poll_seconds`
+    elsewhere."""
+    if notify and db_url.startswith("postgresql"):
         return PostgresNotifyWaker(libpq_conninfo(db_url))
     return PollingWaker(poll_seconds)

@@ -109,6 +109,10 @@ class JobStore(Protocol):
     ) -> None: ...
 
 
+# PostgreSQL NOTIFY channel of new events (payload: the job id); see `_notify.py`.
+EVENTS_CHANNEL = "prompttune_events"
+
+
 def new_job_id() -> str:
     return "job-" + secrets.token_hex(8)
 
@@ -441,6 +445,9 @@ class SqlJobStore:
         message = wire.to_message(event)
         session.add(EventRow(job_id=job_id, sequence=sequence, payload=message.SerializeToString()))
         session.flush()
+        if self._skip_locked:
+            # Delivered on commit, so a woken watcher always finds the event.
+            session.execute(sa.select(sa.func.pg_notify(EVENTS_CHANNEL, job_id)))
         return sequence
 
     def events_after(self, job_id: str, sequence: int, limit: int) -> list[JobEvent]:

@@ -64,6 +64,12 @@ def _handler(behaviour: Behaviour) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(200, _completion("positive", {"prompt_tokens": 5}))
 
+        def do_GET(self) -> None:
+            if behaviour.mode == "401":
+                self._send(401, b'{"error": {"message": "bad key"}}')
+            else:
+                self._send(200, b'{"object": "list", "data": []}')
+
         def _send(self, status: int, data: bytes) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -182,7 +188,7 @@ def test_the_wall_budget_ends_a_job_against_a_hanging_endpoint(
     job = hostile.stub().CreateJob(_job_request(max_wall_seconds=3.0)).job
     _running(hostile, job.id, behaviour)
 
-    finished, seconds = _wait_terminal(hostile, job.id, 3.0 + 5.0)
+    finished, _seconds = _wait_terminal(hostile, job.id, 3.0 + 5.0)
 
     assert finished.state == pb.JOB_STATE_FAILED
     assert finished.error
@@ -240,3 +246,23 @@ def test_absurd_usage_is_clamped_never_fatal(hostile_factory: Any, scripted: Any
     assert finished.state == pb.JOB_STATE_SUCCEEDED, finished.error
     usage = finished.result.usage
     assert usage.prompt_tokens >= 0 and usage.completion_tokens < 10**9
+
+
+@pytest.mark.parametrize(
+    ("mode", "reachable", "error"),
+    [("ok", True, ""), ("401", False, "HTTP 401"), ("closed", False, "connection refused")],
+)
+def test_dry_run_reports_whether_each_endpoint_answers(
+    hostile_factory: Any, scripted: Any, mode: str, reachable: bool, error: str
+) -> None:
+    url = "http://127.0.0.1:9/v1" if mode == "closed" else scripted(mode)[1]
+    hostile = hostile_factory(_registry(url), auth=False)
+    request = _job_request()
+    request.dry_run = True
+
+    reply = hostile.stub().CreateJob(request)
+
+    (check,) = reply.estimate.endpoints
+    assert (check.endpoint, check.field) == ("scripted", "model")
+    assert (check.reachable, check.error) == (reachable, error)
+    assert not reply.HasField("job")

@@ -280,10 +280,11 @@ class EndpointRegistry:
         """This registry as seen by `tenant`."""
         return TenantEndpoints(self, tenant)
 
-    def check(self, spec: ModelSpec, field: str, tenant: str) -> None:
-        """Everything `resolve` checks, without starting the managed local model. Resolves
-        caller hosts (blocking: call off the event loop)."""
-        self._resolve(spec, field, tenant, start_local=False)
+    def check(self, spec: ModelSpec, field: str, tenant: str) -> ModelEndpoint:
+        """Everything `resolve` checks, without starting the managed local model (whose
+        endpoint then has no base URL). Resolves caller hosts (blocking: call off the event
+        loop)."""
+        return self._resolve(spec, field, tenant, start_local=False)
 
     def resolve(self, spec: ModelSpec, field: str, tenant: str) -> ModelEndpoint:
         """The endpoint `spec` names for `tenant`; the "local" entry starts the managed
@@ -392,8 +393,8 @@ class TenantEndpoints:
     registry: EndpointRegistry
     tenant: str
 
-    def check(self, spec: ModelSpec, field: str = "model") -> None:
-        self.registry.check(spec, field, self.tenant)
+    def check(self, spec: ModelSpec, field: str = "model") -> ModelEndpoint:
+        return self.registry.check(spec, field, self.tenant)
 
     def resolve(self, spec: ModelSpec, field: str = "model") -> ModelEndpoint:
         return self.registry.resolve(spec, field, self.tenant)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from prompttune.contract import (
     ChatMessage,
+    EndpointCheck,
     Estimate,
     Evaluation,
     EvaluationProgress,
@@ -51,6 +52,7 @@ from prompttune.server._cache import TenantCaches
 from prompttune.server._endpoints import EndpointRegistry
 from prompttune.server._limits import Limits
 from prompttune.server._notify import EventWaker, PollingWaker
+from prompttune.server._preflight import check_endpoint
 from prompttune.server._records import TERMINAL_STATES
 from prompttune.server._store import SqlJobStore
 from prompttune.server._validate import (
@@ -126,6 +128,8 @@ class ServiceDeps:
     delete_study: Callable[[str], None] = lambda _study: None
     # Wakes WatchJob streams: LISTEN/NOTIFY on PostgreSQL, polling elsewhere.
     waker: EventWaker = field(default_factory=PollingWaker)
+    # Pre-flight reachability of an endpoint (blocking; CreateJob runs off the event loop).
+    preflight: Callable[[ModelEndpoint, str], EndpointCheck] = check_endpoint
 
 
 class JobService:
@@ -142,10 +146,13 @@ class JobService:
         """Validates `spec` once, estimates it and (unless `dry_run`) queues it. CPU-bound on
         large datasets: call it off the event loop. Raises InvalidArgument, AlreadyExists."""
         spec = validate_job_spec(spec, self._limits)
-        for model, path in job_model_specs(spec):
-            self._deps.endpoints.check(model, path, tenant)
+        resolved = [
+            (self._deps.endpoints.check(model, path, tenant), path)
+            for model, path in job_model_specs(spec)
+        ]
         splits = DatasetSplits(spec.dataset.train, spec.dataset.validation, spec.dataset.test)
-        guess = estimate(spec.task, splits, spec.search)
+        checks = tuple(self._deps.preflight(endpoint, path) for endpoint, path in resolved)
+        guess = replace(estimate(spec.task, splits, spec.search), endpoints=checks)
         if dry_run:
             return None, guess
         job = self._store.create(spec, guess, tenant)

@@ -120,4 +120,4 @@ def test_llm_judge_with_rubric_and_judge_runs_from_a_task_file(
     assert job.result is not None
     assert job.result.usage_by_role["judge"].llm_calls > 0
     graded = job.result.best.validation
-    assert graded.failed == 0 and 0 < graded.mean  # the judge's 5/5 grades were read
+    assert graded.failed == 0 and graded.mean > 0  # the judge's 5/5 grades were read

@@ -63,6 +63,10 @@ class Listener:
     def authorizations(self) -> set[str]:
         return {item.authorization for item in self.received}
 
+    def completions(self) -> int:
+        """Chat completion calls received (pre-flight GETs of the model list excluded)."""
+        return sum(item.method == "POST" for item in self.received)
+
 
 def _handler(listener: Listener) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):

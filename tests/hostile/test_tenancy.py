@@ -60,12 +60,12 @@ def test_a_job_of_another_tenant_gets_no_cache_hits(
     hostile = hostile_factory(registry(listener, shared=False), auth=True)
     first = run_job(hostile.stub("token-alpha"))
     assert first.state == pb.JOB_STATE_SUCCEEDED, first.error
-    sent = len(listener.received)
+    sent = listener.completions()
     assert sent == first.result.usage.llm_calls > 0
     other = run_job(hostile.stub("token-beta"))
     assert other.state == pb.JOB_STATE_SUCCEEDED, other.error
     assert other.result.usage.cache_hits == 0
-    assert len(listener.received) == sent + other.result.usage.llm_calls
+    assert listener.completions() == sent + other.result.usage.llm_calls
 
 
 def test_the_operator_may_share_the_cache(hostile_factory: Any, listener: Listener) -> None:

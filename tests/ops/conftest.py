@@ -68,7 +68,8 @@ def serve(tmp_path: Path) -> Iterator[ServeFactory]:
         stderr_path = tmp_path / f"serve-{port}.stderr"
         command: Sequence[str] = [
             sys.executable, "-m", "prompttune.server.cli", "serve", "--port", str(port),
-            "--db", f"sqlite:///{tmp_path / f'serve-{port}.db'}", *extra,
+            "--db", f"sqlite:///{tmp_path / f'serve-{port}.db'}", "--allow-caller-endpoints",
+            *extra,
         ]  # fmt: skip
         with stderr_path.open("wb") as stderr:
             process = subprocess.Popen(

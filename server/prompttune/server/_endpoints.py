@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,7 +361,8 @@ class EndpointRegistry:
             raise InvalidArgument(f"{field}.model", "is required for a caller-supplied endpoint")
         defaults = self._settings.defaults
         return ModelEndpoint(
-            name="caller",
+            # The caller's own host names its endpoint in failure causes and checks.
+            name=urllib.parse.urlsplit(spec.base_url).netloc or "caller",
             base_url=spec.base_url,
             model=spec.model,
             api_key_env=spec.api_key_env,

@@ -9,9 +9,11 @@ large inputs are synchronous: the servicer runs them off the event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from prompttune.contract import (
     ChatMessage,
@@ -69,6 +71,8 @@ from prompttune.server._validate import (
 )
 
 _EVALUATE_CALL_CAP = 20_000
+WATCH_READ_THREADS = 4
+T = TypeVar("T")
 _MAX_PAGE_SIZE = 200
 
 
@@ -139,6 +143,13 @@ class JobService:
         self._deps = deps
         self._store = deps.store
         self._limits = deps.limits
+        # WatchJob's reads run on their own threads: when one event wakes many streams, their
+        # reads queue here instead of in front of GetJob and the other RPCs' store calls.
+        self._watch_reads = ThreadPoolExecutor(WATCH_READ_THREADS, thread_name_prefix="watch")
+
+    async def _watch_read(self, read: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._watch_reads, functools.partial(read, *args))
 
     def create(
         self, spec: JobSpec, dry_run: bool = False, tenant: str = DEFAULT_TENANT
@@ -188,14 +199,14 @@ class JobService:
         subscription = self._deps.waker.subscribe(job_id)
         try:
             while True:
-                events = await asyncio.to_thread(self._store.events_after, job_id, sequence, 500)
+                events = await self._watch_read(self._store.events_after, job_id, sequence, 500)
                 for event in events:
                     sequence = event.sequence
                     yield event
                     if event.state_changed is not None and event.state_changed.state.terminal:
                         return
                 if not events:
-                    if await asyncio.to_thread(self._finished, job_id, sequence):
+                    if await self._watch_read(self._finished, job_id, sequence):
                         return
                     await subscription.wait()
         finally:

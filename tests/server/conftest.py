@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
 from tests.fakes import (
     FakeChatModel,
@@ -21,7 +19,6 @@ from prompttune.client import Client, Dataset, Example, Metric, ModelSpec, Searc
 from prompttune.search import ChatModel, ModelEndpoint
 from prompttune.server import Adapters, EmbeddedServer, ServerConfig, WorkerConfig
 from prompttune.server._endpoints import EndpointConfig, EndpointEntry
-from prompttune.server._service import OptimizerServicer
 
 # These tests call caller-supplied endpoints (FAKE_MODEL), which servers refuse by default.
 CALLER_ENDPOINTS = EndpointConfig(allow_caller_endpoints=True)
@@ -41,24 +38,6 @@ class FakeModels:
     @property
     def calls(self) -> int:
         return sum(model.calls for model in self.models)
-
-
-async def _unimplemented(
-    self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-) -> AsyncIterator[Any]:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
-    yield  # an async generator, like a streaming handler
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _stream_evaluation_or_unimplemented() -> Iterator[None]:
-    """A service that does not implement StreamEvaluation yet answers UNIMPLEMENTED, as gRPC
-    does for a method a server does not know, so the SDK evaluates through EvaluatePrompt.
-    A no-op once the service serves it."""
-    with pytest.MonkeyPatch.context() as patch:
-        if "StreamEvaluation" not in OptimizerServicer.__dict__:
-            patch.setattr(OptimizerServicer, "StreamEvaluation", _unimplemented)
-        yield
 
 
 @pytest.fixture

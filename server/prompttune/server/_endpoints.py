@@ -26,13 +26,11 @@ from typing import Any
 
 import yaml
 
-from prompttune.contract import ContractError, ModelSpec, from_document, preview, wire
+from prompttune.contract import ModelSpec, from_document, preview
 from prompttune.search import FailedPrecondition, InvalidArgument, ModelEndpoint
 from prompttune.server._addresses import AddressGuard
 from prompttune.server._auth import PermissionDenied
-from prompttune.server._limits import Limits
 from prompttune.server._local_model import LOCAL_MODEL_NAME, LocalModelServer
-from prompttune.v1 import optimizer_pb2 as pb
 
 ENDPOINTS_ENV = "PROMPTTUNE_ENDPOINTS"
 LOCAL_ENDPOINT = "local"
@@ -191,36 +189,6 @@ def endpoint_config_path(path: str | None, environ: Mapping[str, str] = os.envir
     """`path`, else $PROMPTTUNE_ENDPOINTS, else None (the built-in "local" entry only)."""
     chosen = path or environ.get(ENDPOINTS_ENV) or None
     return Path(chosen) if chosen else None
-
-
-def validate_model_spec(spec: ModelSpec, field: str, limits: Limits) -> None:
-    """Raises InvalidArgument naming the first malformed field of the spec (shape and ranges;
-    whether the caller may use it is `EndpointRegistry`'s to decide)."""
-    for name, cap in (
-        ("endpoint", 64),
-        ("model", _MAX_MODEL_CHARS),
-        ("base_url", _MAX_URL_CHARS),
-        ("api_key_env", 128),
-    ):
-        value = getattr(spec, name)
-        if len(value) > cap or "\x00" in value:
-            raise InvalidArgument(f"{field}.{name}", f"must be at most {cap} printable characters")
-    if not 0.0 <= spec.temperature <= 2.0:
-        raise InvalidArgument(f"{field}.temperature", "must be in [0, 2]")
-    if not 0 <= spec.max_tokens <= limits.max_tokens_per_call:
-        raise InvalidArgument(
-            f"{field}.max_tokens", f"must be at most {limits.max_tokens_per_call}"
-        )
-    if not 0 <= spec.max_concurrency <= limits.max_concurrency:
-        raise InvalidArgument(
-            f"{field}.max_concurrency", f"must be at most {limits.max_concurrency}"
-        )
-    for rate in ("requests_per_minute", "tokens_per_minute"):
-        if getattr(spec, rate) < 0:
-            raise InvalidArgument(f"{field}.{rate}", "must be at least 0")
-    for price in ("usd_per_million_prompt_tokens", "usd_per_million_completion_tokens"):
-        if not 0.0 <= getattr(spec, price) < _MAX_PRICE:
-            raise InvalidArgument(f"{field}.{price}", "must be in [0, 1e6)")
 
 
 def _price(configured: float | None, requested: float) -> float:
@@ -410,13 +378,3 @@ def _model_of(entry: EndpointEntry, requested: str, field: str, name: str) -> st
             field, f"{preview(requested)} is not served by endpoint {name}: {list(entry.models)}"
         )
     return requested
-
-
-def model_spec_from_proto(message: pb.ModelSpec, field: str, limits: Limits) -> ModelSpec:
-    """The validated contract spec of a request's ModelSpec; InvalidArgument names the field."""
-    try:
-        spec = wire.from_message(ModelSpec, message, field)
-    except ContractError as error:
-        raise InvalidArgument(error.path or field, error.message) from error
-    validate_model_spec(spec, field, limits)
-    return spec

@@ -13,7 +13,7 @@ import functools
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from prompttune.contract import (
     ChatMessage,
@@ -74,13 +74,6 @@ _EVALUATE_CALL_CAP = 20_000
 WATCH_READ_THREADS = 4
 T = TypeVar("T")
 _MAX_PAGE_SIZE = 200
-
-
-class EndpointResolver(Protocol):
-    """Turns a model spec into an endpoint the engine can call; raises InvalidArgument naming
-    `field` for a spec the server will not serve."""
-
-    def resolve(self, spec: ModelSpec, field: str = "model") -> ModelEndpoint: ...
 
 
 def job_model_specs(spec: JobSpec) -> list[tuple[ModelSpec, str]]:

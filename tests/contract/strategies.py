@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ examples = st.builds(
     inputs=st.dictionaries(name, text, min_size=1, max_size=3),
     output=text,
     id=text,
+    tags=st.dictionaries(name, text, max_size=2),
 )
 models = st.builds(
     c.ModelSpec,
@@ -40,17 +42,6 @@ models = st.builds(
     tokens_per_minute=count,
     usd_per_million_prompt_tokens=fraction,
     usd_per_million_completion_tokens=fraction,
-)
-tasks = st.builds(
-    c.TaskSpec,
-    description=text,
-    metric=st.sampled_from(c.Metric),
-    seed_instruction=text,
-    input_fields=st.lists(name, min_size=1, max_size=3).map(tuple),
-    labels=st.lists(name, max_size=4).map(tuple),
-    output_name=name,
-    rubric=text,
-    judge=st.none() | models,
 )
 budgets = st.builds(
     c.Budget,
@@ -75,6 +66,11 @@ searches = st.builds(
     multi_objective=st.booleans(),
     num_reflection_candidates=count,
     parallelism=small,
+    scoring=st.sampled_from(c.Scoring),
+    calibrate=st.none() | st.booleans(),
+    objective=st.sampled_from(c.Objective),
+    slice_tag=name,
+    selection_fraction=st.none() | fraction,
 )
 formats = st.builds(
     c.PromptFormat,
@@ -93,6 +89,24 @@ prompts = st.builds(
     labels=st.lists(name, max_size=3).map(tuple),
     demo_pool=st.lists(examples, max_size=4).map(tuple),
     knn_k=count,
+    calibration=st.none()
+    | st.builds(
+        c.Calibration,
+        weights=st.dictionaries(name, positive, max_size=3),
+        content_free_inputs=st.lists(text, max_size=3).map(tuple),
+    ),
+)
+tasks = st.builds(
+    c.TaskSpec,
+    description=text,
+    metric=st.sampled_from(c.Metric),
+    seed_instruction=text,
+    input_fields=st.lists(name, min_size=1, max_size=3).map(tuple),
+    labels=st.lists(name, max_size=4).map(tuple),
+    output_name=name,
+    rubric=text,
+    judge=st.none() | models,
+    baseline=st.none() | prompts,
 )
 usages = st.builds(
     c.Usage,
@@ -104,6 +118,15 @@ usages = st.builds(
     failed_calls=count,
     cost_usd=fraction,
 )
+slice_scores = st.builds(
+    c.SliceScore,
+    tag=name,
+    value=text,
+    mean=fraction,
+    ci_low=fraction,
+    ci_high=fraction,
+    examples=count,
+)
 scores = st.builds(
     c.Score,
     mean=fraction,
@@ -112,11 +135,32 @@ scores = st.builds(
     examples=count,
     failed=count,
     per_label=st.dictionaries(name, fraction, max_size=3),
+    confusion=st.none()
+    | st.builds(
+        c.ConfusionMatrix,
+        labels=st.lists(name, max_size=3).map(tuple),
+        counts=st.lists(count, max_size=9).map(tuple),
+    ),
+    label_metrics=st.dictionaries(
+        name,
+        st.builds(c.LabelMetrics, precision=fraction, recall=fraction, f1=fraction, support=count),
+        max_size=2,
+    ),
+    macro_f1=fraction,
+    slices=st.lists(slice_scores, max_size=2).map(tuple),
+    worst_slice=st.none() | slice_scores,
+    scoring=st.sampled_from([c.Scoring.GENERATION, c.Scoring.LABEL_PROBABILITIES]),
 )
 prompt_scores = st.builds(
-    c.PromptScores, prompt=prompts, validation=scores, test=st.none() | scores, prompt_tokens=count
+    c.PromptScores,
+    prompt=prompts,
+    validation=scores,
+    test=st.none() | scores,
+    prompt_tokens=count,
+    selection=st.none() | scores,
+    optimism=fraction,
 )
-results = st.builds(
+single_results = st.builds(
     c.JobResult,
     baseline=prompt_scores,
     best=prompt_scores,
@@ -130,6 +174,26 @@ results = st.builds(
     pareto=st.lists(prompt_scores, max_size=2).map(tuple),
     usage_by_role=st.dictionaries(name, usages, max_size=2),
     partial=st.booleans(),
+    scoring=st.sampled_from([c.Scoring.GENERATION, c.Scoring.LABEL_PROBABILITIES]),
+    scoring_note=text,
+    dropped_instructions=st.lists(
+        st.builds(c.DroppedInstruction, instruction=text, reason=text), max_size=2
+    ).map(tuple),
+)
+model_results = st.builds(
+    c.ModelResult,
+    model=models,
+    result=single_results,
+    seconds_per_example=fraction,
+    on_frontier=st.booleans(),
+)
+results = st.builds(
+    lambda result, entries, recommendation: dataclasses.replace(
+        result, models=tuple(entries), recommendation=recommendation
+    ),
+    single_results,
+    st.lists(model_results, max_size=1),
+    st.none() | st.builds(c.Recommendation, model_index=count, reason=text),
 )
 estimates = st.builds(
     c.Estimate,
@@ -156,6 +220,8 @@ jobs = st.builds(
     error=text,
     estimate=st.none() | estimates,
     request_id=text,
+    models=st.lists(models, max_size=2).map(tuple),
+    template_job_id=text,
 )
 payloads = st.one_of(
     st.builds(lambda s: {"state_changed": c.StateChanged(s)}, st.sampled_from(c.JobState)),
@@ -178,9 +244,40 @@ evaluations = st.builds(
     c.Evaluation,
     score=scores,
     results=st.lists(
-        st.builds(c.ExampleResult, id=text, answer=text, score=fraction, error=text), max_size=3
+        st.builds(
+            c.ExampleResult,
+            id=text,
+            answer=text,
+            score=fraction,
+            error=text,
+            prediction=text,
+            label_probabilities=st.dictionaries(name, fraction, max_size=3),
+        ),
+        max_size=3,
     ).map(tuple),
     usage=usages,
+)
+comparisons = st.builds(
+    c.Comparison,
+    a=evaluations,
+    b=evaluations,
+    comparison=st.builds(
+        c.PairedComparison,
+        difference=fraction,
+        ci_low=fraction,
+        ci_high=fraction,
+        p_value=fraction,
+        examples=count,
+        per_label_difference=st.dictionaries(name, fraction, max_size=2),
+        verdict=st.sampled_from(["b_better", "b_worse", "no_difference"]),
+    ),
+)
+job_datasets = st.builds(
+    c.JobDataset,
+    job_id=name,
+    train=st.lists(examples, max_size=2).map(tuple),
+    validation=st.lists(examples, max_size=2).map(tuple),
+    test=st.lists(examples, max_size=2).map(tuple),
 )
 datasets = st.one_of(
     st.builds(
@@ -215,4 +312,6 @@ EVERY_TYPE = {
     "event": events,
     "evaluation": evaluations,
     "dataset": datasets,
+    "comparison": comparisons,
+    "job_dataset": job_datasets,
 }

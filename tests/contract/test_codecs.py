@@ -16,7 +16,11 @@ from prompttune.contract import wire
 from prompttune.v1 import optimizer_pb2 as pb
 from tests.contract.strategies import EVERY_TYPE, prompts
 
-_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @pytest.mark.parametrize("kind", sorted(EVERY_TYPE))

@@ -72,7 +72,7 @@ def document_keys(cls: type, prefix: str = "") -> set[str]:
     for shape in shapes(cls):
         path = f"{prefix}{shape.name}"
         keys.add(path)
-        if shape.kind == RECORD and path not in ("task.judge", "search.proposer"):
+        if shape.kind == RECORD and path not in ("task.judge", "task.baseline", "search.proposer"):
             keys |= document_keys(shape.type, f"{path}.")
     return keys
 
@@ -99,6 +99,8 @@ def sample_value(cls: type, path: str) -> Any:
         return sample_value(shape.type, path.split(".", 1)[1])
     if shape.type is ModelSpec:
         return {"kind": "openai_compatible", "endpoint": "judge-endpoint", "model": "m"}
+    if shape.type is Prompt:
+        return {"instruction": "Say whether the review is positive or negative."}
     if isinstance(shape.type, type) and issubclass(shape.type, enum.Enum):
         return next(m.value for m in shape.type if m != shape.default)
     if shape.type is bool:
@@ -136,7 +138,7 @@ def test_every_readme_key_reaches_the_request_from_a_task_file(tmp_path: Path, k
     elif isinstance(loaded, tuple):
         expected = tuple(value)
     elif dataclasses.is_dataclass(loaded):
-        expected = from_document(ModelSpec, value)
+        expected = from_document(type(loaded), value)
     assert loaded == expected
 
 

@@ -42,6 +42,24 @@ class DemoLayout(enum.StrEnum):
     INLINE = "inline"
 
 
+class Scoring(enum.StrEnum):
+    """How answers are scored. AUTO: label probabilities where the endpoint returns log
+    probabilities and the labels differ in their first tokens, generation elsewhere."""
+
+    AUTO = "auto"
+    GENERATION = "generation"
+    LABEL_PROBABILITIES = "label_probabilities"
+
+
+class Objective(enum.StrEnum):
+    """What the search maximises over the examples it scores."""
+
+    MEAN = "mean"
+    MACRO_F1 = "macro_f1"
+    WORST_LABEL = "worst_label"
+    WORST_SLICE = "worst_slice"
+
+
 class JobState(enum.StrEnum):
     """Lifecycle of a job. UNSPECIFIED only appears if a newer server sends an unknown state."""
 
@@ -60,21 +78,38 @@ class JobState(enum.StrEnum):
 
 @dataclass(frozen=True, init=False)
 class Example:
-    """One labelled example. ``inputs`` may be a plain string, short for ``{"input": text}``."""
+    """One labelled example. ``inputs`` may be a plain string, short for ``{"input": text}``.
+    ``tags`` (name -> value, e.g. ``{"dialect": "en-GB"}``) define the slices scores are
+    broken down by."""
 
     inputs: Mapping[str, str]
     output: str
     id: str
+    tags: Mapping[str, str]
 
-    def __init__(self, inputs: Mapping[str, str] | str, output: str = "", id: str = "") -> None:
+    def __init__(
+        self,
+        inputs: Mapping[str, str] | str,
+        output: str = "",
+        id: str = "",
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
         object.__setattr__(
             self, "inputs", {"input": inputs} if isinstance(inputs, str) else dict(inputs)
         )
         object.__setattr__(self, "output", output)
         object.__setattr__(self, "id", id)
+        object.__setattr__(self, "tags", dict(tags or {}))
 
     def __hash__(self) -> int:
-        return hash((self.id, tuple(sorted(self.inputs.items())), self.output))
+        return hash(
+            (
+                self.id,
+                tuple(sorted(self.inputs.items())),
+                self.output,
+                tuple(sorted(self.tags.items())),
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -148,7 +183,9 @@ class TaskSpec:
 
     ``seed_instruction`` empty means the description. ``labels`` is required for
     ``Metric.LABEL_CHOICE``; ``rubric`` for ``Metric.LLM_JUDGE``, whose ``judge`` model
-    defaults to the task model.
+    defaults to the task model. ``baseline`` is the prompt a person wrote for the task, the
+    job's baseline; None: the seed instruction zero-shot in the user message with an answer
+    cue.
     """
 
     description: str
@@ -159,6 +196,7 @@ class TaskSpec:
     output_name: str = "answer"
     rubric: str = ""
     judge: ModelSpec | None = None
+    baseline: Prompt | None = None
 
     @property
     def instruction(self) -> str:
@@ -184,7 +222,9 @@ class SearchSpec:
 
     ``max_demos=0`` searches zero-shot prompts only; ``num_instruction_candidates=0`` keeps the
     seed instruction; ``allow_reasoning=None`` allows reasoning only for tasks that are not
-    classification; ``proposer=None`` proposes with the task model.
+    classification; ``proposer=None`` proposes with the task model. ``calibrate=None``
+    searches calibration whenever label probabilities are used; ``selection_fraction=None``
+    holds back half the validation split to pick the winner when it has at least 20 examples.
     """
 
     budget: Budget = field(default_factory=Budget)
@@ -200,6 +240,11 @@ class SearchSpec:
     multi_objective: bool = False
     num_reflection_candidates: int = 2
     parallelism: int = 1
+    scoring: Scoring = Scoring.AUTO
+    calibrate: bool | None = None
+    objective: Objective = Objective.MEAN
+    slice_tag: str = ""
+    selection_fraction: float | None = None
 
 
 @dataclass(frozen=True)
@@ -261,6 +306,16 @@ class PromptFormat:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Contextual calibration of label probabilities: each label's probability is multiplied
+    by its weight before the argmax (a label without a weight keeps 1). Apply it with
+    `calibrated_prediction`."""
+
+    weights: Mapping[str, float] = field(default_factory=dict)
+    content_free_inputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Prompt:
     """A complete prompt: instruction, demonstrations and layout. Render with `render`.
 
@@ -276,6 +331,7 @@ class Prompt:
     labels: tuple[str, ...] = ()
     demo_pool: tuple[Example, ...] = ()
     knn_k: int = 0
+    calibration: Calibration | None = None
 
 
 @dataclass(frozen=True)
@@ -304,11 +360,46 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class ConfusionMatrix:
+    """Expected label (rows) x predicted label (columns), row-major ``counts``; the labels may
+    end with "(none)" for answers that named no label."""
+
+    labels: tuple[str, ...] = ()
+    counts: tuple[int, ...] = ()
+
+    def count(self, expected: str, predicted: str) -> int:
+        """Examples that expected `expected` and were predicted `predicted`."""
+        size = len(self.labels)
+        return self.counts[self.labels.index(expected) * size + self.labels.index(predicted)]
+
+
+@dataclass(frozen=True)
+class LabelMetrics:
+    precision: float = 0.0
+    recall: float = 0.0
+    f1: float = 0.0
+    support: int = 0
+
+
+@dataclass(frozen=True)
+class SliceScore:
+    """The score of the examples whose tag ``tag`` has value ``value``."""
+
+    tag: str
+    value: str
+    mean: float = 0.0
+    ci_low: float = 0.0
+    ci_high: float = 0.0
+    examples: int = 0
+
+
+@dataclass(frozen=True)
 class Score:
     """Mean metric value in [0, 1] with its 95% bootstrap interval.
 
     ``failed`` examples (LLM call failed after retries) are excluded from the mean and counted.
-    ``per_label`` maps label -> accuracy, for classification only.
+    ``per_label`` maps label -> accuracy, for classification only, as do ``confusion``,
+    ``label_metrics`` and ``macro_f1``. ``slices`` break the score down by example tags.
     """
 
     mean: float
@@ -317,16 +408,28 @@ class Score:
     examples: int
     failed: int = 0
     per_label: Mapping[str, float] = field(default_factory=dict)
+    confusion: ConfusionMatrix | None = None
+    label_metrics: Mapping[str, LabelMetrics] = field(default_factory=dict)
+    macro_f1: float = 0.0
+    slices: tuple[SliceScore, ...] = ()
+    worst_slice: SliceScore | None = None
+    scoring: Scoring = Scoring.GENERATION
 
 
 @dataclass(frozen=True)
 class PromptScores:
-    """A prompt with its validation score and, when the dataset has a test split, test score."""
+    """A prompt with its validation score and, when the dataset has a test split, test score.
+
+    ``validation`` is measured on the examples the search scored; ``selection`` on the ones
+    held back to pick the winner, and ``optimism`` is validation.mean - selection.mean.
+    """
 
     prompt: Prompt
     validation: Score
     test: Score | None = None
     prompt_tokens: int = 0
+    selection: Score | None = None
+    optimism: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -346,6 +449,37 @@ class JobResult:
     pareto: tuple[PromptScores, ...] = ()
     usage_by_role: Mapping[str, Usage] = field(default_factory=dict)
     partial: bool = False
+    scoring: Scoring = Scoring.GENERATION
+    scoring_note: str = ""
+    dropped_instructions: tuple[DroppedInstruction, ...] = ()
+    models: tuple[ModelResult, ...] = ()
+    recommendation: Recommendation | None = None
+
+
+@dataclass(frozen=True)
+class DroppedInstruction:
+    """A proposed instruction discarded before any trial, and why."""
+
+    instruction: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """One target model's outcome in a multi-model job."""
+
+    model: ModelSpec
+    result: JobResult
+    seconds_per_example: float = 0.0
+    on_frontier: bool = False
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """Which model of a multi-model job to run (an index into ``JobResult.models``), and why."""
+
+    model_index: int = 0
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -395,6 +529,8 @@ class Job:
     error: str = ""
     estimate: Estimate | None = None
     request_id: str = ""
+    models: tuple[ModelSpec, ...] = ()
+    template_job_id: str = ""
 
     @property
     def done(self) -> bool:
@@ -495,6 +631,8 @@ class ExampleResult:
     answer: str
     score: float
     error: str = ""
+    prediction: str = ""
+    label_probabilities: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -508,6 +646,40 @@ class Evaluation:
     score: Score
     results: tuple[ExampleResult, ...]
     usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """b - a over the examples both prompts scored: the mean difference, its 95% paired
+    bootstrap interval, a permutation p-value, and per-label recall differences. ``verdict``
+    is "b_better", "b_worse" or "no_difference"."""
+
+    difference: float = 0.0
+    ci_low: float = 0.0
+    ci_high: float = 0.0
+    p_value: float = 1.0
+    examples: int = 0
+    per_label_difference: Mapping[str, float] = field(default_factory=dict)
+    verdict: str = "no_difference"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two prompts scored on the same examples, and their paired comparison."""
+
+    a: Evaluation
+    b: Evaluation
+    comparison: PairedComparison
+
+
+@dataclass(frozen=True)
+class JobDataset:
+    """A job's labelled examples as its search split them."""
+
+    job_id: str
+    train: tuple[Example, ...] = ()
+    validation: tuple[Example, ...] = ()
+    test: tuple[Example, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -525,3 +697,10 @@ class JobSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
     search: SearchSpec = field(default_factory=SearchSpec)
     request_id: str = ""
+    models: tuple[ModelSpec, ...] = ()
+    template_job_id: str = ""
+
+    @property
+    def target_models(self) -> tuple[ModelSpec, ...]:
+        """Every model the job searches a prompt for: ``model``, then ``models``."""
+        return (self.model, *self.models)

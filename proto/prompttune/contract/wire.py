@@ -35,7 +35,11 @@ from prompttune.v1 import optimizer_pb2 as pb
 
 T = TypeVar("T")
 
-_MESSAGE_NAMES = {t.Evaluation: "EvaluatePromptResponse", t.JobPage: "ListJobsResponse"}
+_MESSAGE_NAMES = {
+    t.Evaluation: "EvaluatePromptResponse",
+    t.JobPage: "ListJobsResponse",
+    t.Comparison: "ComparePromptsResponse",
+}
 
 
 def message_class(cls: type) -> type[Message]:

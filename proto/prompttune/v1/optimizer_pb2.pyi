@@ -25,6 +25,72 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Scoring:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScoringEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Scoring.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCORING_UNSPECIFIED: _Scoring.ValueType  # 0
+    SCORING_AUTO: _Scoring.ValueType  # 1
+    """Label probabilities where the endpoint returns log probabilities and the task's labels
+    can be told apart by their first tokens; generation elsewhere (the default).
+    """
+    SCORING_GENERATION: _Scoring.ValueType  # 2
+    """Generate a free-text answer (up to ModelSpec.max_tokens) and read the metric from it."""
+    SCORING_LABEL_PROBABILITIES: _Scoring.ValueType  # 3
+    """One short call per example with log probabilities: the prediction is the label with the
+    most probability mass on its first tokens (after calibration, when the prompt has one).
+    Label tasks only; an endpoint without log probabilities fails the job.
+    """
+
+class Scoring(_Scoring, metaclass=_ScoringEnumTypeWrapper):
+    """How a prompt's answers to labelled examples are scored."""
+
+SCORING_UNSPECIFIED: Scoring.ValueType  # 0
+SCORING_AUTO: Scoring.ValueType  # 1
+"""Label probabilities where the endpoint returns log probabilities and the task's labels
+can be told apart by their first tokens; generation elsewhere (the default).
+"""
+SCORING_GENERATION: Scoring.ValueType  # 2
+"""Generate a free-text answer (up to ModelSpec.max_tokens) and read the metric from it."""
+SCORING_LABEL_PROBABILITIES: Scoring.ValueType  # 3
+"""One short call per example with log probabilities: the prediction is the label with the
+most probability mass on its first tokens (after calibration, when the prompt has one).
+Label tasks only; an endpoint without log probabilities fails the job.
+"""
+Global___Scoring: _TypeAlias = Scoring  # noqa: Y015
+
+class _Objective:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ObjectiveEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Objective.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OBJECTIVE_UNSPECIFIED: _Objective.ValueType  # 0
+    OBJECTIVE_MEAN: _Objective.ValueType  # 1
+    """The mean metric value (the default)."""
+    OBJECTIVE_MACRO_F1: _Objective.ValueType  # 2
+    """Macro-averaged F1 over TaskSpec.labels. Label tasks only."""
+    OBJECTIVE_WORST_LABEL: _Objective.ValueType  # 3
+    """The recall of the label with the lowest recall. Label tasks only."""
+    OBJECTIVE_WORST_SLICE: _Objective.ValueType  # 4
+    """The mean of the worst slice of SearchSpec.slice_tag (examples grouped by that tag's value)."""
+
+class Objective(_Objective, metaclass=_ObjectiveEnumTypeWrapper):
+    """What the search maximises over the examples it scores."""
+
+OBJECTIVE_UNSPECIFIED: Objective.ValueType  # 0
+OBJECTIVE_MEAN: Objective.ValueType  # 1
+"""The mean metric value (the default)."""
+OBJECTIVE_MACRO_F1: Objective.ValueType  # 2
+"""Macro-averaged F1 over TaskSpec.labels. Label tasks only."""
+OBJECTIVE_WORST_LABEL: Objective.ValueType  # 3
+"""The recall of the label with the lowest recall. Label tasks only."""
+OBJECTIVE_WORST_SLICE: Objective.ValueType  # 4
+"""The mean of the worst slice of SearchSpec.slice_tag (examples grouped by that tag's value)."""
+Global___Objective: _TypeAlias = Objective  # noqa: Y015
+
 class _Metric:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -179,6 +245,7 @@ class TaskSpec(_message.Message):
     OUTPUT_NAME_FIELD_NUMBER: _builtins.int
     RUBRIC_FIELD_NUMBER: _builtins.int
     JUDGE_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
     description: _builtins.str
     """What the model must do, in plain words. Shown to the instruction proposer. Required."""
     seed_instruction: _builtins.str
@@ -203,6 +270,13 @@ class TaskSpec(_message.Message):
     def judge(self) -> Global___ModelSpec:
         """METRIC_LLM_JUDGE only: the judge model. Default: the task model."""
 
+    @_builtins.property
+    def baseline(self) -> Global___Prompt:
+        """The prompt a person wrote for this task (instruction, format and demos), used as the
+        job's baseline. Unset: the seed instruction zero-shot, in the user message with the input
+        and an answer cue ("<Output name>:").
+        """
+
     def __init__(
         self,
         *,
@@ -214,10 +288,11 @@ class TaskSpec(_message.Message):
         output_name: _builtins.str = ...,
         rubric: _builtins.str = ...,
         judge: Global___ModelSpec | None = ...,
+        baseline: Global___Prompt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["judge", b"judge"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "judge", b"judge"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "input_fields", b"input_fields", "judge", b"judge", "labels", b"labels", "metric", b"metric", "output_name", b"output_name", "rubric", b"rubric", "seed_instruction", b"seed_instruction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "description", b"description", "input_fields", b"input_fields", "judge", b"judge", "labels", b"labels", "metric", b"metric", "output_name", b"output_name", "rubric", b"rubric", "seed_instruction", b"seed_instruction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -247,9 +322,30 @@ class Example(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Caller's identifier, echoed back in per-example results. Optional."""
     output: _builtins.str
@@ -258,16 +354,23 @@ class Example(_message.Message):
     def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Input field name -> text. Must contain every TaskSpec.input_fields name."""
 
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Tag name -> value, e.g. {"dialect": "en-GB"}: scores are broken down by each tag's values.
+        At most 8 tags, names and values at most 64 characters.
+        """
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         inputs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         output: _builtins.str = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "inputs", b"inputs", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "inputs", b"inputs", "output", b"output", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -484,6 +587,11 @@ class SearchSpec(_message.Message):
     MULTI_OBJECTIVE_FIELD_NUMBER: _builtins.int
     NUM_REFLECTION_CANDIDATES_FIELD_NUMBER: _builtins.int
     PARALLELISM_FIELD_NUMBER: _builtins.int
+    SCORING_FIELD_NUMBER: _builtins.int
+    CALIBRATE_FIELD_NUMBER: _builtins.int
+    OBJECTIVE_FIELD_NUMBER: _builtins.int
+    SLICE_TAG_FIELD_NUMBER: _builtins.int
+    SELECTION_FRACTION_FIELD_NUMBER: _builtins.int
     num_instruction_candidates: _builtins.int
     """Instructions proposed by the LLM in addition to the seed instruction. Default 4, max 32."""
     max_demos: _builtins.int
@@ -517,6 +625,25 @@ class SearchSpec(_message.Message):
     worker that claimed the job plus up to parallelism - 1 helpers during the search phase.
     Each budget cap's search share is split evenly between them. Default 1, max 16.
     """
+    scoring: Global___Scoring.ValueType
+    """How answers are scored. Unspecified: SCORING_AUTO."""
+    calibrate: _builtins.bool
+    """Search contextual calibration of label probabilities (a prompt's label bias estimated from
+    content-free inputs and divided out). Unset: searched whenever label probabilities are
+    used. Ignored under generation scoring.
+    """
+    objective: Global___Objective.ValueType
+    """What the search maximises. Unspecified: OBJECTIVE_MEAN."""
+    slice_tag: _builtins.str
+    """OBJECTIVE_WORST_SLICE only: the Example.tags name whose values form the slices. Required
+    there.
+    """
+    selection_fraction: _builtins.float
+    """Fraction of the validation split held back to pick the winner: the search's trials never
+    score these examples, so the winner's selection score is not inflated by the search.
+    In [0, 0.9]. Unset: 0.5 when the validation split has at least 20 examples, else 0
+    (the winner is then picked on the examples the search scored, and the result says so).
+    """
     @_builtins.property
     def budget(self) -> Global___Budget: ...
     @_builtins.property
@@ -539,13 +666,20 @@ class SearchSpec(_message.Message):
         multi_objective: _builtins.bool = ...,
         num_reflection_candidates: _builtins.int | None = ...,
         parallelism: _builtins.int | None = ...,
+        scoring: Global___Scoring.ValueType = ...,
+        calibrate: _builtins.bool | None = ...,
+        objective: Global___Objective.ValueType = ...,
+        slice_tag: _builtins.str = ...,
+        selection_fraction: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_allow_reasoning", b"_allow_reasoning", "_max_demos", b"_max_demos", "_num_instruction_candidates", b"_num_instruction_candidates", "_num_reflection_candidates", b"_num_reflection_candidates", "_parallelism", b"_parallelism", "allow_reasoning", b"allow_reasoning", "budget", b"budget", "max_demos", b"max_demos", "num_instruction_candidates", b"num_instruction_candidates", "num_reflection_candidates", b"num_reflection_candidates", "parallelism", b"parallelism", "proposer", b"proposer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_allow_reasoning", b"_allow_reasoning", "_calibrate", b"_calibrate", "_max_demos", b"_max_demos", "_num_instruction_candidates", b"_num_instruction_candidates", "_num_reflection_candidates", b"_num_reflection_candidates", "_parallelism", b"_parallelism", "_selection_fraction", b"_selection_fraction", "allow_reasoning", b"allow_reasoning", "budget", b"budget", "calibrate", b"calibrate", "max_demos", b"max_demos", "num_instruction_candidates", b"num_instruction_candidates", "num_reflection_candidates", b"num_reflection_candidates", "parallelism", b"parallelism", "proposer", b"proposer", "selection_fraction", b"selection_fraction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_reasoning", b"_allow_reasoning", "_max_demos", b"_max_demos", "_num_instruction_candidates", b"_num_instruction_candidates", "_num_reflection_candidates", b"_num_reflection_candidates", "_parallelism", b"_parallelism", "allow_reasoning", b"allow_reasoning", "budget", b"budget", "disable_cache", b"disable_cache", "max_demos", b"max_demos", "minibatch_size", b"minibatch_size", "multi_objective", b"multi_objective", "num_demo_sets", b"num_demo_sets", "num_finalists", b"num_finalists", "num_instruction_candidates", b"num_instruction_candidates", "num_reflection_candidates", b"num_reflection_candidates", "parallelism", b"parallelism", "proposer", b"proposer", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_allow_reasoning", b"_allow_reasoning", "_calibrate", b"_calibrate", "_max_demos", b"_max_demos", "_num_instruction_candidates", b"_num_instruction_candidates", "_num_reflection_candidates", b"_num_reflection_candidates", "_parallelism", b"_parallelism", "_selection_fraction", b"_selection_fraction", "allow_reasoning", b"allow_reasoning", "budget", b"budget", "calibrate", b"calibrate", "disable_cache", b"disable_cache", "max_demos", b"max_demos", "minibatch_size", b"minibatch_size", "multi_objective", b"multi_objective", "num_demo_sets", b"num_demo_sets", "num_finalists", b"num_finalists", "num_instruction_candidates", b"num_instruction_candidates", "num_reflection_candidates", b"num_reflection_candidates", "objective", b"objective", "parallelism", b"parallelism", "proposer", b"proposer", "scoring", b"scoring", "seed", b"seed", "selection_fraction", b"selection_fraction", "slice_tag", b"slice_tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__allow_reasoning: _TypeAlias = _typing.Literal["allow_reasoning"]  # noqa: Y015
     _WhichOneofArgType__allow_reasoning: _TypeAlias = _typing.Literal["_allow_reasoning", b"_allow_reasoning"]  # noqa: Y015
+    _WhichOneofReturnType__calibrate: _TypeAlias = _typing.Literal["calibrate"]  # noqa: Y015
+    _WhichOneofArgType__calibrate: _TypeAlias = _typing.Literal["_calibrate", b"_calibrate"]  # noqa: Y015
     _WhichOneofReturnType__max_demos: _TypeAlias = _typing.Literal["max_demos"]  # noqa: Y015
     _WhichOneofArgType__max_demos: _TypeAlias = _typing.Literal["_max_demos", b"_max_demos"]  # noqa: Y015
     _WhichOneofReturnType__num_instruction_candidates: _TypeAlias = _typing.Literal["num_instruction_candidates"]  # noqa: Y015
@@ -554,8 +688,12 @@ class SearchSpec(_message.Message):
     _WhichOneofArgType__num_reflection_candidates: _TypeAlias = _typing.Literal["_num_reflection_candidates", b"_num_reflection_candidates"]  # noqa: Y015
     _WhichOneofReturnType__parallelism: _TypeAlias = _typing.Literal["parallelism"]  # noqa: Y015
     _WhichOneofArgType__parallelism: _TypeAlias = _typing.Literal["_parallelism", b"_parallelism"]  # noqa: Y015
+    _WhichOneofReturnType__selection_fraction: _TypeAlias = _typing.Literal["selection_fraction"]  # noqa: Y015
+    _WhichOneofArgType__selection_fraction: _TypeAlias = _typing.Literal["_selection_fraction", b"_selection_fraction"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__allow_reasoning) -> _WhichOneofReturnType__allow_reasoning | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__calibrate) -> _WhichOneofReturnType__calibrate | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_demos) -> _WhichOneofReturnType__max_demos | None: ...
     @_typing.overload
@@ -564,6 +702,8 @@ class SearchSpec(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__num_reflection_candidates) -> _WhichOneofReturnType__num_reflection_candidates | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__parallelism) -> _WhichOneofReturnType__parallelism | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__selection_fraction) -> _WhichOneofReturnType__selection_fraction | None: ...
 
 Global___SearchSpec: _TypeAlias = SearchSpec  # noqa: Y015
 
@@ -615,6 +755,7 @@ class Prompt(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     DEMO_POOL_FIELD_NUMBER: _builtins.int
     KNN_K_FIELD_NUMBER: _builtins.int
+    CALIBRATION_FIELD_NUMBER: _builtins.int
     instruction: _builtins.str
     output_name: _builtins.str
     knn_k: _builtins.int
@@ -633,6 +774,12 @@ class Prompt(_message.Message):
         no retrieval. RenderPrompt and EvaluatePrompt apply the retrieval.
         """
 
+    @_builtins.property
+    def calibration(self) -> Global___Calibration:
+        """Contextual calibration of label probabilities; applied when the prompt is scored by
+        label probabilities (EvaluatePrompt, the SDK's `predict_label`). Unset: none.
+        """
+
     def __init__(
         self,
         *,
@@ -644,14 +791,68 @@ class Prompt(_message.Message):
         labels: _abc.Iterable[_builtins.str] | None = ...,
         demo_pool: _abc.Iterable[Global___Example] | None = ...,
         knn_k: _builtins.int = ...,
+        calibration: Global___Calibration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["calibration", b"calibration", "format", b"format"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["demo_pool", b"demo_pool", "demos", b"demos", "format", b"format", "input_fields", b"input_fields", "instruction", b"instruction", "knn_k", b"knn_k", "labels", b"labels", "output_name", b"output_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration", b"calibration", "demo_pool", b"demo_pool", "demos", b"demos", "format", b"format", "input_fields", b"input_fields", "instruction", b"instruction", "knn_k", b"knn_k", "labels", b"labels", "output_name", b"output_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Prompt: _TypeAlias = Prompt  # noqa: Y015
+
+@_typing.final
+class Calibration(_message.Message):
+    """Contextual calibration ("calibrate before use"): the prompt's label probabilities on
+    content-free inputs estimate its bias; each label's probability is multiplied by its weight
+    (the inverse of that bias, normalised to mean 1) before the argmax.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    CONTENT_FREE_INPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Label -> weight, > 0. A label without a weight keeps weight 1."""
+
+    @_builtins.property
+    def content_free_inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The content-free inputs the weights were estimated from, e.g. "N/A", "", "[MASK]"."""
+
+    def __init__(
+        self,
+        *,
+        weights: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        content_free_inputs: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_free_inputs", b"content_free_inputs", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Calibration: _TypeAlias = Calibration  # noqa: Y015
 
 @_typing.final
 class Score(_message.Message):
@@ -677,12 +878,39 @@ class Score(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class LabelMetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___LabelMetrics: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___LabelMetrics | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MEAN_FIELD_NUMBER: _builtins.int
     CI_LOW_FIELD_NUMBER: _builtins.int
     CI_HIGH_FIELD_NUMBER: _builtins.int
     EXAMPLES_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
     PER_LABEL_FIELD_NUMBER: _builtins.int
+    CONFUSION_FIELD_NUMBER: _builtins.int
+    LABEL_METRICS_FIELD_NUMBER: _builtins.int
+    MACRO_F1_FIELD_NUMBER: _builtins.int
+    SLICES_FIELD_NUMBER: _builtins.int
+    WORST_SLICE_FIELD_NUMBER: _builtins.int
+    SCORING_FIELD_NUMBER: _builtins.int
     mean: _builtins.float
     """Mean metric value over scored examples, in [0, 1]."""
     ci_low: _builtins.float
@@ -692,9 +920,29 @@ class Score(_message.Message):
     """Examples scored."""
     failed: _builtins.int
     """Examples whose LLM call failed after retries; excluded from the mean."""
+    macro_f1: _builtins.float
+    """Classification only: the unweighted mean of the labels' F1, in [0, 1]."""
+    scoring: Global___Scoring.ValueType
+    """How the answers were scored: SCORING_GENERATION or SCORING_LABEL_PROBABILITIES."""
     @_builtins.property
     def per_label(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Classification only: label -> accuracy on examples with that expected label."""
+
+    @_builtins.property
+    def confusion(self) -> Global___ConfusionMatrix:
+        """Classification only: expected label (rows) x predicted label (columns)."""
+
+    @_builtins.property
+    def label_metrics(self) -> _containers.MessageMap[_builtins.str, Global___LabelMetrics]:
+        """Classification only: label -> precision, recall, F1 and support."""
+
+    @_builtins.property
+    def slices(self) -> _containers.RepeatedCompositeFieldContainer[Global___SliceScore]:
+        """Scores of the slices of every tag the examples carry (Example.tags), by tag then value."""
+
+    @_builtins.property
+    def worst_slice(self) -> Global___SliceScore:
+        """The slice with the lowest mean (ties: the larger slice). Unset when no example has tags."""
 
     def __init__(
         self,
@@ -705,14 +953,113 @@ class Score(_message.Message):
         examples: _builtins.int = ...,
         failed: _builtins.int = ...,
         per_label: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        confusion: Global___ConfusionMatrix | None = ...,
+        label_metrics: _abc.Mapping[_builtins.str, Global___LabelMetrics] | None = ...,
+        macro_f1: _builtins.float = ...,
+        slices: _abc.Iterable[Global___SliceScore] | None = ...,
+        worst_slice: Global___SliceScore | None = ...,
+        scoring: Global___Scoring.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["confusion", b"confusion", "worst_slice", b"worst_slice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci_high", b"ci_high", "ci_low", b"ci_low", "examples", b"examples", "failed", b"failed", "mean", b"mean", "per_label", b"per_label"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci_high", b"ci_high", "ci_low", b"ci_low", "confusion", b"confusion", "examples", b"examples", "failed", b"failed", "label_metrics", b"label_metrics", "macro_f1", b"macro_f1", "mean", b"mean", "per_label", b"per_label", "scoring", b"scoring", "slices", b"slices", "worst_slice", b"worst_slice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Score: _TypeAlias = Score  # noqa: Y015
+
+@_typing.final
+class ConfusionMatrix(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABELS_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Row and column order: the task's labels, then "(none)" when some answer named no label."""
+
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Row-major counts: counts[i * len(labels) + j] examples expected labels[i], predicted
+        labels[j].
+        """
+
+    def __init__(
+        self,
+        *,
+        labels: _abc.Iterable[_builtins.str] | None = ...,
+        counts: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "labels", b"labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfusionMatrix: _TypeAlias = ConfusionMatrix  # noqa: Y015
+
+@_typing.final
+class LabelMetrics(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRECISION_FIELD_NUMBER: _builtins.int
+    RECALL_FIELD_NUMBER: _builtins.int
+    F1_FIELD_NUMBER: _builtins.int
+    SUPPORT_FIELD_NUMBER: _builtins.int
+    precision: _builtins.float
+    recall: _builtins.float
+    f1: _builtins.float
+    support: _builtins.int
+    """Examples whose expected output is this label."""
+    def __init__(
+        self,
+        *,
+        precision: _builtins.float = ...,
+        recall: _builtins.float = ...,
+        f1: _builtins.float = ...,
+        support: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["f1", b"f1", "precision", b"precision", "recall", b"recall", "support", b"support"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LabelMetrics: _TypeAlias = LabelMetrics  # noqa: Y015
+
+@_typing.final
+class SliceScore(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    MEAN_FIELD_NUMBER: _builtins.int
+    CI_LOW_FIELD_NUMBER: _builtins.int
+    CI_HIGH_FIELD_NUMBER: _builtins.int
+    EXAMPLES_FIELD_NUMBER: _builtins.int
+    tag: _builtins.str
+    value: _builtins.str
+    mean: _builtins.float
+    ci_low: _builtins.float
+    ci_high: _builtins.float
+    examples: _builtins.int
+    def __init__(
+        self,
+        *,
+        tag: _builtins.str = ...,
+        value: _builtins.str = ...,
+        mean: _builtins.float = ...,
+        ci_low: _builtins.float = ...,
+        ci_high: _builtins.float = ...,
+        examples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci_high", b"ci_high", "ci_low", b"ci_low", "examples", b"examples", "mean", b"mean", "tag", b"tag", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SliceScore: _TypeAlias = SliceScore  # noqa: Y015
 
 @_typing.final
 class PromptScores(_message.Message):
@@ -722,8 +1069,14 @@ class PromptScores(_message.Message):
     VALIDATION_FIELD_NUMBER: _builtins.int
     TEST_FIELD_NUMBER: _builtins.int
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    SELECTION_FIELD_NUMBER: _builtins.int
+    OPTIMISM_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Prompt length in tokens (whitespace-token estimate of the rendered static part)."""
+    optimism: _builtins.float
+    """validation.mean - selection.mean: how much the search's own score flatters this prompt.
+    0 when there is no selection score.
+    """
     @_builtins.property
     def prompt(self) -> Global___Prompt: ...
     @_builtins.property
@@ -732,6 +1085,12 @@ class PromptScores(_message.Message):
     def test(self) -> Global___Score:
         """Unset when the dataset has no test split."""
 
+    @_builtins.property
+    def selection(self) -> Global___Score:
+        """Score on the selection examples (held back from the search's trials) that picked the
+        winner. Unset when the job had no selection split.
+        """
+
     def __init__(
         self,
         *,
@@ -739,10 +1098,12 @@ class PromptScores(_message.Message):
         validation: Global___Score | None = ...,
         test: Global___Score | None = ...,
         prompt_tokens: _builtins.int = ...,
+        selection: Global___Score | None = ...,
+        optimism: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt", "test", b"test", "validation", b"validation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt", "selection", b"selection", "test", b"test", "validation", b"validation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt", "prompt_tokens", b"prompt_tokens", "test", b"test", "validation", b"validation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["optimism", b"optimism", "prompt", b"prompt", "prompt_tokens", b"prompt_tokens", "selection", b"selection", "test", b"test", "validation", b"validation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -825,6 +1186,11 @@ class JobResult(_message.Message):
     PARETO_FIELD_NUMBER: _builtins.int
     USAGE_BY_ROLE_FIELD_NUMBER: _builtins.int
     PARTIAL_FIELD_NUMBER: _builtins.int
+    SCORING_FIELD_NUMBER: _builtins.int
+    SCORING_NOTE_FIELD_NUMBER: _builtins.int
+    DROPPED_INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    RECOMMENDATION_FIELD_NUMBER: _builtins.int
     improved: _builtins.bool
     """True when best beats baseline on validation by more than noise; when false, best is
     the baseline prompt.
@@ -842,6 +1208,14 @@ class JobResult(_message.Message):
     """True when the job was cancelled or failed before it finished: baseline and best are the
     best found so far, and their scores may cover fewer examples than a finished job's.
     """
+    scoring: Global___Scoring.ValueType
+    """How the task model's answers were scored: SCORING_LABEL_PROBABILITIES or, where they are
+    not available, SCORING_GENERATION.
+    """
+    scoring_note: _builtins.str
+    """Why generation scoring was used where label probabilities were asked for, e.g. "endpoint
+    local returned no log probabilities". Empty otherwise.
+    """
     @_builtins.property
     def baseline(self) -> Global___PromptScores: ...
     @_builtins.property
@@ -855,6 +1229,20 @@ class JobResult(_message.Message):
     @_builtins.property
     def usage_by_role(self) -> _containers.MessageMap[_builtins.str, Global___Usage]:
         """Usage split by the role of the calls: "task", "proposer", "judge"."""
+
+    @_builtins.property
+    def dropped_instructions(self) -> _containers.RepeatedCompositeFieldContainer[Global___DroppedInstruction]:
+        """Proposed instructions discarded before any trial, and why."""
+
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelResult]:
+        """Jobs with several target models (CreateJobRequest.models): one entry per model, in
+        request order. `baseline` and `best` above are then the recommended model's.
+        """
+
+    @_builtins.property
+    def recommendation(self) -> Global___Recommendation:
+        """Jobs with several target models: which one to run, and why."""
 
     def __init__(
         self,
@@ -871,14 +1259,104 @@ class JobResult(_message.Message):
         pareto: _abc.Iterable[Global___PromptScores] | None = ...,
         usage_by_role: _abc.Mapping[_builtins.str, Global___Usage] | None = ...,
         partial: _builtins.bool = ...,
+        scoring: Global___Scoring.ValueType = ...,
+        scoring_note: _builtins.str = ...,
+        dropped_instructions: _abc.Iterable[Global___DroppedInstruction] | None = ...,
+        models: _abc.Iterable[Global___ModelResult] | None = ...,
+        recommendation: Global___Recommendation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "best", b"best", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "best", b"best", "recommendation", b"recommendation", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "best", b"best", "improved", b"improved", "pareto", b"pareto", "partial", b"partial", "stop_reason", b"stop_reason", "summary", b"summary", "trials_completed", b"trials_completed", "trials_pruned", b"trials_pruned", "usage", b"usage", "usage_by_role", b"usage_by_role", "wall_seconds", b"wall_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "best", b"best", "dropped_instructions", b"dropped_instructions", "improved", b"improved", "models", b"models", "pareto", b"pareto", "partial", b"partial", "recommendation", b"recommendation", "scoring", b"scoring", "scoring_note", b"scoring_note", "stop_reason", b"stop_reason", "summary", b"summary", "trials_completed", b"trials_completed", "trials_pruned", b"trials_pruned", "usage", b"usage", "usage_by_role", b"usage_by_role", "wall_seconds", b"wall_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobResult: _TypeAlias = JobResult  # noqa: Y015
+
+@_typing.final
+class DroppedInstruction(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTRUCTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    instruction: _builtins.str
+    reason: _builtins.str
+    """Why it was dropped, e.g. "no verb", "mostly numbers or labels", "unrelated to the task
+    (similarity 0.12 < 0.30)".
+    """
+    def __init__(
+        self,
+        *,
+        instruction: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instruction", b"instruction", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DroppedInstruction: _TypeAlias = DroppedInstruction  # noqa: Y015
+
+@_typing.final
+class ModelResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    SECONDS_PER_EXAMPLE_FIELD_NUMBER: _builtins.int
+    ON_FRONTIER_FIELD_NUMBER: _builtins.int
+    seconds_per_example: _builtins.float
+    """Mean task-model wall seconds per scored example of this model's test scoring."""
+    on_frontier: _builtins.bool
+    """On the quality/cost frontier: no other model has a better test score at no more cost."""
+    @_builtins.property
+    def model(self) -> Global___ModelSpec: ...
+    @_builtins.property
+    def result(self) -> Global___JobResult:
+        """This model's search result (its own `models` is empty)."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___ModelSpec | None = ...,
+        result: Global___JobResult | None = ...,
+        seconds_per_example: _builtins.float = ...,
+        on_frontier: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "on_frontier", b"on_frontier", "result", b"result", "seconds_per_example", b"seconds_per_example"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelResult: _TypeAlias = ModelResult  # noqa: Y015
+
+@_typing.final
+class Recommendation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_INDEX_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model_index: _builtins.int
+    """Index into JobResult.models."""
+    reason: _builtins.str
+    """Plain words, e.g. "gemma: test 0.71 is not worse than local's 0.74 beyond noise (paired
+    95% interval [-0.09, 0.03]) and costs 40% less".
+    """
+    def __init__(
+        self,
+        *,
+        model_index: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_index", b"model_index", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Recommendation: _TypeAlias = Recommendation  # noqa: Y015
 
 @_typing.final
 class Estimate(_message.Message):
@@ -987,11 +1465,15 @@ class Job(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     ESTIMATE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    TEMPLATE_JOB_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___JobState.ValueType
     error: _builtins.str
     """Set when state is FAILED."""
     request_id: _builtins.str
+    template_job_id: _builtins.str
+    """The job this one was created from (CreateJobRequest.template_job_id). Empty: none."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1010,6 +1492,10 @@ class Job(_message.Message):
 
     @_builtins.property
     def estimate(self) -> Global___Estimate: ...
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelSpec]:
+        """Further target models of a multi-model job (see CreateJobRequest.models)."""
+
     def __init__(
         self,
         *,
@@ -1025,10 +1511,12 @@ class Job(_message.Message):
         error: _builtins.str = ...,
         estimate: Global___Estimate | None = ...,
         request_id: _builtins.str = ...,
+        models: _abc.Iterable[Global___ModelSpec] | None = ...,
+        template_job_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "estimate", b"estimate", "model", b"model", "progress", b"progress", "result", b"result", "search", b"search", "task", b"task", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "estimate", b"estimate", "id", b"id", "model", b"model", "progress", b"progress", "request_id", b"request_id", "result", b"result", "search", b"search", "state", b"state", "task", b"task", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "estimate", b"estimate", "id", b"id", "model", b"model", "models", b"models", "progress", b"progress", "request_id", b"request_id", "result", b"result", "search", b"search", "state", b"state", "task", b"task", "template_job_id", b"template_job_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1044,10 +1532,17 @@ class CreateJobRequest(_message.Message):
     SEARCH_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    TEMPLATE_JOB_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key, at most 128 characters. Empty: not idempotent."""
     dry_run: _builtins.bool
     """Validate and estimate only; no job is created."""
+    template_job_id: _builtins.str
+    """Re-run an earlier job of the same tenant: its task, dataset and search settings are
+    copied; fields set in this request (task, dataset, search) replace the copied ones. The
+    model must be given.
+    """
     @_builtins.property
     def task(self) -> Global___TaskSpec: ...
     @_builtins.property
@@ -1056,6 +1551,13 @@ class CreateJobRequest(_message.Message):
     def model(self) -> Global___ModelSpec: ...
     @_builtins.property
     def search(self) -> Global___SearchSpec: ...
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelSpec]:
+        """More target models, searched in the same job after `model` with the same proposer,
+        splits, cache and budget (split evenly between models). At most 4. The result has one
+        entry per model and a recommendation.
+        """
+
     def __init__(
         self,
         *,
@@ -1065,10 +1567,12 @@ class CreateJobRequest(_message.Message):
         search: Global___SearchSpec | None = ...,
         request_id: _builtins.str = ...,
         dry_run: _builtins.bool = ...,
+        models: _abc.Iterable[Global___ModelSpec] | None = ...,
+        template_job_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "model", b"model", "search", b"search", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "dry_run", b"dry_run", "model", b"model", "request_id", b"request_id", "search", b"search", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "dry_run", b"dry_run", "model", b"model", "models", b"models", "request_id", b"request_id", "search", b"search", "task", b"task", "template_job_id", b"template_job_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1448,15 +1952,47 @@ Global___EvaluatePromptRequest: _TypeAlias = EvaluatePromptRequest  # noqa: Y015
 class ExampleResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelProbabilitiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     ANSWER_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    PREDICTION_FIELD_NUMBER: _builtins.int
+    LABEL_PROBABILITIES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     answer: _builtins.str
     score: _builtins.float
     error: _builtins.str
     """Set when the LLM call failed; the example is excluded from the score."""
+    prediction: _builtins.str
+    """Classification: the label read from the answer (or with the highest calibrated
+    probability under label-probability scoring); empty when no label was named.
+    """
+    @_builtins.property
+    def label_probabilities(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Label-probability scoring: label -> probability, normalised over the labels, after
+        calibration.
+        """
+
     def __init__(
         self,
         *,
@@ -1464,10 +2000,12 @@ class ExampleResult(_message.Message):
         answer: _builtins.str = ...,
         score: _builtins.float = ...,
         error: _builtins.str = ...,
+        prediction: _builtins.str = ...,
+        label_probabilities: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "error", b"error", "id", b"id", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "error", b"error", "id", b"id", "label_probabilities", b"label_probabilities", "prediction", b"prediction", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1575,16 +2113,24 @@ class RenderPromptResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGES_FIELD_NUMBER: _builtins.int
+    CALIBRATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]: ...
+    @_builtins.property
+    def calibration(self) -> Global___Calibration:
+        """The prompt's calibration, to apply to the label probabilities of the model's answer
+        (the SDK's `predict_label` does). Unset when the prompt has none.
+        """
+
     def __init__(
         self,
         *,
         messages: _abc.Iterable[Global___ChatMessage] | None = ...,
+        calibration: Global___Calibration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["calibration", b"calibration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration", b"calibration", "messages", b"messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1694,3 +2240,198 @@ class StreamEvaluationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___StreamEvaluationResponse: _TypeAlias = StreamEvaluationResponse  # noqa: Y015
+
+@_typing.final
+class ComparePromptsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    EXAMPLES_FIELD_NUMBER: _builtins.int
+    A_FIELD_NUMBER: _builtins.int
+    MODEL_A_FIELD_NUMBER: _builtins.int
+    B_FIELD_NUMBER: _builtins.int
+    MODEL_B_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    SCORING_FIELD_NUMBER: _builtins.int
+    seed: _builtins.int
+    """Seed of the bootstrap. Default 0."""
+    scoring: Global___Scoring.ValueType
+    """Unspecified: SCORING_AUTO."""
+    @_builtins.property
+    def task(self) -> Global___TaskSpec: ...
+    @_builtins.property
+    def examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___Example]:
+        """Scored by both prompts; 1 to 5000 examples."""
+
+    @_builtins.property
+    def a(self) -> Global___Prompt: ...
+    @_builtins.property
+    def model_a(self) -> Global___ModelSpec: ...
+    @_builtins.property
+    def b(self) -> Global___Prompt: ...
+    @_builtins.property
+    def model_b(self) -> Global___ModelSpec: ...
+    def __init__(
+        self,
+        *,
+        task: Global___TaskSpec | None = ...,
+        examples: _abc.Iterable[Global___Example] | None = ...,
+        a: Global___Prompt | None = ...,
+        model_a: Global___ModelSpec | None = ...,
+        b: Global___Prompt | None = ...,
+        model_b: Global___ModelSpec | None = ...,
+        seed: _builtins.int = ...,
+        scoring: Global___Scoring.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["a", b"a", "b", b"b", "model_a", b"model_a", "model_b", b"model_b", "task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["a", b"a", "b", b"b", "examples", b"examples", "model_a", b"model_a", "model_b", b"model_b", "scoring", b"scoring", "seed", b"seed", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComparePromptsRequest: _TypeAlias = ComparePromptsRequest  # noqa: Y015
+
+@_typing.final
+class PairedComparison(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PerLabelDifferenceEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DIFFERENCE_FIELD_NUMBER: _builtins.int
+    CI_LOW_FIELD_NUMBER: _builtins.int
+    CI_HIGH_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    EXAMPLES_FIELD_NUMBER: _builtins.int
+    PER_LABEL_DIFFERENCE_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    difference: _builtins.float
+    """mean(score_b - score_a) over the examples both scored."""
+    ci_low: _builtins.float
+    """95% paired bootstrap interval of the difference."""
+    ci_high: _builtins.float
+    p_value: _builtins.float
+    """Two-sided paired permutation test p-value of "no difference"."""
+    examples: _builtins.int
+    """Examples both prompts scored."""
+    verdict: _builtins.str
+    """"b_better" (interval above 0), "b_worse" (below 0) or "no_difference"."""
+    @_builtins.property
+    def per_label_difference(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Classification: label -> recall(b) - recall(a)."""
+
+    def __init__(
+        self,
+        *,
+        difference: _builtins.float = ...,
+        ci_low: _builtins.float = ...,
+        ci_high: _builtins.float = ...,
+        p_value: _builtins.float | None = ...,
+        examples: _builtins.int = ...,
+        per_label_difference: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        verdict: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_p_value", b"_p_value", "p_value", b"p_value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_p_value", b"_p_value", "ci_high", b"ci_high", "ci_low", b"ci_low", "difference", b"difference", "examples", b"examples", "p_value", b"p_value", "per_label_difference", b"per_label_difference", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__p_value: _TypeAlias = _typing.Literal["p_value"]  # noqa: Y015
+    _WhichOneofArgType__p_value: _TypeAlias = _typing.Literal["_p_value", b"_p_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p_value) -> _WhichOneofReturnType__p_value | None: ...
+
+Global___PairedComparison: _TypeAlias = PairedComparison  # noqa: Y015
+
+@_typing.final
+class ComparePromptsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    A_FIELD_NUMBER: _builtins.int
+    B_FIELD_NUMBER: _builtins.int
+    COMPARISON_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def a(self) -> Global___EvaluatePromptResponse: ...
+    @_builtins.property
+    def b(self) -> Global___EvaluatePromptResponse: ...
+    @_builtins.property
+    def comparison(self) -> Global___PairedComparison: ...
+    def __init__(
+        self,
+        *,
+        a: Global___EvaluatePromptResponse | None = ...,
+        b: Global___EvaluatePromptResponse | None = ...,
+        comparison: Global___PairedComparison | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["a", b"a", "b", b"b", "comparison", b"comparison"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["a", b"a", "b", b"b", "comparison", b"comparison"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComparePromptsResponse: _TypeAlias = ComparePromptsResponse  # noqa: Y015
+
+@_typing.final
+class GetJobDatasetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobDatasetRequest: _TypeAlias = GetJobDatasetRequest  # noqa: Y015
+
+@_typing.final
+class JobDataset(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TRAIN_FIELD_NUMBER: _builtins.int
+    VALIDATION_FIELD_NUMBER: _builtins.int
+    TEST_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    @_builtins.property
+    def train(self) -> _containers.RepeatedCompositeFieldContainer[Global___Example]: ...
+    @_builtins.property
+    def validation(self) -> _containers.RepeatedCompositeFieldContainer[Global___Example]: ...
+    @_builtins.property
+    def test(self) -> _containers.RepeatedCompositeFieldContainer[Global___Example]: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        train: _abc.Iterable[Global___Example] | None = ...,
+        validation: _abc.Iterable[Global___Example] | None = ...,
+        test: _abc.Iterable[Global___Example] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "test", b"test", "train", b"train", "validation", b"validation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobDataset: _TypeAlias = JobDataset  # noqa: Y015

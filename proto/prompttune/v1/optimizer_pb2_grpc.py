@@ -79,6 +79,16 @@ class OptimizerServiceStub:
                 request_serializer=prompttune_dot_v1_dot_optimizer__pb2.StreamEvaluationRequest.SerializeToString,
                 response_deserializer=prompttune_dot_v1_dot_optimizer__pb2.StreamEvaluationResponse.FromString,
                 _registered_method=True)
+        self.ComparePrompts = channel.unary_unary(
+                '/prompttune.v1.OptimizerService/ComparePrompts',
+                request_serializer=prompttune_dot_v1_dot_optimizer__pb2.ComparePromptsRequest.SerializeToString,
+                response_deserializer=prompttune_dot_v1_dot_optimizer__pb2.ComparePromptsResponse.FromString,
+                _registered_method=True)
+        self.GetJobDataset = channel.unary_unary(
+                '/prompttune.v1.OptimizerService/GetJobDataset',
+                request_serializer=prompttune_dot_v1_dot_optimizer__pb2.GetJobDatasetRequest.SerializeToString,
+                response_deserializer=prompttune_dot_v1_dot_optimizer__pb2.JobDataset.FromString,
+                _registered_method=True)
 
 
 class OptimizerServiceServicer:
@@ -151,6 +161,22 @@ class OptimizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ComparePrompts(self, request, context):
+        """Scores two prompts, each on its own model, on the same examples and compares them paired:
+        the difference with its 95% interval, a p-value and per-label differences.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobDataset(self, request, context):
+        """The labelled examples of a job as its search split them (train, validation, test), e.g.
+        for a fine-tuning export. Same tenant rules as GetJob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +224,16 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
                     servicer.StreamEvaluation,
                     request_deserializer=prompttune_dot_v1_dot_optimizer__pb2.StreamEvaluationRequest.FromString,
                     response_serializer=prompttune_dot_v1_dot_optimizer__pb2.StreamEvaluationResponse.SerializeToString,
+            ),
+            'ComparePrompts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ComparePrompts,
+                    request_deserializer=prompttune_dot_v1_dot_optimizer__pb2.ComparePromptsRequest.FromString,
+                    response_serializer=prompttune_dot_v1_dot_optimizer__pb2.ComparePromptsResponse.SerializeToString,
+            ),
+            'GetJobDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobDataset,
+                    request_deserializer=prompttune_dot_v1_dot_optimizer__pb2.GetJobDatasetRequest.FromString,
+                    response_serializer=prompttune_dot_v1_dot_optimizer__pb2.JobDataset.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +479,60 @@ class OptimizerService:
             '/prompttune.v1.OptimizerService/StreamEvaluation',
             prompttune_dot_v1_dot_optimizer__pb2.StreamEvaluationRequest.SerializeToString,
             prompttune_dot_v1_dot_optimizer__pb2.StreamEvaluationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComparePrompts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prompttune.v1.OptimizerService/ComparePrompts',
+            prompttune_dot_v1_dot_optimizer__pb2.ComparePromptsRequest.SerializeToString,
+            prompttune_dot_v1_dot_optimizer__pb2.ComparePromptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prompttune.v1.OptimizerService/GetJobDataset',
+            prompttune_dot_v1_dot_optimizer__pb2.GetJobDatasetRequest.SerializeToString,
+            prompttune_dot_v1_dot_optimizer__pb2.JobDataset.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,14 @@ class OptimizerServiceStub:
     """Scores a prompt like EvaluatePrompt, streaming progress while it works and the result
     last, so an evaluation of any size never depends on one unary call's deadline.
     """
+    ComparePrompts: _grpc.UnaryUnaryMultiCallable[_optimizer_pb2.ComparePromptsRequest, _optimizer_pb2.ComparePromptsResponse]
+    """Scores two prompts, each on its own model, on the same examples and compares them paired:
+    the difference with its 95% interval, a p-value and per-label differences.
+    """
+    GetJobDataset: _grpc.UnaryUnaryMultiCallable[_optimizer_pb2.GetJobDatasetRequest, _optimizer_pb2.JobDataset]
+    """The labelled examples of a job as its search split them (train, validation, test), e.g.
+    for a fine-tuning export. Same tenant rules as GetJob.
+    """
 
 @_typing.type_check_only
 class OptimizerServiceAsyncStub(OptimizerServiceStub):
@@ -91,6 +99,14 @@ class OptimizerServiceAsyncStub(OptimizerServiceStub):
     StreamEvaluation: _aio.UnaryStreamMultiCallable[_optimizer_pb2.StreamEvaluationRequest, _optimizer_pb2.StreamEvaluationResponse]  # type: ignore[assignment]
     """Scores a prompt like EvaluatePrompt, streaming progress while it works and the result
     last, so an evaluation of any size never depends on one unary call's deadline.
+    """
+    ComparePrompts: _aio.UnaryUnaryMultiCallable[_optimizer_pb2.ComparePromptsRequest, _optimizer_pb2.ComparePromptsResponse]  # type: ignore[assignment]
+    """Scores two prompts, each on its own model, on the same examples and compares them paired:
+    the difference with its 95% interval, a p-value and per-label differences.
+    """
+    GetJobDataset: _aio.UnaryUnaryMultiCallable[_optimizer_pb2.GetJobDatasetRequest, _optimizer_pb2.JobDataset]  # type: ignore[assignment]
+    """The labelled examples of a job as its search split them (train, validation, test), e.g.
+    for a fine-tuning export. Same tenant rules as GetJob.
     """
 
 class OptimizerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -172,6 +188,26 @@ class OptimizerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_optimizer_pb2.StreamEvaluationResponse], _abc.AsyncIterator[_optimizer_pb2.StreamEvaluationResponse]]:
         """Scores a prompt like EvaluatePrompt, streaming progress while it works and the result
         last, so an evaluation of any size never depends on one unary call's deadline.
+        """
+
+    @_abc_1.abstractmethod
+    def ComparePrompts(
+        self,
+        request: _optimizer_pb2.ComparePromptsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_optimizer_pb2.ComparePromptsResponse, _abc.Awaitable[_optimizer_pb2.ComparePromptsResponse]]:
+        """Scores two prompts, each on its own model, on the same examples and compares them paired:
+        the difference with its 95% interval, a p-value and per-label differences.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJobDataset(
+        self,
+        request: _optimizer_pb2.GetJobDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_optimizer_pb2.JobDataset, _abc.Awaitable[_optimizer_pb2.JobDataset]]:
+        """The labelled examples of a job as its search split them (train, validation, test), e.g.
+        for a fine-tuning export. Same tenant rules as GetJob.
         """
 
 def add_OptimizerServiceServicer_to_server(servicer: OptimizerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

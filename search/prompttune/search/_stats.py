@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from prompttune.contract import Example, ExampleResult, Score, TaskSpec
+from prompttune.contract import Example, ExampleResult, Objective, Score, SearchSpec, TaskSpec
 from prompttune.search._metrics import extract_prediction, normalize_answer
 
 BOOTSTRAP_RESAMPLES = 1000
@@ -72,3 +72,18 @@ def make_score(
     if task.labels:
         per_label = _per_label(task, results, {ex.id: ex.output for ex in examples})
     return Score(mean, low, high, len(scored), failed, per_label)
+
+
+def objective_value(spec: SearchSpec, score: Score) -> float:
+    """The value of `score` under the search's objective: the mean, macro-F1, the recall of
+    the worst label, or the mean of the worst slice of `spec.slice_tag` (the mean when the
+    score has no such breakdown)."""
+    if spec.objective is Objective.MACRO_F1 and score.label_metrics:
+        return score.macro_f1
+    if spec.objective is Objective.WORST_LABEL:
+        recalls = [m.recall for m in score.label_metrics.values() if m.support]
+        return min(recalls, default=score.mean)
+    if spec.objective is Objective.WORST_SLICE:
+        means = [s.mean for s in score.slices if s.tag == spec.slice_tag and s.examples]
+        return min(means, default=score.mean)
+    return score.mean

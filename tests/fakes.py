@@ -165,6 +165,24 @@ def sentiment_responder(request: ChatRequest) -> str:
     ]
 
 
+def demo_following_responder(request: ChatRequest) -> str:
+    """Answers like the prompt's demonstrations: the label of a demo (chat turns or an inline
+    "Examples:" block) whose text has the input's sentiment; "positive" without one. So a
+    prompt whose demos are labelled wrongly gets wrong answers."""
+    final = request.messages[-1].content
+    wanted = _gold(final.rsplit("\n\n", 1)[-1])
+    pairs = [
+        (question.content, answer.content.strip())
+        for question, answer in zip(request.messages, request.messages[1:], strict=False)
+        if question.role == "user" and answer.role == "assistant"
+    ]
+    inline = re.findall(r"Input: (.*)\n\w[\w ]*: (.*)", final)
+    for text, label in (*pairs, *inline):
+        if label and wanted is not None and _gold(text) == wanted:
+            return label
+    return "positive"
+
+
 PROPOSALS = (
     'Instruction: "Classify the sentiment of the review as positive or negative."',
     "Sure! Here is an improved instruction:\n\nDecide if the review is positive or negative.",

@@ -10,8 +10,8 @@ from prompttune.client import AsyncClient, Client
 from prompttune.v1 import optimizer_pb2
 
 # RPCs served by a method of another name: StreamEvaluation is how `evaluate_prompt` scores
-# (EvaluatePrompt only for servers that predate it).
-SERVED_BY = {"stream_evaluation": "evaluate_prompt"}
+# (EvaluatePrompt only for servers that predate it); ComparePrompts is `compare` (and `check`).
+SERVED_BY = {"stream_evaluation": "evaluate_prompt", "compare_prompts": "compare"}
 
 
 def _snake(name: str) -> str:

@@ -10,6 +10,7 @@ from tests.fakes import (
     FakeChatModel,
     FakeEmbedder,
     FakeResolver,
+    Responder,
     routing_responder,
     sentiment_examples,
 )
@@ -27,11 +28,12 @@ CALLER_ENDPOINTS = EndpointConfig(allow_caller_endpoints=True)
 class FakeModels:
     """Hands out one FakeChatModel per endpoint so tests can count calls across jobs."""
 
-    def __init__(self) -> None:
+    def __init__(self, responder: Responder = routing_responder) -> None:
         self.models: list[FakeChatModel] = []
+        self._responder = responder
 
     def __call__(self, endpoint: ModelEndpoint) -> ChatModel:
-        model = FakeChatModel(routing_responder, identity=f"{endpoint.base_url}|{endpoint.model}")
+        model = FakeChatModel(self._responder, identity=f"{endpoint.base_url}|{endpoint.model}")
         self.models.append(model)
         return model
 

@@ -17,6 +17,7 @@ without a call; a kNN prompt needs an `Embedder`, else it raises `MissingEmbedde
 
 from prompttune.client._async_client import AsyncClient
 from prompttune.client._batch import BatchItemResult, BatchRequest, batch_request_id
+from prompttune.client._check import CheckVerdict, Contender, task_for_prompt
 from prompttune.client._client import Client, Metadata, RetryPolicy
 from prompttune.client._errors import (
     CancelledError,
@@ -38,6 +39,7 @@ from prompttune.contract import (
     Budget,
     BudgetUsed,
     ChatMessage,
+    Comparison,
     ContractError,
     Dataset,
     DemoLayout,
@@ -50,6 +52,7 @@ from prompttune.contract import (
     ExampleResult,
     InstructionPlacement,
     Job,
+    JobDataset,
     JobEvent,
     JobPage,
     JobResult,
@@ -60,6 +63,7 @@ from prompttune.contract import (
     ModelSpec,
     NewBest,
     Notice,
+    PairedComparison,
     PhaseChanged,
     Progress,
     Prompt,
@@ -86,7 +90,10 @@ __all__ = [
     "BudgetUsed",
     "CancelledError",
     "ChatMessage",
+    "CheckVerdict",
     "Client",
+    "Comparison",
+    "Contender",
     "ContractError",
     "Dataset",
     "DeadlineExceededError",
@@ -104,6 +111,7 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "Job",
+    "JobDataset",
     "JobEvent",
     "JobFailedError",
     "JobPage",
@@ -117,6 +125,7 @@ __all__ = [
     "NewBest",
     "NotFoundError",
     "Notice",
+    "PairedComparison",
     "PermissionDeniedError",
     "PhaseChanged",
     "Progress",
@@ -139,6 +148,7 @@ __all__ = [
     "batch_request_id",
     "from_document",
     "render",
+    "task_for_prompt",
     "to_document",
     "to_openai_messages",
 ]

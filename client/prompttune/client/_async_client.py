@@ -16,6 +16,7 @@ from prompttune.client._batch import (
     BatchItemResult,
     BatchRequest,
 )
+from prompttune.client._check import CheckVerdict, Contender, reference
 from prompttune.client._client import Metadata, RetryPolicy, call_metadata
 from prompttune.client._errors import (
     InternalError,
@@ -26,12 +27,14 @@ from prompttune.client._errors import (
 from prompttune.client._requests import ProgressHandler
 from prompttune.contract import (
     ChatMessage,
+    Comparison,
     Dataset,
     Embedder,
     Estimate,
     Evaluation,
     Example,
     Job,
+    JobDataset,
     JobEvent,
     JobPage,
     JobState,
@@ -186,6 +189,49 @@ class AsyncClient:
         finally:
             call.cancel()
         raise InternalError("the evaluation stream ended without a result", code="INTERNAL")
+
+    async def compare(
+        self,
+        task: TaskSpec,
+        examples: Iterable[Example],
+        a: Prompt,
+        b: Prompt,
+        model_a: ModelSpec | None = None,
+        model_b: ModelSpec | None = None,
+        *,
+        seed: int = 0,
+    ) -> Comparison:
+        """See :meth:`Client.compare`: no deadline."""
+        request = rpc.compare(task, examples, (a, model_a), (b, model_b), seed)
+        try:
+            reply = await self._stub.ComparePrompts(request, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        return rpc.comparison(reply)
+
+    async def check(
+        self,
+        prompt: Prompt,
+        model: ModelSpec,
+        examples: Iterable[Example],
+        *,
+        against: Job | str | Contender | None = None,
+        task: TaskSpec | None = None,
+        seed: int = 0,
+    ) -> CheckVerdict:
+        """See :meth:`Client.check`."""
+        if isinstance(against, str):
+            against = await self.get_job(against)
+        baseline, task = reference(prompt, against, task)
+        comparison = await self.compare(
+            task, examples, baseline.prompt, prompt, baseline.model, model, seed=seed
+        )
+        return CheckVerdict(task, baseline, Contender(prompt, model), comparison)
+
+    async def get_job_dataset(self, job_id: str) -> JobDataset:
+        """See :meth:`Client.get_job_dataset`."""
+        request = pb.GetJobDatasetRequest(job_id=job_id)
+        return rpc.job_dataset(await self._call(self._stub.GetJobDataset, request))
 
     async def render_prompt(
         self, prompt: Prompt, inputs: Mapping[str, str] | str

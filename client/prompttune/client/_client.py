@@ -18,16 +18,19 @@ from prompttune.client._batch import (
     BatchRequest,
     submit_batch,
 )
+from prompttune.client._check import CheckVerdict, Contender, reference
 from prompttune.client._errors import InternalError, JobFailedError, error_from_rpc
 from prompttune.client._requests import ProgressHandler
 from prompttune.contract import (
     ChatMessage,
+    Comparison,
     Dataset,
     Embedder,
     Estimate,
     Evaluation,
     Example,
     Job,
+    JobDataset,
     JobEvent,
     JobPage,
     JobState,
@@ -262,6 +265,62 @@ class Client:
         finally:
             stream.cancel()
         raise InternalError("the evaluation stream ended without a result", code="INTERNAL")
+
+    def compare(
+        self,
+        task: TaskSpec,
+        examples: Iterable[Example],
+        a: Prompt,
+        b: Prompt,
+        model_a: ModelSpec | None = None,
+        model_b: ModelSpec | None = None,
+        *,
+        seed: int = 0,
+    ) -> Comparison:
+        """Score ``a`` on ``model_a`` and ``b`` on ``model_b`` (None: the local model) on the
+        same 1 to 5000 ``examples``, each as :meth:`evaluate_prompt` would, and compare them
+        paired: ``comparison.difference`` is b - a with its 95% interval, p-value, per-label
+        recall differences and verdict ("b_better", "b_worse" or "no_difference"; ``seed``
+        seeds the bootstrap). No deadline, like :meth:`evaluate_prompt`. Raises
+        InvalidArgumentError naming the field (``a``, ``model_b``, ``examples[3]``, ...)."""
+        request = rpc.compare(task, examples, (a, model_a), (b, model_b), seed)
+        try:
+            reply = self._stub.ComparePrompts(request, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        return rpc.comparison(reply)
+
+    def check(
+        self,
+        prompt: Prompt,
+        model: ModelSpec,
+        examples: Iterable[Example],
+        *,
+        against: Job | str | Contender | None = None,
+        task: TaskSpec | None = None,
+        seed: int = 0,
+    ) -> CheckVerdict:
+        """The regression gate: ``prompt`` on ``model`` against a reference, on ``examples``.
+
+        ``against`` is a job (or job id: its best prompt on its model), an explicit
+        :class:`Contender`, or None: the same prompt on the default model. ``task`` None is
+        the job's task, else the one the prompt implies (`task_for_prompt`). The verdict
+        ``passed`` unless the prompt on ``model`` is worse beyond noise.
+        """
+        if isinstance(against, str):
+            against = self.get_job(against)
+        baseline, task = reference(prompt, against, task)
+        candidate = Contender(prompt, model)
+        comparison = self.compare(
+            task, examples, baseline.prompt, prompt, baseline.model, model, seed=seed
+        )
+        return CheckVerdict(task, baseline, candidate, comparison)
+
+    def get_job_dataset(self, job_id: str) -> JobDataset:
+        """The job's labelled examples as its search split them (train, validation, test).
+        Raises NotFoundError, also for another tenant's job."""
+        request = pb.GetJobDatasetRequest(job_id=job_id)
+        return rpc.job_dataset(self._call(self._stub.GetJobDataset, request))
 
     def render_prompt(
         self, prompt: Prompt, inputs: Mapping[str, str] | str

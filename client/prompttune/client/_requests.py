@@ -10,12 +10,14 @@ from collections.abc import Callable, Iterable, Mapping
 
 from prompttune.contract import (
     ChatMessage,
+    Comparison,
     Dataset,
     Estimate,
     Evaluation,
     EvaluationProgress,
     Example,
     Job,
+    JobDataset,
     JobEvent,
     JobPage,
     JobState,
@@ -110,3 +112,30 @@ def render(prompt: Prompt, inputs: Mapping[str, str] | str) -> pb.RenderPromptRe
 
 def messages(response: pb.RenderPromptResponse) -> tuple[ChatMessage, ...]:
     return tuple(from_message(ChatMessage, message) for message in response.messages)
+
+
+def compare(
+    task: TaskSpec,
+    examples: Iterable[Example],
+    a: tuple[Prompt, ModelSpec | None],
+    b: tuple[Prompt, ModelSpec | None],
+    seed: int,
+) -> pb.ComparePromptsRequest:
+    """A model None is left unset: the server reads it as `ModelSpec()`."""
+    return pb.ComparePromptsRequest(
+        task=to_message(task),
+        examples=[to_message(example) for example in examples],
+        a=to_message(a[0]),
+        model_a=None if a[1] is None else to_message(a[1]),
+        b=to_message(b[0]),
+        model_b=None if b[1] is None else to_message(b[1]),
+        seed=seed,
+    )
+
+
+def comparison(message: pb.ComparePromptsResponse) -> Comparison:
+    return from_message(Comparison, message)
+
+
+def job_dataset(message: pb.JobDataset) -> JobDataset:
+    return from_message(JobDataset, message)

@@ -10,6 +10,7 @@ The API's concepts (tasks, examples, prompts, scores, results, events) and the r
 """
 
 from prompttune.search._budget import CallBudget, Reservation, estimate_call_tokens
+from prompttune.search._compare import paired_difference
 from prompttune.search._demos import DemoSet, build_demo_sets
 from prompttune.search._embed import SentenceTransformerEmbedder, minilm_model_dir
 from prompttune.search._errors import (
@@ -55,6 +56,7 @@ from prompttune.search._metrics import (
     token_f1,
 )
 from prompttune.search._openai import OpenAIChatModel, OpenAIChatModels, OpenAIClientPool
+from prompttune.search._paired import compare_evaluations
 from prompttune.search._proposer import STYLE_TIPS, InstructionProposer, parse_proposal
 from prompttune.search._protocols import (
     ChatModel,
@@ -144,6 +146,7 @@ __all__ = [
     "cache_key",
     "calls_per_example",
     "choose_label",
+    "compare_evaluations",
     "estimate",
     "estimate_call_tokens",
     "evaluate_prompt",
@@ -154,6 +157,7 @@ __all__ = [
     "minilm_model_dir",
     "normalize_answer",
     "paired_bootstrap_lower_bound",
+    "paired_difference",
     "parse_judge_score",
     "parse_proposal",
     "score_answer",

@@ -21,8 +21,15 @@ from typing import Any, NoReturn, TextIO, TypeAlias
 
 from prompttune.client import BatchItemResult, Client, EvaluationProgress, Job, JobEvent, JobState
 from prompttune.contract import ModelSpec, to_document
+from prompttune.server._comparing import cmd_export_finetune
 from prompttune.server._progress import ProgressLine
-from prompttune.server._promptfile import EXPORT_FORMATS, dump_json, export, read_prompt
+from prompttune.server._promptfile import (
+    EXPORT_FORMATS,
+    FINETUNE_FORMAT,
+    dump_json,
+    export,
+    read_prompt,
+)
 from prompttune.server._taskfile import (
     OptimizationRequest,
     TaskFileError,
@@ -314,6 +321,8 @@ class BatchProgress:
 
 
 def cmd_export(args: argparse.Namespace, connect: Connect) -> int:
+    if args.format == FINETUNE_FORMAT:
+        return cmd_export_finetune(args, connect)
     with connect(args) as client:
         job = client.get_job(args.job_id)
     write_or_print(export(job, args.format), args.out)
@@ -423,8 +432,14 @@ def add_batch(commands: Commands, client_options: ClientOptions) -> None:
 def add_job_outputs(commands: Commands, client_options: ClientOptions) -> None:
     export_cmd = commands.add_parser("export", help="write a job's best prompt ready to use")
     export_cmd.add_argument("job_id")
-    export_cmd.add_argument("--format", choices=EXPORT_FORMATS, default="openai")
-    export_cmd.add_argument("--out", help="output file (default: stdout)")
+    export_cmd.add_argument(
+        "--format", choices=(*EXPORT_FORMATS, FINETUNE_FORMAT), default="openai",
+        help=f"{FINETUNE_FORMAT}: chat fine-tuning JSONL of the train and validation splits",
+    )  # fmt: skip
+    export_cmd.add_argument(
+        "--out", help=f"output file (default: stdout); a folder for {FINETUNE_FORMAT} (default "
+        "prompttune-finetune-JOB)",
+    )  # fmt: skip
     client_options(export_cmd)
     export_cmd.set_defaults(handler=cmd_export)
 

@@ -1,5 +1,5 @@
 """The service's domain operations behind the RPCs: create, read, cancel, delete, watch,
-evaluate and render, all in contract types.
+evaluate, compare and render, all in contract types.
 
 Requests arrive decoded; `create` validates a JobSpec once and stores it, and nothing after
 it checks that spec again. Long work (searches) never runs here. Methods that do CPU work on
@@ -17,11 +17,13 @@ from typing import Any, TypeVar
 
 from prompttune.contract import (
     ChatMessage,
+    Comparison,
     EndpointCheck,
     Estimate,
     Evaluation,
     EvaluationProgress,
     Job,
+    JobDataset,
     JobEvent,
     JobPage,
     JobSpec,
@@ -45,6 +47,7 @@ from prompttune.search import (
     ModelEndpoint,
     build_scorer,
     calls_per_example,
+    compare_evaluations,
     estimate,
     evaluate_prompt,
 )
@@ -58,12 +61,14 @@ from prompttune.server._preflight import check_endpoint
 from prompttune.server._records import TERMINAL_STATES
 from prompttune.server._store import SqlJobStore
 from prompttune.server._validate import (
+    ComparisonRequest,
     EvaluationRequest,
     JobQuery,
     RenderRequest,
     WatchRequest,
     check_id,
     check_sequence,
+    validate_comparison,
     validate_evaluation,
     validate_inputs,
     validate_job_spec,
@@ -166,6 +171,14 @@ class JobService:
         """`tenant`'s job; another tenant's job is NotFound. Never reads the dataset."""
         return self._store.get(job_id_of(job_id), tenant)
 
+    def dataset(self, job_id: str, tenant: str = DEFAULT_TENANT) -> JobDataset:
+        """`tenant`'s job's labelled examples in the splits its search uses: the worker
+        searches the stored spec's splits (CreateJob cut a pooled dataset once, seeded).
+        Another tenant's job is NotFound."""
+        job_id = job_id_of(job_id)
+        dataset = self._store.job_spec(job_id, tenant).dataset
+        return JobDataset(job_id, dataset.train, dataset.validation, dataset.test)
+
     def list_jobs(self, query: JobQuery, tenant: str = DEFAULT_TENANT) -> JobPage:
         if query.page_size > _MAX_PAGE_SIZE:
             raise InvalidArgumentError("page_size", f"must be at most {_MAX_PAGE_SIZE}")
@@ -217,6 +230,26 @@ class JobService:
         `tenant`'s endpoints and response cache."""
         request = await asyncio.to_thread(validate_evaluation, request, self._limits)
         return await self._evaluate(request, tenant, None)
+
+    async def compare(self, request: ComparisonRequest, tenant: str = DEFAULT_TENANT) -> Comparison:
+        """Scores prompt a on model_a and prompt b on model_b, each exactly as EvaluatePrompt
+        would (`tenant`'s endpoints and cache), and compares them paired on the examples both
+        scored. Both sides are scored the way EvaluatePrompt scores, so `request.scoring` takes
+        effect where EvaluatePrompt's scoring does. When one side fails, the other is cancelled."""
+        request = await asyncio.to_thread(validate_comparison, request, self._limits)
+        sides = [
+            asyncio.ensure_future(self._evaluate(request.evaluation(side), tenant, None))
+            for side in ("a", "b")
+        ]
+        try:
+            a, b = await asyncio.gather(*sides)
+        finally:
+            for side in sides:
+                side.cancel()
+        paired = await asyncio.to_thread(
+            compare_evaluations, request.task, request.examples, a, b, request.seed
+        )
+        return Comparison(a, b, paired)
 
     async def evaluate_stream(
         self, request: EvaluationRequest, tenant: str = DEFAULT_TENANT, tick_seconds: float = 0.5

@@ -14,6 +14,8 @@ class Limits:
     # Whole requests and datasets.
     max_request_bytes: int = 32 * 1024 * 1024
     max_examples: int = 20_000
+    # ComparePrompts scores every example twice.
+    max_compare_examples: int = 5_000
     # Free text: descriptions, instructions, rubrics, example inputs and outputs.
     max_chars_per_field: int = 20_000
     # Names: input fields, output_name, endpoint names, environment variable names.

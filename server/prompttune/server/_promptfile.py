@@ -8,7 +8,9 @@ the job found, kNN pool and reasoning included:
   chat.completions, plus the full prompt under ``prompttune`` so it can be read back.
 
 `read_prompt` accepts those three, a plain prompt document and a result file written by
-``prompttune optimize`` (a job document).
+``prompttune optimize`` (a job document); `read_recorded_prompt` also returns the model and
+task a result file records. ``finetune-openai`` is not a prompt file: `export` writes it
+(see `prompttune.server._comparing`).
 """
 
 from __future__ import annotations
@@ -16,15 +18,25 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from prompttune.contract import Job, Prompt, render, to_document, to_openai_messages
+from prompttune.contract import (
+    Job,
+    ModelSpec,
+    Prompt,
+    TaskSpec,
+    render,
+    to_document,
+    to_openai_messages,
+)
 from prompttune.server._taskfile import TaskFileError, decode, read_document
 
 EXPORT_FORMATS = ("openai", "json", "yaml")
+FINETUNE_FORMAT = "finetune-openai"
 EMBEDDED_PROMPT_KEY = "prompttune"
 
 
@@ -82,14 +94,31 @@ def openai_document(job_id: str, prompt: Prompt) -> dict[str, Any]:
     return document
 
 
+@dataclass(frozen=True)
+class RecordedPrompt:
+    """A prompt read from a file, with the model and task the file records (a result file
+    records both; prompt files and exports neither)."""
+
+    prompt: Prompt
+    model: ModelSpec | None = None
+    task: TaskSpec | None = None
+
+
 def read_prompt(path: Path) -> Prompt:
     """The prompt in a prompt file, an export of any format or a result file."""
+    return read_recorded_prompt(path).prompt
+
+
+def read_recorded_prompt(path: Path) -> RecordedPrompt:
+    """Like `read_prompt`, with a result file's job model and task."""
     document = read_document(path)
     if isinstance(document, Mapping) and EMBEDDED_PROMPT_KEY in document:
-        return decode(Prompt, document[EMBEDDED_PROMPT_KEY], path, EMBEDDED_PROMPT_KEY)
+        return RecordedPrompt(
+            decode(Prompt, document[EMBEDDED_PROMPT_KEY], path, EMBEDDED_PROMPT_KEY)
+        )
     if isinstance(document, Mapping) and "create_time" in document and "state" in document:
         job = decode(Job, document, path)
         if job.result is None:
             raise TaskFileError(f"{path}: result: job {job.id} has no result")
-        return job.result.best.prompt
-    return decode(Prompt, document, path)
+        return RecordedPrompt(job.result.best.prompt, job.model, job.task)
+    return RecordedPrompt(decode(Prompt, document, path))

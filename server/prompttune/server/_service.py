@@ -14,6 +14,7 @@ from prompttune.server._auth import current_tenant
 from prompttune.server._jobs import JobService
 from prompttune.server._limits import Limits
 from prompttune.server._validate import (
+    ComparisonRequest,
     Decoder,
     EvaluationRequest,
     JobQuery,
@@ -112,3 +113,15 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         render = await asyncio.to_thread(self._decode, RenderRequest, request)
         messages = await asyncio.to_thread(self._jobs.render, render)
         return pb.RenderPromptResponse(messages=[wire.to_message(m) for m in messages])
+
+    async def ComparePrompts(
+        self, request: pb.ComparePromptsRequest, context: Context
+    ) -> pb.ComparePromptsResponse:
+        comparison = await asyncio.to_thread(self._decode, ComparisonRequest, request)
+        return wire.to_message(await self._jobs.compare(comparison, current_tenant()))  # type: ignore[no-any-return]
+
+    async def GetJobDataset(
+        self, request: pb.GetJobDatasetRequest, context: Context
+    ) -> pb.JobDataset:
+        dataset = await asyncio.to_thread(self._jobs.dataset, request.job_id, current_tenant())
+        return wire.to_message(dataset)  # type: ignore[no-any-return]

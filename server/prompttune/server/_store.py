@@ -198,10 +198,11 @@ class SqlJobStore:
         with self._sessions() as session:
             return self._row(session, job_id).tenant
 
-    def job_spec(self, job_id: str) -> JobSpec:
-        """The job's full spec, dataset included (the worker's read)."""
+    def job_spec(self, job_id: str, tenant: str | None = None) -> JobSpec:
+        """The job's full spec, dataset included (the worker's and GetJobDataset's read);
+        NotFound also when it belongs to another tenant (None: any tenant)."""
         with self._sessions() as session:
-            return _full_spec(session, self._row(session, job_id))
+            return _full_spec(session, self._row(session, job_id, tenant))
 
     @staticmethod
     def _row(session: Session, job_id: str, tenant: str | None = None) -> JobRow:

@@ -26,6 +26,7 @@ from prompttune.contract import (
     ModelKind,
     ModelSpec,
     Prompt,
+    Scoring,
     SearchSpec,
     SplitRatio,
     TaskSpec,
@@ -58,6 +59,25 @@ class EvaluationRequest:
     task: TaskSpec
     examples: tuple[Example, ...] = ()
     model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+
+
+@dataclass(frozen=True)
+class ComparisonRequest:
+    """A ComparePrompts request (fields named as in the proto, so `wire` decodes it)."""
+
+    task: TaskSpec
+    a: Prompt
+    b: Prompt
+    examples: tuple[Example, ...] = ()
+    model_a: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    model_b: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    seed: int = 0
+    scoring: Scoring = Scoring.AUTO
+
+    def evaluation(self, side: str) -> EvaluationRequest:
+        """Side "a" or "b" as the EvaluatePrompt request that scores it."""
+        prompt, model = (self.a, self.model_a) if side == "a" else (self.b, self.model_b)
+        return EvaluationRequest(prompt, self.task, self.examples, model)
 
 
 @dataclass(frozen=True)
@@ -340,15 +360,33 @@ def validate_evaluation(request: EvaluationRequest, limits: Limits) -> Evaluatio
     task = validate_task_spec(request.task, limits)
     validate_prompt(request.prompt, limits)
     validate_model(request.model, "model", limits)
-    if not request.examples:
+    examples = _scored_examples(request.examples, task, limits, limits.max_examples)
+    return dataclasses.replace(request, task=task, examples=examples)
+
+
+def validate_comparison(request: ComparisonRequest, limits: Limits) -> ComparisonRequest:
+    """The request with its task normalised and example ids filled in: the checks of
+    EvaluatePrompt for each side, at most `Limits.max_compare_examples` examples."""
+    task = validate_task_spec(request.task, limits)
+    validate_prompt(request.a, limits, "a")
+    validate_model(request.model_a, "model_a", limits)
+    validate_prompt(request.b, limits, "b")
+    validate_model(request.model_b, "model_b", limits)
+    limit = min(limits.max_examples, limits.max_compare_examples)
+    examples = _scored_examples(request.examples, task, limits, limit)
+    return dataclasses.replace(request, task=task, examples=examples)
+
+
+def _scored_examples(
+    examples: tuple[Example, ...], task: TaskSpec, limits: Limits, limit: int
+) -> tuple[Example, ...]:
+    """1 to `limit` checked examples to score, with ids filled in."""
+    if not examples:
         raise _fail("examples", "at least one example is required")
-    if len(request.examples) > limits.max_examples:
-        raise _fail(
-            "examples",
-            f"has {len(request.examples)} examples; the limit is {limits.max_examples}",
-        )
-    examples = _with_ids(request.examples, "examples")
+    if len(examples) > limit:
+        raise _fail("examples", f"has {len(examples)} examples; the limit is {limit}")
+    examples = _with_ids(examples, "examples")
     for index, example in enumerate(examples):
         check_example(example, f"examples[{index}]", limits)
     _engine_check(validate_splits, task, DatasetSplits(train=(), validation=examples))
-    return dataclasses.replace(request, task=task, examples=examples)
+    return examples

@@ -1,5 +1,5 @@
-"""The `prompttune` command line: serve, worker, optimize, jobs, evaluate, render, batch,
-export, report, demo.
+"""The `prompttune` command line: serve, worker, optimize, jobs, evaluate, render, compare,
+check, batch, export, report, demo.
 
 The client-side commands (`prompttune.server._commands`) need only the SDK, the contract and
 PyYAML; the server and its engine are imported inside `serve`, `worker`, `demo` and the
@@ -33,6 +33,7 @@ from prompttune.server._commands import (
     run_optimization,
     write_summary,
 )
+from prompttune.server._comparing import add_comparison_commands
 from prompttune.server._taskfile import TaskFileError, load_task_file
 
 if TYPE_CHECKING:
@@ -315,7 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands)
     _add_worker(commands)
-    for add in (add_optimize, add_jobs, add_prompt_commands, add_batch, add_job_outputs):
+    for add in (
+        add_optimize,
+        add_jobs,
+        add_prompt_commands,
+        add_comparison_commands,
+        add_batch,
+        add_job_outputs,
+    ):
         add(commands, client_options)
     _add_demo(commands)
     return parser

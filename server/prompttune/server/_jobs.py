@@ -238,7 +238,9 @@ class JobService:
         effect where EvaluatePrompt's scoring does. When one side fails, the other is cancelled."""
         request = await asyncio.to_thread(validate_comparison, request, self._limits)
         sides = [
-            asyncio.ensure_future(self._evaluate(request.evaluation(side), tenant, None))
+            asyncio.ensure_future(
+                self._evaluate(request.evaluation(side), tenant, None, f"model_{side}")
+            )
             for side in ("a", "b")
         ]
         try:
@@ -275,9 +277,11 @@ class JobService:
         request: EvaluationRequest,
         tenant: str,
         counters: list[_CountingChatModel] | None,
+        model_field: str = "model",
     ) -> Evaluation:
+        """`model_field` names the request's model in errors."""
         resolver, task = self._deps.endpoints.for_tenant(tenant), request.task
-        endpoint = await asyncio.to_thread(resolver.resolve, request.model, "model")
+        endpoint = await asyncio.to_thread(resolver.resolve, request.model, model_field)
         calls = min(len(request.examples) * calls_per_example(task), _EVALUATE_CALL_CAP)
         cache = self._deps.caches.for_tenant(tenant)
         gateways = GatewayFactory(CallBudget(max_llm_calls=calls), cache, self._deps.registry)

@@ -10,6 +10,7 @@ The API's concepts (tasks, examples, prompts, scores, results, events) and the r
 """
 
 from prompttune.search._budget import CallBudget, Reservation, estimate_call_tokens
+from prompttune.search._compare import paired_difference
 from prompttune.search._demos import DemoSet, build_demo_sets
 from prompttune.search._embed import SentenceTransformerEmbedder, minilm_model_dir
 from prompttune.search._errors import (
@@ -154,6 +155,7 @@ __all__ = [
     "minilm_model_dir",
     "normalize_answer",
     "paired_bootstrap_lower_bound",
+    "paired_difference",
     "parse_judge_score",
     "parse_proposal",
     "score_answer",

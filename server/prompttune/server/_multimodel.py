@@ -57,11 +57,6 @@ def model_label(model: ModelSpec) -> str:
     return f"{where}/{model.model}" if where and model.model else where or model.model
 
 
-def model_key(model: ModelSpec) -> tuple[str, str]:
-    """What makes two target models the same: endpoint (or URL) and model name."""
-    return model.endpoint_name or model.base_url.rstrip("/"), model.model
-
-
 def share_budget(budget: Budget, count: int) -> Budget:
     """Each cap divided by `count` (0 = unlimited stays 0; a limited cap stays at least 1)."""
     return dataclasses.replace(

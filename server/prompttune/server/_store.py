@@ -156,7 +156,7 @@ class SqlJobStore:
     @staticmethod
     def _new_row(spec: JobSpec, estimate: Estimate, tenant: str, digest: str) -> JobRow:
         now = time.time()
-        stored = StoredSpec(spec.task, spec.model, spec.search, spec.request_id)
+        stored = StoredSpec.of(spec)
         return JobRow(
             id=new_job_id(),
             tenant=tenant,
@@ -202,6 +202,11 @@ class SqlJobStore:
         """The job's full spec, dataset included (the worker's read)."""
         with self._sessions() as session:
             return _full_spec(session, self._row(session, job_id))
+
+    def tenant_job_spec(self, job_id: str, tenant: str) -> JobSpec:
+        """`tenant`'s job's full spec, dataset included; another tenant's job is NotFound."""
+        with self._sessions() as session:
+            return _full_spec(session, self._row(session, job_id, tenant))
 
     @staticmethod
     def _row(session: Session, job_id: str, tenant: str | None = None) -> JobRow:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from prompttune.search import paired_difference
+from prompttune.search import ModelOutcome, on_frontier, paired_difference, recommend
 
 
 def test_clearly_better_b_has_interval_above_zero_and_small_p_value() -> None:
@@ -55,3 +55,30 @@ def test_same_seed_same_result_and_empty_input_is_neutral() -> None:
 def test_unequal_lengths_are_refused() -> None:
     with pytest.raises(ValueError, match="equal length"):
         paired_difference([1.0, 0.0], [1.0])
+
+
+def outcome(name: str, right: int, usd: float = 0.0, seconds: float = 0.0) -> ModelOutcome:
+    scores = {f"t{i}": float(i < right) for i in range(40)}
+    return ModelOutcome(name, right / 40, scores, usd, seconds)
+
+
+def test_frontier_uses_price_when_any_model_has_one_else_seconds() -> None:
+    priced = [outcome("a", 30, usd=2.0, seconds=9.0), outcome("b", 20, usd=1.0, seconds=0.1)]
+    assert on_frontier(priced) == (True, True)
+    dominated = [outcome("a", 30, usd=2.0), outcome("b", 30, usd=1.0)]
+    assert on_frontier(dominated) == (False, True)
+    unpriced = [outcome("a", 30, seconds=0.5), outcome("b", 20, seconds=0.9)]
+    assert on_frontier(unpriced) == (True, False)
+    failed = [outcome("a", 30, usd=2.0), ModelOutcome("b", failed=True)]
+    assert on_frontier(failed) == (True, False)
+
+
+def test_recommendation_is_the_cheapest_model_within_noise_of_the_best() -> None:
+    close = recommend([outcome("big", 31, usd=2.0), outcome("small", 29, usd=1.0)])
+    assert close is not None and close.model_index == 1
+    assert "small: test 0.72 is not worse than big's 0.78 beyond noise" in close.reason
+    assert "costs 50% less" in close.reason
+    far = recommend([outcome("big", 38, usd=2.0), outcome("small", 15, usd=1.0)])
+    assert far is not None and far.model_index == 0
+    assert far.reason.startswith("big: the best test score, 0.95; no cheaper model")
+    assert recommend([ModelOutcome("a", failed=True)]) is None

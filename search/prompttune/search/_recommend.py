@@ -74,7 +74,7 @@ def recommend(outcomes: Sequence[ModelOutcome], seed: int = 0) -> Recommendation
     if not alive:
         return None
     costs, unit = model_costs(outcomes)
-    best = max(alive, key=lambda i: (outcomes[i].score, -costs[i], -i))
+    best = max(alive, key=lambda i: (outcomes[i].score, -i))
     comparisons = {i: compare_with_best(outcomes[best], outcomes[i], seed) for i in alive}
     candidates = [
         i

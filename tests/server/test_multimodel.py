@@ -4,6 +4,7 @@ model, and template jobs within and across tenants."""
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import replace
@@ -20,6 +21,7 @@ from tests.fakes import (
     routing_responder,
 )
 from tests.server.conftest import SMALL_SEARCH, TASK, small_dataset
+from tests.server.test_cli_batch import write_batch
 
 from prompttune.client import (
     Budget,
@@ -30,11 +32,13 @@ from prompttune.client import (
     ModelSpec,
     NotFoundError,
     SearchSpec,
+    from_document,
 )
 from prompttune.search import ChatModel, ModelEndpoint
 from prompttune.server import Adapters, EmbeddedServer, ServerConfig, WorkerConfig
 from prompttune.server._auth import TokenRegistry
 from prompttune.server._endpoints import EndpointConfig, EndpointEntry
+from prompttune.server.cli import main
 
 # Endpoint name -> (how its fake model answers, USD per million prompt tokens).
 ENDPOINTS: dict[str, tuple[Responder, float]] = {
@@ -229,3 +233,24 @@ def test_a_template_job_copies_task_data_and_search_and_takes_overrides(
             beta.create_job(None, None, named("gold"), template_job_id=first.id)
         with pytest.raises(NotFoundError):
             beta.create_job(None, None, named("gold"), template_job_id="no-such-job")
+
+
+def test_the_cli_runs_two_models_and_prints_the_table_and_recommendation(
+    server: EmbeddedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_batch(tmp_path)
+    argv = ["optimize", str(tmp_path / "task.yaml"), "--model", "flat", "--models", "gold"]
+    connection = ["--server", server.target, "--token", "token-alpha", "--quiet"]
+    out = tmp_path / "result.json"
+    assert main([*argv, *connection, "--out", str(out)]) == 0
+    stderr = capsys.readouterr().err
+    assert "  * 0: flat" in stderr and "  * 1: gold" in stderr
+    assert "recommended: gold: the best test score, 1.00" in stderr
+    job = from_document(Job, json.loads(out.read_text()))
+    assert job.models == (named("gold"),) and job.model == named("flat")
+    rerun = ["optimize", "--template", job.id, "--model", "cheap", *connection]
+    assert main([*rerun, "--out", str(tmp_path / "rerun.json")]) == 0
+    again = from_document(Job, json.loads((tmp_path / "rerun.json").read_text()))
+    assert again.template_job_id == job.id and again.task == job.task
+    assert main(["optimize", "--template", job.id, *connection]) == 2
+    assert "--template needs --model" in capsys.readouterr().err

@@ -51,12 +51,6 @@ log = structlog.get_logger(__name__)
 RunModel = Callable[[JobSpec, SearchObserver, TestListener, str], Awaitable[JobResult]]
 
 
-def model_label(model: ModelSpec) -> str:
-    """A short human name of a model spec: "gemma", "openai/gpt-4o-mini", "local"."""
-    where = model.endpoint_name or model.base_url
-    return f"{where}/{model.model}" if where and model.model else where or model.model
-
-
 def share_budget(budget: Budget, count: int) -> Budget:
     """Each cap divided by `count` (0 = unlimited stays 0; a limited cap stays at least 1)."""
     return dataclasses.replace(
@@ -136,7 +130,7 @@ async def run_models(
     models, search = spec.target_models, model_search(spec)
     runs = [ModelRun(model) for model in models]
     for index, run in enumerate(runs):
-        position = f"model {index + 1}/{len(models)} ({model_label(run.model)})"
+        position = f"model {index + 1}/{len(models)} ({run.model.label})"
         before = add_usage(*(r.result.usage for r in runs if r.result is not None))
         one = dataclasses.replace(spec, model=run.model, models=(), search=search)
         watcher = ModelObserver(observer, position, before)
@@ -151,13 +145,13 @@ async def run_models(
         except PromptTuneError as error:  # e.g. not even the baseline fit the budget share
             _mark_failed(run, str(error), None)
     if all(run.error for run in runs):
-        cause = "; ".join(f"{model_label(r.model)}: {r.error}" for r in runs)
+        cause = "; ".join(f"{r.model.label}: {r.error}" for r in runs)
         raise SearchFailed(f"every model failed: {cause}", _partial(spec, runs))
     return combine(spec.task, runs, spec.search.seed)
 
 
 def _mark_failed(run: ModelRun, cause: str, partial: JobResult | None) -> None:
-    log.warning("job.model_failed", model=model_label(run.model), error=cause)
+    log.warning("job.model_failed", model=run.model.label, error=cause)
     run.error = cause
     run.result = partial
 
@@ -179,7 +173,7 @@ def _failed_result(task: TaskSpec, run: ModelRun) -> JobResult:
 
 
 def _outcome(run: ModelRun) -> ModelOutcome:
-    name = model_label(run.model)
+    name = run.model.label
     if run.error or run.result is None:
         return ModelOutcome(name, failed=True)
     best = run.result.best

@@ -114,11 +114,16 @@ def optimization_request(args: argparse.Namespace) -> OptimizeRequest:
 
 
 def run_optimization(
-    client: Client, request: OptimizeRequest, args: argparse.Namespace, quiet: bool
+    client: Client,
+    request: OptimizeRequest | OptimizationRequest,
+    args: argparse.Namespace,
+    quiet: bool,
 ) -> Job:
     """Creates the job and follows it. Ctrl-C against a server leaves the job running and
     says how to re-attach; in embedded mode it cancels the job and waits for its end, and a
     second Ctrl-C leaves at once."""
+    if isinstance(request, OptimizationRequest):
+        request = OptimizeRequest.of(request)
     job = client.create_job(
         request.task,
         request.dataset,

@@ -25,7 +25,6 @@ from prompttune.contract import ContractError
 from prompttune.server._commands import (
     Connect,
     Detached,
-    OptimizeRequest,
     add_batch,
     add_job_outputs,
     add_jobs,
@@ -239,7 +238,7 @@ def cmd_demo(args: argparse.Namespace, connect: Connect) -> int:
     print(f"  train {len(request.dataset.train)}, validation {len(request.dataset.validation)}, "
           f"test {len(request.dataset.test)} examples")  # fmt: skip
     with connect(args) as client:
-        job = run_optimization(client, OptimizeRequest.of(request), args, quiet=args.quiet)
+        job = run_optimization(client, request, args, quiet=args.quiet)
     write_summary(job, sys.stdout)
     if job.result is None or job.result.best.test is None or job.result.baseline.test is None:
         return 1

@@ -217,6 +217,24 @@ def routing_responder(request: ChatRequest) -> str:
     return sentiment_responder(request)
 
 
+def gold_responder(request: ChatRequest) -> str:
+    """Like `routing_responder`, but every task answer is the correct label."""
+    if "You write clear instructions" in request.messages[0].content:
+        return proposer_responder(request)
+    if "You describe datasets" in request.messages[0].content:
+        return DATASET_SUMMARY
+    return _gold(request.messages[-1].content.rsplit("\n\n", 1)[-1]) or "positive"
+
+
+def flat_responder(request: ChatRequest) -> str:
+    """Like `routing_responder`, but every task answer is "positive" (half right)."""
+    if "You write clear instructions" in request.messages[0].content:
+        return proposer_responder(request)
+    if "You describe datasets" in request.messages[0].content:
+        return DATASET_SUMMARY
+    return "positive"
+
+
 class FakeEmbedder:
     """Hashed bag-of-words embeddings (64 dims), L2-normalised; counts texts embedded."""
 

@@ -21,6 +21,7 @@ from prompttune.contract import (
     JobResult,
     JobSpec,
     JobState,
+    ModelSpec,
     PhaseChanged,
     Progress,
     Prompt,
@@ -307,3 +308,19 @@ def test_errors_with_nul_bytes_and_huge_text_are_stored_safely(store: SqlJobStor
     assert failed.state is JobState.FAILED
     assert "\x00" not in failed.error and failed.error.startswith("model\\x00name")
     assert len(failed.error) <= 2000
+
+
+def test_models_and_template_job_id_round_trip(store: SqlJobStore) -> None:
+    extra = (ModelSpec.named("gemma"), ModelSpec.named("remote", model="small"))
+    spec = replace(request(), models=extra, template_job_id="job-template-1")
+    job = store.create(spec, ESTIMATE)
+    assert (job.models, job.template_job_id) == (extra, "job-template-1")
+    again = store.get(job.id)
+    assert (again.models, again.template_job_id) == (extra, "job-template-1")
+    stored = store.tenant_job_spec(job.id, "default")
+    assert (stored.models, stored.template_job_id) == (extra, "job-template-1")
+    assert stored.dataset == spec.dataset
+    with pytest.raises(NotFound):
+        store.tenant_job_spec(job.id, "another-tenant")
+    single = store.get(store.create(request(), ESTIMATE).id)
+    assert (single.models, single.template_job_id) == ((), "")

@@ -90,16 +90,19 @@ class AsyncClient:
 
     async def create_job(
         self,
-        task: TaskSpec,
-        dataset: Dataset,
+        task: TaskSpec | None,
+        dataset: Dataset | None,
         model: ModelSpec | None = None,
         search: SearchSpec | None = None,
         *,
         request_id: str | None = None,
+        models: Sequence[ModelSpec] = (),
+        template_job_id: str = "",
         dry_run: bool = False,
     ) -> Job | Estimate:
         """See :meth:`Client.create_job`."""
-        request = rpc.create_job(task, dataset, model, search, request_id, dry_run)
+        options = rpc.job_options(models, template_job_id)
+        request = rpc.create_job(task, dataset, model, search, request_id, dry_run, options)
         return rpc.created(await self._call(self._stub.CreateJob, request), dry_run)
 
     async def get_job(self, job_id: str) -> Job:
@@ -251,17 +254,27 @@ class AsyncClient:
 
     async def optimize(
         self,
-        task: TaskSpec,
-        dataset: Dataset,
+        task: TaskSpec | None,
+        dataset: Dataset | None,
         model: ModelSpec | None = None,
         search: SearchSpec | None = None,
         *,
         request_id: str | None = None,
+        models: Sequence[ModelSpec] = (),
+        template_job_id: str = "",
         on_event: Callable[[JobEvent], None] | None = None,
     ) -> Job:
         """See :meth:`Client.optimize`."""
         job = await self._follow(
-            await self.create_job(task, dataset, model, search, request_id=request_id),
+            await self.create_job(
+                task,
+                dataset,
+                model,
+                search,
+                request_id=request_id,
+                models=models,
+                template_job_id=template_job_id,
+            ),
             on_event,
         )
         if job.state in (JobState.FAILED, JobState.CANCELLED):

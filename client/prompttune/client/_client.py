@@ -123,35 +123,41 @@ class Client:
     @overload
     def create_job(
         self,
-        task: TaskSpec,
-        dataset: Dataset,
+        task: TaskSpec | None,
+        dataset: Dataset | None,
         model: ModelSpec | None = None,
         search: SearchSpec | None = None,
         *,
         request_id: str | None = None,
+        models: Sequence[ModelSpec] = (),
+        template_job_id: str = "",
         dry_run: Literal[False] = False,
     ) -> Job: ...
 
     @overload
     def create_job(
         self,
-        task: TaskSpec,
-        dataset: Dataset,
+        task: TaskSpec | None,
+        dataset: Dataset | None,
         model: ModelSpec | None = None,
         search: SearchSpec | None = None,
         *,
         request_id: str | None = None,
+        models: Sequence[ModelSpec] = (),
+        template_job_id: str = "",
         dry_run: Literal[True],
     ) -> Estimate: ...
 
     def create_job(
         self,
-        task: TaskSpec,
-        dataset: Dataset,
+        task: TaskSpec | None,
+        dataset: Dataset | None,
         model: ModelSpec | None = None,
         search: SearchSpec | None = None,
         *,
         request_id: str | None = None,
+        models: Sequence[ModelSpec] = (),
+        template_job_id: str = "",
         dry_run: bool = False,
     ) -> Job | Estimate:
         """Queue a job and return it (QUEUED). With ``dry_run=True`` nothing is created: the
@@ -160,9 +166,15 @@ class Client:
         ``model`` None is `ModelSpec()` (the local model) and ``search`` None `SearchSpec()`:
         the contract's defaults, which are the server's.
         A repeated ``request_id`` returns the job created by its first request.
+        ``models``: up to 3 more target models, searched after ``model`` in the same job;
+        its result then has one entry per model (``result.models``) and a
+        ``result.recommendation``. ``template_job_id``: copy the task, dataset and search of
+        that earlier job of yours wherever ``task``, ``dataset`` or ``search`` is None; the
+        ``model`` must then be given.
         Raises InvalidArgumentError (with ``.field``) when the server rejects the request.
         """
-        request = rpc.create_job(task, dataset, model, search, request_id, dry_run)
+        options = rpc.job_options(models, template_job_id)
+        request = rpc.create_job(task, dataset, model, search, request_id, dry_run, options)
         return rpc.created(self._call(self._stub.CreateJob, request), dry_run)
 
     def get_job(self, job_id: str) -> Job:
@@ -335,18 +347,28 @@ class Client:
 
     def optimize(
         self,
-        task: TaskSpec,
-        dataset: Dataset,
+        task: TaskSpec | None,
+        dataset: Dataset | None,
         model: ModelSpec | None = None,
         search: SearchSpec | None = None,
         *,
         request_id: str | None = None,
+        models: Sequence[ModelSpec] = (),
+        template_job_id: str = "",
         on_event: Callable[[JobEvent], None] | None = None,
     ) -> Job:
         """Create a job, watch it to the end (calling ``on_event`` per event) and return the
         finished job. Raises JobFailedError when it ends FAILED or CANCELLED.
         """
-        job = self.create_job(task, dataset, model, search, request_id=request_id)
+        job = self.create_job(
+            task,
+            dataset,
+            model,
+            search,
+            request_id=request_id,
+            models=models,
+            template_job_id=template_job_id,
+        )
         cursor = 0
         while not job.done:
             for event in self.watch_job(job.id, after_sequence=cursor):

@@ -7,6 +7,7 @@ every field goes through `prompttune.contract.wire`, the one codec.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from prompttune.contract import (
     ChatMessage,
@@ -33,23 +34,40 @@ ProgressHandler = Callable[[EvaluationProgress], None]
 
 
 def create_job(
-    task: TaskSpec,
-    dataset: Dataset,
+    task: TaskSpec | None,
+    dataset: Dataset | None,
     model: ModelSpec | None,
     search: SearchSpec | None,
     request_id: str | None,
     dry_run: bool,
+    options: JobOptions | None = None,
 ) -> pb.CreateJobRequest:
     """``model`` and ``search`` None are left unset: the server reads them as `ModelSpec()`
-    and `SearchSpec()`, the contract's defaults."""
+    and `SearchSpec()`, the contract's defaults. ``task`` and ``dataset`` None are left
+    unset too: only a template job may do that (they are then the template's)."""
+    options = options or JobOptions()
     return pb.CreateJobRequest(
-        task=to_message(task),
-        dataset=to_message(dataset),
+        task=None if task is None else to_message(task),
+        dataset=None if dataset is None else to_message(dataset),
         model=None if model is None else to_message(model),
         search=None if search is None else to_message(search),
         request_id=request_id or "",
         dry_run=dry_run,
+        models=[to_message(extra) for extra in options.models],
+        template_job_id=options.template_job_id,
     )
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """CreateJob's further target models and template job."""
+
+    models: tuple[ModelSpec, ...] = ()
+    template_job_id: str = ""
+
+
+def job_options(models: Iterable[ModelSpec], template_job_id: str) -> JobOptions:
+    return JobOptions(tuple(models), template_job_id)
 
 
 def created(response: pb.CreateJobResponse, dry_run: bool) -> Job | Estimate:

@@ -176,6 +176,12 @@ class ModelSpec:
             return self.endpoint
         return "local" if self.kind is ModelKind.LOCAL else ""
 
+    @property
+    def label(self) -> str:
+        """A short human name: "gemma", "remote/gpt-4o-mini", "local", or the URL's model."""
+        where = self.endpoint_name or self.base_url
+        return f"{where}/{self.model}" if where and self.model else where or self.model
+
 
 @dataclass(frozen=True)
 class TaskSpec:

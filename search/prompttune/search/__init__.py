@@ -67,6 +67,7 @@ from prompttune.search._protocols import (
     ResponseCache,
     SearchObserver,
 )
+from prompttune.search._recommend import ModelOutcome, model_costs, on_frontier, recommend
 from prompttune.search._runner import Runner
 from prompttune.search._scorers import (
     JUDGE_ROLE,
@@ -78,7 +79,7 @@ from prompttune.search._scorers import (
     calls_per_example,
     parse_judge_score,
 )
-from prompttune.search._setup import RunnerDeps
+from prompttune.search._setup import RunnerDeps, TestListener
 from prompttune.search._space import SearchSpace, TrialConfig
 from prompttune.search._split import split_examples
 from prompttune.search._state import minibatch_rungs
@@ -119,6 +120,7 @@ __all__ = [
     "LLMGateway",
     "MetricScorer",
     "ModelEndpoint",
+    "ModelOutcome",
     "MultiSampleChatModel",
     "NotFound",
     "OpenAIChatModel",
@@ -135,6 +137,7 @@ __all__ = [
     "SearchObserver",
     "SearchSpace",
     "SentenceTransformerEmbedder",
+    "TestListener",
     "TokenBucket",
     "TrialConfig",
     "UpstreamUnavailable",
@@ -155,11 +158,14 @@ __all__ = [
     "make_score",
     "minibatch_rungs",
     "minilm_model_dir",
+    "model_costs",
     "normalize_answer",
+    "on_frontier",
     "paired_bootstrap_lower_bound",
     "paired_difference",
     "parse_judge_score",
     "parse_proposal",
+    "recommend",
     "score_answer",
     "score_examples",
     "split_examples",

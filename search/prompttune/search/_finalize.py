@@ -128,12 +128,17 @@ async def score_on_test(state: SearchState, prompt: Prompt) -> Evaluation | None
         return None
     settings = state.space.call_settings(prompt, state.settings)
     scoring = score_examples(state.task_gateway, state.task, prompt, state.splits.test, settings)
+    started = state.budget.elapsed()
     try:
         results = await state.guard.within(scoring)
     except BudgetExceeded as error:
         _stopped_by(state, error, "test scoring skipped")
         return None
-    return Evaluation(make_score(state.task, state.splits.test, results, state.spec.seed), results)
+    score = make_score(state.task, state.splits.test, results, state.spec.seed)
+    evaluation = Evaluation(score, results)
+    if state.test_listener is not None:
+        state.test_listener(prompt, evaluation, state.budget.elapsed() - started)
+    return evaluation
 
 
 def prompt_scores(finalist: Finalist, test: Evaluation | None) -> PromptScores:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prompttune.contract import SearchSpec, TaskSpec
+from prompttune.contract import Evaluation, Prompt, SearchSpec, TaskSpec
 from prompttune.search._budget import BudgetCaps, CallBudget, shared_caps
 from prompttune.search._estimate import final_calls, reasoning_enabled, reasoning_max_tokens
 from prompttune.search._evaluate import CallSettings
@@ -25,6 +25,10 @@ from prompttune.search._types import DatasetSplits
 
 # How often a running job asks its observer whether it was cancelled.
 STOP_POLL_SECONDS = 0.2
+
+TestListener = Callable[[Prompt, Evaluation, float], None]
+"""Told of each prompt scored on the test split: the prompt, its per-example evaluation
+and the wall seconds the scoring took. Called on the runner's event loop; must not block."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class RunnerDeps:
     judge_max_concurrency: int = 4
     # Seconds between cancellation polls while calls are in flight; 0 = only between steps.
     stop_poll_seconds: float = STOP_POLL_SECONDS
+    # Multi-model jobs compare models on the test examples each prompt was scored on.
+    test_listener: TestListener | None = None
 
 
 @dataclass(frozen=True)
@@ -160,4 +166,5 @@ def new_state(
         ),
         objective=objective_for(spec),
         guard=guard,
+        test_listener=deps.test_listener,
     )

@@ -6,12 +6,21 @@ per-example results live here, owned by the `Runner` for the duration of one `ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import optuna
 
-from prompttune.contract import Example, ExampleResult, Prompt, SearchSpec, TaskSpec, Usage
+from prompttune.contract import (
+    Evaluation,
+    Example,
+    ExampleResult,
+    Prompt,
+    SearchSpec,
+    TaskSpec,
+    Usage,
+)
 from prompttune.search._budget import CallBudget
 from prompttune.search._demos import DemoSet
 from prompttune.search._evaluate import CallSettings
@@ -94,6 +103,8 @@ class SearchState:
     runner_index: int = 0
     # What the helpers of a distributed search spent, as they checkpointed it.
     helper_usage: Usage = field(default_factory=Usage)
+    # Told of each test scoring (see `RunnerDeps.test_listener`).
+    test_listener: Callable[[Prompt, Evaluation, float], None] | None = None
 
     @property
     def instructions(self) -> tuple[str, ...]:

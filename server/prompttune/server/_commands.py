@@ -16,11 +16,19 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeAlias
 
 from prompttune.client import BatchItemResult, Client, EvaluationProgress, Job, JobEvent, JobState
-from prompttune.contract import ModelSpec, to_document
+from prompttune.contract import (
+    Dataset,
+    JobResult,
+    ModelSpec,
+    SearchSpec,
+    TaskSpec,
+    to_document,
+)
 from prompttune.server._comparing import cmd_export_finetune
 from prompttune.server._progress import ProgressLine
 from prompttune.server._promptfile import (
@@ -50,8 +58,9 @@ def say(text: str) -> None:
 
 
 def cmd_optimize(args: argparse.Namespace, connect: Connect) -> int:
-    """Runs a job to the end; stdout gets the best prompt document, stderr the rest."""
-    request = load_task_file(Path(args.task_file), args.allow_outside_data)
+    """Runs a job to the end; stdout gets the best prompt document (the recommended model's
+    for several models), stderr the rest."""
+    request = optimization_request(args)
     with connect(args) as client:
         job = run_optimization(client, request, args, quiet=args.quiet)
     write_summary(job, sys.stderr)
@@ -63,14 +72,73 @@ def cmd_optimize(args: argparse.Namespace, connect: Connect) -> int:
     return 0 if job.state is JobState.SUCCEEDED else 1
 
 
+@dataclass(frozen=True)
+class OptimizeRequest:
+    """What `optimize` sends: a task file's request, or a template job's (task, data and
+    search None: the template's) with further target models."""
+
+    task: TaskSpec | None
+    dataset: Dataset | None
+    model: ModelSpec | None
+    search: SearchSpec | None
+    models: tuple[ModelSpec, ...] = ()
+    template_job_id: str = ""
+
+    @classmethod
+    def of(cls, loaded: OptimizationRequest) -> OptimizeRequest:
+        return cls(loaded.task, loaded.dataset, loaded.model, loaded.search)
+
+
+def parse_model(text: str) -> ModelSpec:
+    """A --model value: "local", a registry endpoint name ("gemma"), "endpoint/model", or a
+    model spec as a JSON object."""
+    text = text.strip()
+    if text.startswith("{"):
+        return decode(ModelSpec, _json_argument(text, "--model"), "--model", "model")
+    if not text:
+        raise TaskFileError("--model: empty model name")
+    if text == "local":
+        return ModelSpec.local()
+    endpoint, _, model = text.partition("/")
+    return ModelSpec.named(endpoint, model=model)
+
+
+def optimization_request(args: argparse.Namespace) -> OptimizeRequest:
+    """The request of `optimize`'s arguments: --model (repeatable) and --models a,b replace
+    the task file's model, the first being the job's model and the rest further targets;
+    --template takes task, data and search from an earlier job unless a task file is given."""
+    names = [*(args.model or ()), *(n for part in args.models or () for n in part.split(","))]
+    models = tuple(parse_model(name) for name in names if name.strip())
+    if args.task_file is None:
+        if not args.template:
+            raise TaskFileError("give a task file, or --template JOB with --model")
+        if not models:
+            raise TaskFileError("--template needs --model")
+        return OptimizeRequest(None, None, models[0], None, models[1:], args.template)
+    loaded = OptimizeRequest.of(load_task_file(Path(args.task_file), args.allow_outside_data))
+    first = models[0] if models else loaded.model
+    return replace(loaded, model=first, models=models[1:], template_job_id=args.template or "")
+
+
 def run_optimization(
-    client: Client, request: OptimizationRequest, args: argparse.Namespace, quiet: bool
+    client: Client,
+    request: OptimizeRequest | OptimizationRequest,
+    args: argparse.Namespace,
+    quiet: bool,
 ) -> Job:
     """Creates the job and follows it. Ctrl-C against a server leaves the job running and
     says how to re-attach; in embedded mode it cancels the job and waits for its end, and a
     second Ctrl-C leaves at once."""
+    if isinstance(request, OptimizationRequest):
+        request = OptimizeRequest.of(request)
     job = client.create_job(
-        request.task, request.dataset, request.model, request.search, request_id=args.request_id
+        request.task,
+        request.dataset,
+        request.model,
+        request.search,
+        request_id=args.request_id,
+        models=request.models,
+        template_job_id=request.template_job_id,
     )
     follower = JobFollower(client, job.id, ProgressLine(job, sys.stderr, enabled=not quiet))
     try:
@@ -85,6 +153,27 @@ def run_optimization(
         return follower.follow()
     except KeyboardInterrupt:
         leave_now(f"left without waiting; job {job.id} was asked to cancel")
+
+
+def model_lines(result: JobResult) -> list[str]:
+    """The per-model table of a multi-model job (test score with its interval, cost, latency,
+    frontier), then the recommendation; nothing for a single-model job."""
+    if not result.models:
+        return []
+    lines = ["  models (test score [95% interval], USD, s per example, frontier):"]
+    for index, entry in enumerate(result.models):
+        best, usage = entry.result.best, entry.result.usage
+        score = best.test or best.validation
+        mark = "*" if entry.on_frontier else " "
+        state = "  FAILED" if entry.result.stop_reason == "failed" else ""
+        lines.append(
+            f"  {mark} {index}: {entry.model.label:<24} {score.mean:.3f} "
+            f"[{score.ci_low:.3f}, {score.ci_high:.3f}]  ${usage.cost_usd:.4f}  "
+            f"{entry.seconds_per_example:.3f}s{state}"
+        )
+    if result.recommendation is not None:
+        lines.append(f"  recommended: {result.recommendation.reason}")
+    return lines
 
 
 class Detached(Exception):
@@ -143,6 +232,7 @@ def write_summary(job: Job, stream: TextIO) -> None:
             f"{usage.llm_calls}, cache hits {usage.cache_hits}, tokens {usage.tokens}, "
             f"wall {result.wall_seconds:.1f}s, stopped by {result.stop_reason}",
         ]
+        lines += model_lines(result)
     stream.write("\n".join(lines) + "\n")
     stream.flush()
 
@@ -367,7 +457,21 @@ def add_optimize(commands: Commands, client_options: ClientOptions) -> None:
     optimize_cmd = commands.add_parser(
         "optimize", help="optimise a prompt from a task file (the best prompt on stdout)"
     )
-    optimize_cmd.add_argument("task_file", help="task file (YAML or JSON)")
+    optimize_cmd.add_argument(
+        "task_file", nargs="?", help="task file (YAML or JSON); optional with --template"
+    )
+    optimize_cmd.add_argument(
+        "--model",
+        action="append",
+        help='target model: "local", an endpoint name, "endpoint/model" or a JSON spec; '
+        "repeat it to compare up to 4 models in one job",
+    )
+    optimize_cmd.add_argument(
+        "--models", action="append", help="target models, comma-separated (like --model)"
+    )
+    optimize_cmd.add_argument(
+        "--template", help="re-run job JOB: its task, data and search unless a task file is given"
+    )
     optimize_cmd.add_argument("--out", help="result file (default prompttune-result-JOB.json)")
     optimize_cmd.add_argument("--request-id", help="idempotency key")
     optimize_cmd.add_argument("--quiet", action="store_true", help="no progress line")

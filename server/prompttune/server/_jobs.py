@@ -29,6 +29,7 @@ from prompttune.contract import (
     JobSpec,
     Metric,
     ModelSpec,
+    SearchSpec,
     answer_max_tokens,
     render,
 )
@@ -56,6 +57,7 @@ from prompttune.server._auth import DEFAULT_TENANT
 from prompttune.server._cache import TenantCaches
 from prompttune.server._endpoints import EndpointRegistry
 from prompttune.server._limits import Limits
+from prompttune.server._multimodel import model_search, study_name
 from prompttune.server._notify import EventWaker, PollingWaker
 from prompttune.server._preflight import check_endpoint
 from prompttune.server._records import TERMINAL_STATES
@@ -84,11 +86,22 @@ _MAX_PAGE_SIZE = 200
 def job_model_specs(spec: JobSpec) -> list[tuple[ModelSpec, str]]:
     """The model specs a job uses, with their field paths."""
     specs = [(spec.model, "model")]
+    specs.extend((model, f"models[{index}]") for index, model in enumerate(spec.models))
     if spec.task.judge is not None:
         specs.append((spec.task.judge, "task.judge"))
     if spec.search.proposer is not None:
         specs.append((spec.search.proposer, "search.proposer"))
     return specs
+
+
+def job_estimate(spec: JobSpec) -> Estimate:
+    """Calls and tokens of every target model's search (each within its budget share)."""
+    splits = DatasetSplits(spec.dataset.train, spec.dataset.validation, spec.dataset.test)
+    count = len(spec.target_models)
+    if count == 1:
+        return estimate(spec.task, splits, spec.search)
+    one = estimate(spec.task, splits, model_search(spec))
+    return replace(one, llm_calls=one.llm_calls * count, tokens=one.tokens * count)
 
 
 def job_id_of(job_id: str) -> str:
@@ -154,18 +167,32 @@ class JobService:
     ) -> tuple[Job | None, Estimate]:
         """Validates `spec` once, estimates it and (unless `dry_run`) queues it. CPU-bound on
         large datasets: call it off the event loop. Raises InvalidArgument, AlreadyExists."""
+        if spec.template_job_id:
+            spec = self._from_template(spec, tenant)
         spec = validate_job_spec(spec, self._limits)
         resolved = [
             (self._deps.endpoints.check(model, path, tenant), path)
             for model, path in job_model_specs(spec)
         ]
-        splits = DatasetSplits(spec.dataset.train, spec.dataset.validation, spec.dataset.test)
         checks = tuple(self._deps.preflight(endpoint, path) for endpoint, path in resolved)
-        guess = replace(estimate(spec.task, splits, spec.search), endpoints=checks)
+        guess = replace(job_estimate(spec), endpoints=checks)
         if dry_run:
             return None, guess
         job = self._store.create(spec, guess, tenant)
         return job, job.estimate or guess
+
+    def _from_template(self, spec: JobSpec, tenant: str) -> JobSpec:
+        """`spec` with the task, dataset and search of `tenant`'s job `spec.template_job_id`
+        wherever `spec` leaves them unset (an empty task description, no examples, default
+        search settings). Raises NotFound, also for another tenant's job."""
+        template_id = check_id(spec.template_job_id, "template_job_id", 40)
+        template = self._store.tenant_job_spec(template_id, tenant)
+        return replace(
+            spec,
+            task=spec.task if spec.task.description else template.task,
+            dataset=spec.dataset if spec.dataset.size else template.dataset,
+            search=spec.search if spec.search != SearchSpec() else template.search,
+        )
 
     def get(self, job_id: str, tenant: str = DEFAULT_TENANT) -> Job:
         """`tenant`'s job; another tenant's job is NotFound. Never reads the dataset."""
@@ -191,8 +218,10 @@ class JobService:
         """Removes a finished job of `tenant` with its dataset, events and Optuna study.
         Raises FailedPrecondition for a queued or running job."""
         job_id = job_id_of(job_id)
+        models = len(self._store.get(job_id, tenant).models)
         self._store.delete(job_id, tenant)
-        self._deps.delete_study(job_id)
+        for index in range(models + 1):
+            self._deps.delete_study(study_name(job_id, index))
 
     async def watch(
         self, request: WatchRequest, tenant: str = DEFAULT_TENANT

@@ -60,12 +60,21 @@ TERMINAL_NUMBERS = tuple(STATE_NUMBERS[state] for state in TERMINAL_STATES)
 
 @dataclass(frozen=True)
 class StoredSpec:
-    """What a job row keeps of its JobSpec: everything but the dataset."""
+    """What a job row keeps of its JobSpec: everything but the dataset. Rows written before
+    multi-model and template jobs lack `models` and `template_job_id`: the defaults."""
 
     task: TaskSpec
     model: ModelSpec = field(default_factory=ModelSpec)
     search: SearchSpec = field(default_factory=SearchSpec)
     request_id: str = ""
+    models: tuple[ModelSpec, ...] = ()
+    template_job_id: str = ""
+
+    @classmethod
+    def of(cls, spec: JobSpec) -> StoredSpec:
+        return cls(
+            spec.task, spec.model, spec.search, spec.request_id, spec.models, spec.template_job_id
+        )
 
 
 def safe_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
@@ -83,9 +92,12 @@ def spec_digest(spec: JobSpec, dataset: bytes | None = None) -> str:
 
 
 def _spec_document(spec: JobSpec) -> str:
-    stored = StoredSpec(spec.task, spec.model, spec.search, spec.request_id)
-    document = to_document(stored)
+    document = to_document(StoredSpec.of(spec))
     document.pop("request_id")
+    # Single-model requests keep the digest they had before these fields existed.
+    for name in ("models", "template_job_id"):
+        if not document[name]:
+            document.pop(name)
     return json.dumps(document, sort_keys=True)
 
 
@@ -137,7 +149,15 @@ def full_spec(row: JobRow, payload: bytes | None) -> JobSpec:
     if payload is None:
         raise KeyError(f"job {row.id} has no stored dataset")
     dataset = wire.from_message(Dataset, pb.Dataset.FromString(payload), "dataset")
-    return JobSpec(stored.task, dataset, stored.model, stored.search, stored.request_id)
+    return JobSpec(
+        stored.task,
+        dataset,
+        stored.model,
+        stored.search,
+        stored.request_id,
+        stored.models,
+        stored.template_job_id,
+    )
 
 
 _UNREADABLE = StoredSpec(TaskSpec(description="(unreadable stored spec)"))
@@ -165,6 +185,8 @@ def to_job(row: JobRow) -> Job:
         error=row.error,
         estimate=_decode(Estimate, pb.Estimate, row.estimate),
         request_id=row.request_id or "",
+        models=spec.models,
+        template_job_id=spec.template_job_id,
     )
 
 

@@ -20,6 +20,7 @@ from prompttune.server._validate import (
     JobQuery,
     RenderRequest,
     WatchRequest,
+    check_template_request,
     decode,
 )
 from prompttune.v1 import optimizer_pb2 as pb
@@ -56,6 +57,7 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
         self, request: pb.CreateJobRequest, context: Context
     ) -> pb.CreateJobResponse:
         tenant = current_tenant()
+        check_template_request(request.template_job_id, request.HasField("model"))
         spec = await asyncio.to_thread(self._decode, JobSpec, request)
         job, estimate = await asyncio.to_thread(self._jobs.create, spec, request.dry_run, tenant)
         reply = pb.CreateJobResponse(estimate=wire.to_message(estimate))

@@ -156,7 +156,7 @@ class SqlJobStore:
     @staticmethod
     def _new_row(spec: JobSpec, estimate: Estimate, tenant: str, digest: str) -> JobRow:
         now = time.time()
-        stored = StoredSpec(spec.task, spec.model, spec.search, spec.request_id)
+        stored = StoredSpec.of(spec)
         return JobRow(
             id=new_job_id(),
             tenant=tenant,
@@ -201,6 +201,11 @@ class SqlJobStore:
     def job_spec(self, job_id: str, tenant: str | None = None) -> JobSpec:
         """The job's full spec, dataset included (the worker's and GetJobDataset's read);
         NotFound also when it belongs to another tenant (None: any tenant)."""
+        with self._sessions() as session:
+            return _full_spec(session, self._row(session, job_id, tenant))
+
+    def tenant_job_spec(self, job_id: str, tenant: str) -> JobSpec:
+        """`tenant`'s job's full spec, dataset included; another tenant's job is NotFound."""
         with self._sessions() as session:
             return _full_spec(session, self._row(session, job_id, tenant))
 

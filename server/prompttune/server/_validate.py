@@ -168,14 +168,50 @@ def validate_job_spec(spec: JobSpec, limits: Limits) -> JobSpec:
     large datasets: call it off the event loop."""
     if spec.request_id:
         check_id(spec.request_id, "request_id", limits.max_id_chars)
+    if spec.template_job_id:
+        check_id(spec.template_job_id, "template_job_id", limits.max_id_chars)
     task = validate_task_spec(spec.task, limits)
     validate_model(spec.model, "model", limits)
+    validate_target_models(spec)
+    for index, model in enumerate(spec.models):
+        validate_model(model, f"models[{index}]", limits)
     validate_search(spec.search, limits)
     splits = _splits(spec.dataset, limits)
     _check_examples(splits, task, limits)
     _engine_check(validate_splits, task, splits)
     dataset = Dataset(train=splits.train, validation=splits.validation, test=splits.test)
     return dataclasses.replace(spec, task=task, dataset=dataset)
+
+
+MAX_TARGET_MODELS = 4
+
+
+def validate_target_models(spec: JobSpec) -> None:
+    """At most `MAX_TARGET_MODELS` target models (``model`` plus ``models``), no two with
+    the same endpoint (or URL) and model name."""
+    if len(spec.target_models) > MAX_TARGET_MODELS:
+        raise _fail(
+            "models",
+            f"has {len(spec.models)} items; a job searches at most {MAX_TARGET_MODELS} "
+            f"models (model plus {MAX_TARGET_MODELS - 1} more)",
+        )
+    seen = {_model_key(spec.model): "model"}
+    for index, model in enumerate(spec.models):
+        field = f"models[{index}]"
+        if _model_key(model) in seen:
+            raise _fail(field, f"names the same endpoint and model as {seen[_model_key(model)]}")
+        seen[_model_key(model)] = field
+
+
+def _model_key(model: ModelSpec) -> tuple[str, str]:
+    return model.endpoint_name or model.base_url.rstrip("/"), model.model
+
+
+def check_template_request(template_job_id: str, has_model: bool) -> None:
+    """A CreateJob naming a template must still name its model: the template's models are
+    not copied."""
+    if template_job_id and not has_model:
+        raise _fail("model", "is required with template_job_id")
 
 
 def validate_task_spec(task: TaskSpec, limits: Limits, field: str = "task") -> TaskSpec:

@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -43,9 +43,12 @@ from prompttune.search import (
     RunnerDeps,
     SearchCancelled,
     SearchFailed,
+    SearchObserver,
+    TestListener,
 )
 from prompttune.server._cache import TenantCaches
 from prompttune.server._endpoints import EndpointRegistry
+from prompttune.server._multimodel import run_models
 from prompttune.server._records import safe_text
 from prompttune.server._store import ClaimedHelper, ClaimedJob, SqlJobStore
 from prompttune.server._telemetry import ServiceMetrics
@@ -260,6 +263,8 @@ class JobExecutor:
             self._deps.store, claimed.job_id, self._config.cancel_check_seconds
         )
         spec = claimed.spec
+        if spec.models:  # each model of a multi-model job searches on its primary alone
+            return
         runner = await self._runner(spec, claimed.tenant, observer)
         await runner.assist(
             spec.task,
@@ -275,14 +280,33 @@ class JobExecutor:
             self._deps.store, claimed.job_id, self._config.cancel_check_seconds, self._deps.metrics
         )
         spec = claimed.spec
+        if spec.models:
+            return await run_models(spec, claimed.job_id, observer, self._model_runner(claimed))
         runner = await self._runner(spec, claimed.tenant, observer)
         return await runner.run(spec.task, _splits(spec), spec.search, study_name=claimed.job_id)
 
+    def _model_runner(
+        self, claimed: ClaimedJob
+    ) -> Callable[[JobSpec, SearchObserver, TestListener, str], Awaitable[JobResult]]:
+        """Runs one model's search of the multi-model job `claimed`."""
+
+        async def run_model(
+            spec: JobSpec, observer: SearchObserver, listener: TestListener, study: str
+        ) -> JobResult:
+            runner = await self._runner(spec, claimed.tenant, observer, listener)
+            return await runner.run(spec.task, _splits(spec), spec.search, study_name=study)
+
+        return run_model
+
     async def _runner(
-        self, spec: JobSpec, tenant: str, observer: StoreObserver | HelperObserver
+        self,
+        spec: JobSpec,
+        tenant: str,
+        observer: SearchObserver,
+        test_listener: TestListener | None = None,
     ) -> Runner:
         """A runner for the already validated `spec`, bound to `tenant`'s endpoints and
-        response cache and to `observer`."""
+        response cache, to `observer` and to `test_listener`."""
         deps = self._deps
         resolve = deps.endpoints.for_tenant(tenant).resolve
         task_endpoint = await asyncio.to_thread(resolve, spec.model, "model")
@@ -312,6 +336,7 @@ class JobExecutor:
                 judge_model=deps.chat_models(judge_endpoint) if judged else None,
                 judge_policy=EndpointPolicy.of(judge_endpoint),
                 judge_max_concurrency=judge_endpoint.max_concurrency,
+                test_listener=test_listener,
             ),
             storage=deps.study_storage,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prompttune.contract import Example
+from prompttune.contract import Evaluation, Example, ExampleResult, Score
 from prompttune.search import compare_evaluations
 from tests.fakes import SENTIMENT_TASK
 

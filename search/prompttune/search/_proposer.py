@@ -200,7 +200,7 @@ def instruction_problem(text: str, task: TaskSpec) -> str | None:
     similarity to the task needs an embedder (`InstructionProposer`)."""
     words = [word for word in _words(text) if word]
     if len(words) < MIN_INSTRUCTION_WORDS:
-        return f"too short ({len(words)} words)"
+        return f"too short ({len(words)} word{'' if len(words) == 1 else 's'})"
     if len(words) > MAX_INSTRUCTION_WORDS:
         return f"too long ({len(words)} words)"
     labels = {normalize_instruction(label) for label in task.labels}
@@ -360,8 +360,9 @@ class InstructionProposer:
         unusable, an answer, a copy of an example or not an instruction for `task`."""
         proposal = parse_proposal(text)
         if proposal is None:
-            if text.strip():
-                self._drop(" ".join(text.split()), "no instruction in the reply")
+            reply = " ".join(text.split())
+            if reply:
+                self._drop(reply, instruction_problem(reply, task) or "no instruction in the reply")
             return None
         if answers_instead_of_instructing(proposal, task.labels):
             reason: str | None = "answers an example instead of instructing"

@@ -10,7 +10,7 @@ import pytest
 from prompttune.contract import Metric, TaskSpec
 from prompttune.search import CallBudget, ChatRequest, InstructionProposer, LLMGateway
 from prompttune.search._proposer import STYLE_TIPS, instruction_problem
-from tests.fakes import SENTIMENT_TASK, FakeChatModel, FakeEmbedder, sentiment_examples
+from tests.fakes import FakeChatModel, FakeEmbedder, sentiment_examples
 
 SST2 = TaskSpec(
     description="Classify the sentiment of a movie review sentence.",

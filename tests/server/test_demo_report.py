@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 
+from tests.fakes import sentiment_examples
+
 from prompttune.contract import (
     DemoLayout,
     InstructionPlacement,
@@ -16,7 +18,6 @@ from prompttune.contract import (
     Usage,
 )
 from prompttune.server._commands import write_demo_report
-from tests.fakes import sentiment_examples
 
 BASELINE = Prompt(
     "Classify the sentiment of the movie review.",

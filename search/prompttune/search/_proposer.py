@@ -241,24 +241,6 @@ def parse_summary(text: str) -> str:
     return body if len(body) >= MIN_SUMMARY_CHARS else ""
 
 
-def remove_near_duplicates(
-    candidates: Sequence[str],
-    embedder: Embedder,
-    threshold: float = DUPLICATE_COSINE,
-    keep_first: int = 1,
-) -> tuple[str, ...]:
-    """Drops each candidate whose cosine similarity to an earlier kept one is at least
-    `threshold`. The first `keep_first` candidates are always kept; order is preserved."""
-    if len(candidates) <= keep_first:
-        return tuple(candidates)
-    vectors = embedder.embed(list(candidates))
-    kept = list(range(min(keep_first, len(candidates))))
-    for index in range(len(kept), len(candidates)):
-        if all(float(vectors[index] @ vectors[other]) < threshold for other in kept):
-            kept.append(index)
-    return tuple(candidates[i] for i in kept)
-
-
 def _example_block(task: TaskSpec, example: Example) -> str:
     text = format_inputs(example.inputs, task.input_fields, labelled=True)
     return f"{text}\n{field_title(task.output_name)}: {example.output}"

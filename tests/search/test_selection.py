@@ -85,6 +85,7 @@ async def test_selection_examples_are_never_scored_by_a_trial() -> None:
     best = result.best
     assert best.optimism == best.validation.mean - best.selection.mean
     assert "on selection" in result.summary
+    assert result.dropped_instructions and all(d.reason for d in result.dropped_instructions)
 
 
 async def test_without_a_selection_split_the_summary_says_validation_is_optimistic() -> None:

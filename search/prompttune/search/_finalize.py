@@ -210,16 +210,21 @@ def choose_winner(state: SearchState) -> tuple[Finalist, str]:
             winner,
             f"winner: the best of {len(scored)} finalists on {split} ({value(best_eval):.3f})",
         )
-    why = (
-        "it keeps the seed instruction"
-        if winner.prompt.instruction == state.task.instruction
-        and best.prompt.instruction != state.task.instruction
-        else f"it is shorter ({prompt_token_count(winner.prompt)} prompt tokens against "
-        f"{prompt_token_count(best.prompt)})"
-    )
     return winner, (
         f"winner: the simplest finalist within noise of the best on {split} "
-        f"({value(winner_eval):.3f} against {value(best_eval):.3f}), because {why}"
+        f"({value(winner_eval):.3f} against {value(best_eval):.3f}), because "
+        + _simpler(state, winner.prompt, best.prompt)
+    )
+
+
+def _simpler(state: SearchState, winner: Prompt, best: Prompt) -> str:
+    """Why parsimony preferred `winner` to `best`, in plain words."""
+    seed = state.task.instruction
+    if winner.instruction == seed and best.instruction != seed:
+        return "it keeps the seed instruction"
+    return (
+        f"it is shorter ({prompt_token_count(winner)} prompt tokens against "
+        f"{prompt_token_count(best)})"
     )
 
 

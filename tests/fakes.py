@@ -21,7 +21,15 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from prompttune.contract import Budget, Example, Metric, SearchEvent, SearchSpec, TaskSpec
+from prompttune.contract import (
+    Budget,
+    Example,
+    Metric,
+    PromptScores,
+    SearchEvent,
+    SearchSpec,
+    TaskSpec,
+)
 from prompttune.search import ChatRequest, ChatResponse, DatasetSplits, LLMCallFailed
 
 Responder = Callable[[ChatRequest], str]
@@ -309,6 +317,11 @@ def search_spec(base: SearchSpec | None = None, **changes: Any) -> SearchSpec:
 
 def fixed_clock(value: float = 0.0) -> Callable[[], float]:
     return lambda: value
+
+
+def examples_scored(scores: PromptScores) -> int:
+    """Validation examples a final score covers: the search's part and the selection part."""
+    return scores.validation.examples + (scores.selection.examples if scores.selection else 0)
 
 
 def gold_by_id(examples: Sequence[Example]) -> Mapping[str, str]:

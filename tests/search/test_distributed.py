@@ -21,6 +21,7 @@ from tests.fakes import (
     FakeEmbedder,
     InMemoryResponseCache,
     RecordingObserver,
+    examples_scored,
     fixed_clock,
     routing_responder,
     search_spec,
@@ -84,7 +85,7 @@ async def test_primary_and_helpers_share_one_study() -> None:
     reported = [e.trial for e in workers[0].observer.of_type(TrialFinished)]
     assert sorted(reported) == sorted(t.number for t in finished if STATE_ATTR in t.user_attrs)
     assert result.trials_completed + result.trials_pruned == len(reported)
-    assert result.best.validation.examples == len(DATA.validation)
+    assert examples_scored(result.best) == len(DATA.validation)
     assert result.best.validation.mean >= result.baseline.validation.mean
     # The job's usage counts every worker's calls, and the fakes saw exactly those calls.
     paid = sum(w.model.calls for w in workers)
@@ -102,7 +103,7 @@ async def test_workers_together_never_exceed_the_call_cap(max_llm_calls: int) ->
     assert sum(w.model.calls for w in workers) <= max_llm_calls
     assert result.usage.llm_calls <= max_llm_calls
     assert result.usage.tokens <= config.budget.max_tokens
-    assert result.best.validation.examples == len(DATA.validation)
+    assert examples_scored(result.best) == len(DATA.validation)
     # The helper stopped at its share of the search calls.
     held = (config.num_finalists + 1) * len(DATA.validation) + 2 * len(DATA.test)
     assert usages[0].llm_calls <= (max_llm_calls - held) // 2

@@ -290,7 +290,9 @@ async def test_trials_carry_instruction_demos_and_format_for_dashboards() -> Non
     baseline = trials[0].user_attrs
     assert baseline["prompttune.trial.instruction"] == task.instruction[:500]
     assert baseline["prompttune.trial.demos"] == "none"
-    assert baseline["prompttune.trial.format"].startswith("placement=system layout=chat_turns")
+    assert baseline["prompttune.trial.format"].startswith(
+        "placement=user layout=chat_turns answer_prefix='Sentiment:'"
+    )
     with_demos = [t.user_attrs["prompttune.trial.demos"] for t in trials[1:]]
     assert any(re.match(r"\w+-\d+: tr\d+", demos) for demos in with_demos)
 

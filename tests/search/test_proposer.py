@@ -17,7 +17,6 @@ from prompttune.search._proposer import (
     answers_instead_of_instructing,
     copies_example,
     parse_summary,
-    remove_near_duplicates,
 )
 from tests.fakes import (
     DATASET_SUMMARY,
@@ -175,18 +174,6 @@ async def test_summary_grounds_every_proposal_and_is_asked_once() -> None:
         assert request.temperature == 0.0 and request.max_tokens == 80
     await proposer.propose(SENTIMENT_TASK, sentiment_examples(10), count=1)
     assert len([r for r in model.requests if is_summary(r)]) == 1  # kept for the run
-
-
-def test_near_duplicates_are_removed_by_embedding_similarity() -> None:
-    texts = [
-        "Classify the sentiment.",
-        "Classify the sentiment of the review as positive or negative.",
-        "classify the SENTIMENT  of the review as positive or negative.",  # same words
-        "Is the review positive or negative? Answer with one word.",
-    ]
-    kept = remove_near_duplicates(texts, FakeEmbedder(), threshold=0.95)
-    assert kept == (texts[0], texts[1], texts[3])
-    assert remove_near_duplicates(texts[:2], FakeEmbedder(), 0.0, keep_first=2) == tuple(texts[:2])
 
 
 async def test_reflection_shows_scores_and_mistakes_and_returns_only_new_ones() -> None:

@@ -24,6 +24,7 @@ from tests.fakes import (
     FakeEmbedder,
     InMemoryResponseCache,
     RecordingObserver,
+    examples_scored,
     fixed_clock,
     routing_responder,
     search_spec,
@@ -75,7 +76,9 @@ async def test_search_finds_a_better_prompt_and_reports_test_scores() -> None:
     assert result.best.validation.mean >= result.baseline.validation.mean
     assert result.improved
     assert result.best.validation.mean > result.baseline.validation.mean + 0.2
-    assert result.baseline.validation.examples == len(DATA.validation)
+    assert result.baseline.selection is not None
+    searched, held_back = result.baseline.validation.examples, result.baseline.selection.examples
+    assert (searched, held_back) == (len(DATA.validation) // 2, len(DATA.validation) // 2)
     assert result.best.test is not None and result.baseline.test is not None
     assert result.best.test.examples == len(DATA.test)
     assert result.stop_reason == "max_trials"
@@ -95,9 +98,9 @@ async def test_baseline_is_the_first_trial_and_events_are_emitted() -> None:
         "instruction": 0,
         "demo_set": 0,
         "n_demos": 0,
-        "placement": "system",
+        "placement": "user",
         "layout": "chat_turns",
-        "answer_prefix": "",
+        "answer_prefix": "Sentiment:",
     }
     phases = [e.phase for e in h.observer.of_type(PhaseChanged)]
     assert phases == [
@@ -132,15 +135,16 @@ async def test_max_llm_calls_is_never_exceeded_and_final_phases_still_run() -> N
     result = await run(h, config)
     assert h.model.calls <= 260
     assert result.stop_reason == "max_llm_calls"
-    assert result.baseline.validation.examples == len(DATA.validation)
+    assert examples_scored(result.baseline) == len(DATA.validation)
     assert result.baseline.test is not None
 
 
 async def test_failed_examples_are_counted_and_failing_trials_do_not_win() -> None:
     storage = optuna.storages.InMemoryStorage()
-    h = harness(storage=storage, fail_if=lambda r: r.messages[-1].content.endswith("Sentiment:"))
+    answer_cue = "Sentiment:"
+    h = harness(storage=storage, fail_if=lambda r: not r.messages[-1].content.endswith(answer_cue))
     result = await run(h)
-    assert result.best.prompt.format.answer_prefix == ""
+    assert result.best.prompt.format.answer_prefix == answer_cue
     assert result.usage.failed_calls > 0
     states = {t.state for t in optuna.load_study(study_name="job-1", storage=storage).trials}
     assert optuna.trial.TrialState.FAIL in states

@@ -18,7 +18,14 @@ from prompttune.contract import (
     TaskSpec,
     TrialFinished,
 )
-from prompttune.search import ChatRequest, DatasetSplits, Runner, RunnerDeps, TrialConfig
+from prompttune.search import (
+    STYLE_TIPS,
+    ChatRequest,
+    DatasetSplits,
+    Runner,
+    RunnerDeps,
+    TrialConfig,
+)
 from prompttune.search._candidates import propose
 from prompttune.search._setup import new_state
 from tests.fakes import (
@@ -27,6 +34,7 @@ from tests.fakes import (
     FakeEmbedder,
     InMemoryResponseCache,
     RecordingObserver,
+    examples_scored,
     fixed_clock,
     proposer_responder,
     request_text,
@@ -47,13 +55,18 @@ CONFIG = search_spec(
     num_finalists=2,
 )
 DATA = sentiment_splits(train=24, validation=40, test=24)
-REFLECTED = "Decide whether the review praises or criticises the film: positive or negative."
+# What the reflection round proposes, by the parity of its style tip: two distinct
+# instructions for the task.
+REFLECTED = (
+    "Decide whether the review praises or criticises the film: positive or negative.",
+    "Decide whether the review is positive or negative: does it praise the film?",
+)
 
 
 def reflecting_responder(request: ChatRequest) -> str:
     if "Instructions tried so far" in request.messages[-1].content:
         tip = request.messages[-1].content.split("Tip: ")[1].split("\n")[0]
-        return f"{REFLECTED} {tip}"
+        return REFLECTED[STYLE_TIPS.index(tip) % 2]
     return routing_responder(request)
 
 
@@ -204,9 +217,7 @@ async def test_multi_objective_scores_first_rung_only_and_returns_a_pareto_set()
     assert len(study.directions) == 2
     finished = observer.of_type(TrialFinished)
     assert all(t.examples == CONFIG.minibatch_size and not t.pruned for t in finished)
-    assert result.pareto and all(
-        p.validation.examples == len(DATA.validation) for p in result.pareto
-    )
+    assert result.pareto and all(examples_scored(p) == len(DATA.validation) for p in result.pareto)
     tokens = [p.prompt_tokens for p in result.pareto]
     means = [p.validation.mean for p in result.pareto]
     assert tokens == sorted(tokens) and means == sorted(means) and len(set(tokens)) == len(tokens)
@@ -225,7 +236,7 @@ async def test_budget_holds_with_concurrent_calls_across_every_role() -> None:
     result = await Runner(deps).run(SENTIMENT_TASK, DATA, config, study_name="job")
     assert model.max_in_flight > 1
     assert model.calls <= 230 and result.usage.llm_calls == model.calls
-    assert result.baseline.validation.examples == len(DATA.validation)
+    assert examples_scored(result.baseline) == len(DATA.validation)
 
 
 async def test_warm_start_trials_follow_the_baseline() -> None:
@@ -240,7 +251,8 @@ async def test_warm_start_trials_follow_the_baseline() -> None:
     assert [(p["instruction"], p["demo_set"], p["n_demos"]) for p in warm] == [
         (0, index, CONFIG.max_demos) for index in range(4)
     ]
-    assert all(p["answer_prefix"] == "" and p["layout"] == "chat_turns" for p in warm)
+    seed_format = {"placement": "user", "answer_prefix": "Sentiment:", "layout": "chat_turns"}
+    assert all(p.items() >= seed_format.items() for p in warm)
     # at most all but one startup trial (here 5) are queued: the sampler picks the 6th
     queued = ["fixed_params" in t.system_attrs for t in trials]
     assert queued[:6] == [True] * 5 + [False]

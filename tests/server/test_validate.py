@@ -11,9 +11,13 @@ from tests.fakes import sentiment_examples
 from prompttune.contract import (
     Budget,
     Dataset,
+    Example,
+    InstructionPlacement,
     JobSpec,
     Metric,
     ModelSpec,
+    Prompt,
+    PromptFormat,
     SearchSpec,
     SplitRatio,
     TaskSpec,
@@ -81,6 +85,30 @@ def test_a_spec_is_normalised_and_a_pooled_dataset_split_deterministically() -> 
         ("task.labels", {"task": replace(TASK, labels=tuple(f"l{i}" for i in range(201)))}),
         ("task.input_fields[0]", {"task": replace(TASK, input_fields=("in\tput",))}),
         ("request_id", {"request_id": "r" * 129}),
+        ("search.selection_fraction", {"search": SearchSpec(selection_fraction=0.95)}),
+        ("search.selection_fraction", {"search": SearchSpec(selection_fraction=-0.1)}),
+        ("search.selection_fraction", {"search": SearchSpec(selection_fraction=float("nan"))}),
+        ("task.baseline.instruction", {"task": replace(TASK, baseline=Prompt(" "))}),
+        (
+            "task.baseline.labels",
+            {"task": replace(TASK, baseline=Prompt("Say it.", labels=("yes", "no")))},
+        ),
+        (
+            "task.baseline.input_fields",
+            {"task": replace(TASK, baseline=Prompt("Say it.", input_fields=("question",)))},
+        ),
+        (
+            "task.baseline.output_name",
+            {"task": replace(TASK, baseline=Prompt("Say it.", output_name="verdict"))},
+        ),
+        (
+            "task.baseline.demos",
+            {"task": replace(TASK, baseline=Prompt("Say it.", demos=sentiment_examples(65)))},
+        ),
+        (
+            "task.baseline.demos[0].inputs.input",
+            {"task": replace(TASK, baseline=Prompt("Say it.", demos=(Example("x" * 10**6),)))},
+        ),
     ],
 )
 def test_each_bounded_field_is_named(field: str, change: dict[str, object]) -> None:
@@ -88,6 +116,25 @@ def test_each_bounded_field_is_named(field: str, change: dict[str, object]) -> N
         validate_job_spec(replace(pooled(), **change), Limits())  # type: ignore[arg-type]
     assert raised.value.field == field
     assert len(str(raised.value)) < 300
+
+
+def test_a_task_baseline_takes_the_tasks_fields_and_labels() -> None:
+    written = Prompt(
+        " Is this review positive or negative? ",
+        demos=sentiment_examples(2),
+        format=PromptFormat(InstructionPlacement.USER, answer_prefix="Sentiment:"),
+        labels=("negative", "positive"),
+    )
+    task = replace(TASK, output_name="sentiment", baseline=written)
+    spec = validate_job_spec(replace(pooled(), task=task), Limits())
+    baseline = spec.task.baseline
+    assert baseline is not None
+    assert baseline.instruction == "Is this review positive or negative?"
+    assert baseline.labels == ("positive", "negative") and baseline.output_name == "sentiment"
+    assert baseline.input_fields == ("input",) and baseline.demos == written.demos
+    assert validate_job_spec(spec, Limits()) == spec
+    no_fraction = SearchSpec(selection_fraction=None)
+    assert validate_job_spec(replace(pooled(), search=no_fraction), Limits()).search == no_fraction
 
 
 def test_the_pooled_split_must_add_up() -> None:

@@ -3,6 +3,8 @@ through the task gateway among them) and the trials queued first."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import optuna
 import structlog
 
@@ -17,7 +19,6 @@ from prompttune.search._errors import BudgetExceeded
 from prompttune.search._evaluate import score_examples
 from prompttune.search._protocols import Embedder
 from prompttune.search._resume import startup_trials
-from prompttune.search._space import BASELINE, TrialConfig
 from prompttune.search._state import SearchState
 
 log = structlog.get_logger(__name__)
@@ -48,7 +49,7 @@ async def propose(state: SearchState, embedder: Embedder) -> None:
 async def _bootstrap(state: SearchState) -> DemoSet | None:
     """Train examples the task model answers correctly under the baseline prompt."""
     tried = bootstrap_candidates(state.splits.train, state.spec.max_demos, state.spec.seed)
-    _, prompt = state.space.prompt_for(state.task, BASELINE)
+    _, prompt = state.space.prompt_for(state.task, state.space.baseline())
     try:
         results = await score_examples(
             state.task_gateway, state.task, prompt, tried, state.settings
@@ -66,6 +67,7 @@ def warm_start(state: SearchState, study: optuna.Study) -> None:
     exploration remains. Idempotent: a resumed run finds them in the study."""
     space = state.space
     count = len(space.demo_sets) if space.max_demos else 0
-    configs = [TrialConfig(demo_set=i, n_demos=space.max_demos) for i in range(count)]
+    seed = space.baseline()
+    configs = [replace(seed, demo_set=i, n_demos=space.max_demos) for i in range(count)]
     for config in configs[: startup_trials(state.spec.budget.max_trials) - 1]:
         study.enqueue_trial(space.params(config), skip_if_exists=True)

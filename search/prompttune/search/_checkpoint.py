@@ -16,7 +16,6 @@ from prompttune.search._resume import (
     trial_sampler,
     usage_attr,
 )
-from prompttune.search._space import BASELINE
 from prompttune.search._state import SearchState, TrialRecord
 from prompttune.search._trials import Trials
 
@@ -30,7 +29,7 @@ def open_study(state: SearchState, name: str, storage: optuna.storages.BaseStora
     sampler = trial_sampler(state.spec.seed, 0, startup_trials(state.spec.budget.max_trials))
     study = state.objective.create_study(name, storage, sampler, state.rungs[0])
     if not study.trials:
-        study.enqueue_trial(state.space.params(BASELINE))
+        study.enqueue_trial(state.space.params(state.space.baseline()))
     prior = load_usage(study, usage_attr(state.runner_index))
     state.prior_usage = prior
     state.budget.carry_over(prior.llm_calls, prior.tokens, prior.cost_usd)

@@ -39,9 +39,26 @@ def reasoning_enabled(task: TaskSpec, spec: SearchSpec) -> bool:
     return task.metric is not Metric.LABEL_CHOICE
 
 
+# Without `SearchSpec.selection_fraction`, this share of the validation split picks the
+# winner, when the split has at least `MIN_SELECTION_VALIDATION` examples (fewer leave too few
+# for the search's minibatches and a selection score alike).
+DEFAULT_SELECTION_FRACTION = 0.5
+MIN_SELECTION_VALIDATION = 20
+
+
+def selection_size(spec: SearchSpec, validation: int) -> int:
+    """Validation examples held back from the search to pick the winner: the fraction of
+    `spec.selection_fraction` (None: 0.5 from 20 examples on, else 0), rounded, leaving the
+    search at least one example."""
+    fraction = spec.selection_fraction
+    if fraction is None:
+        fraction = DEFAULT_SELECTION_FRACTION if validation >= MIN_SELECTION_VALIDATION else 0.0
+    return max(0, min(validation - 1, round(validation * fraction)))
+
+
 def final_calls(task: TaskSpec, splits: DatasetSplits, spec: SearchSpec) -> int:
-    """Calls promotion and testing may need: baseline and finalists on validation, two
-    prompts on test."""
+    """Calls promotion, selection and testing may need: baseline and finalists on the whole
+    validation split (the search's part and the selection part), two prompts on test."""
     finalists = objective_for(spec).finalist_count(spec.num_finalists)
     finals = (finalists + 1) * len(splits.validation) + 2 * len(splits.test)
     return calls_per_example(task) * finals
@@ -71,7 +88,8 @@ def estimate(
     n_val = len(splits.validation)
     bootstrap = len(bootstrap_candidates(splits.train, spec.max_demos, spec.seed))
     calls = _proposer_calls(spec, len(splits.train)) + final_calls(task, splits, spec)
-    calls += calls_per_example(task) * (budget.max_trials * n_val + bootstrap)
+    searched = n_val - selection_size(spec, n_val)
+    calls += calls_per_example(task) * (budget.max_trials * searched + bootstrap)
     if budget.max_llm_calls:
         calls = min(calls, budget.max_llm_calls)
     widest = Prompt(

@@ -1,17 +1,20 @@
-"""The end of a search: promote finalists to the full validation split, pick the winner on
-validation only, keep the baseline unless the gain is beyond noise, score both on test.
+"""The end of a search: promote finalists to the search's full part of the validation
+split, score them on the selection part no trial saw, pick the winner there (the simplest
+within noise of the best), keep the baseline unless the gain is beyond noise, test both.
 
 Minibatch scores never leave this module as final scores: every `PromptScores` of a complete
-result is measured on the complete validation (and test) split. Only a partial result (the
-job was cancelled or failed) reports the scores of the examples scored so far, marked
-``partial``. Promotion and testing end when the wall budget does: what was not validated
-then is left out, and a test split not scored in time is skipped.
+result is measured on the complete search part (``validation``), selection part and test
+split. Only a partial result (the job was cancelled or failed) reports the scores of the
+examples scored so far, marked ``partial``. Promotion, selection and testing end when the
+wall budget does: what was not scored then is left out, and a test split not scored in time
+is skipped. Without a selection part the winner is picked on the search's own examples, and
+the summary says its validation score is optimistic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prompttune.contract import (
     Evaluation,
@@ -24,16 +27,24 @@ from prompttune.contract import (
 )
 from prompttune.search._errors import BudgetExceeded, SearchFailed
 from prompttune.search._evaluate import score_examples
-from prompttune.search._space import BASELINE, PromptKey
+from prompttune.search._space import PromptKey
 from prompttune.search._state import COMPLETE, FAILED, PRUNED, SearchState, TrialRecord
-from prompttune.search._stats import make_score, paired_bootstrap_lower_bound
+from prompttune.search._stats import make_score, objective_value, paired_bootstrap_lower_bound
 
 
 @dataclass(frozen=True)
 class Finalist:
+    """A prompt promoted to the end: `evaluation` on the search's part of the validation
+    split, `selection` on the held-back part (None: no selection part, or not scored)."""
+
     key: PromptKey
     prompt: Prompt
     evaluation: Evaluation
+    selection: Evaluation | None = None
+
+    def judged(self, on_selection: bool) -> Evaluation | None:
+        """The evaluation the winner is picked on."""
+        return self.selection if on_selection else self.evaluation
 
 
 def pareto_front(scores: list[PromptScores]) -> tuple[PromptScores, ...]:
@@ -70,12 +81,13 @@ async def full_validation(state: SearchState, key: PromptKey, prompt: Prompt) ->
 
 
 async def validate_finalists(state: SearchState) -> list[Finalist]:
-    """The baseline first, then the finalists, each on the full validation split.
+    """The baseline first, then the finalists, each on the search's full part of the
+    validation split, then on the selection part.
 
     Raises `BudgetExceeded` only when not even the baseline can be validated, and
     `SearchFailed` when no call of any of them succeeded.
     """
-    baseline_key, baseline_prompt = state.space.prompt_for(state.task, BASELINE)
+    baseline_key, baseline_prompt = state.space.baseline_for(state.task)
     candidates = [(baseline_key, baseline_prompt)] + [
         (r.key, r.prompt) for r in finalist_records(state) if r.key != baseline_key
     ]
@@ -90,7 +102,29 @@ async def validate_finalists(state: SearchState) -> list[Finalist]:
         state.finalists.append(Finalist(key, prompt, evaluation))
     if not any(f.evaluation.score.examples for f in state.finalists):
         raise SearchFailed(failure_cause(state), partial_result(state, "failed"))
+    await score_selection(state)
     return state.finalists
+
+
+async def score_selection(state: SearchState) -> None:
+    """Scores the baseline, then each finalist, on the selection examples (none when the
+    job has no selection part). Finalists not reached before the budget ran out keep
+    `selection` None and cannot win on selection."""
+    examples = state.selection_order
+    if not examples:
+        return
+    for index, finalist in enumerate(state.finalists):
+        settings = state.space.call_settings(finalist.prompt, state.settings)
+        scoring = score_examples(
+            state.task_gateway, state.task, finalist.prompt, examples, settings
+        )
+        try:
+            results = await state.guard.within(scoring)
+        except BudgetExceeded as error:
+            _stopped_by(state, error, "selection scoring stopped early")
+            return
+        score = make_score(state.task, examples, results, state.spec.seed)
+        state.finalists[index] = replace(finalist, selection=Evaluation(score, results))
 
 
 def _stopped_by(state: SearchState, error: BudgetExceeded, what: str) -> None:
@@ -104,23 +138,94 @@ def failure_cause(state: SearchState) -> str:
     return state.task_gateway.failures.summary() or "no call of the search was answered"
 
 
-def improvement(state: SearchState, winner: Finalist, baseline: Finalist) -> tuple[bool, str]:
-    """Whether `winner` beats `baseline` beyond noise (paired bootstrap), with a verdict."""
-    if winner is baseline:
-        return False, "no candidate beat the baseline on validation"
-    ours = {r.id: r for r in winner.evaluation.results if not r.error}
-    theirs = {r.id: r for r in baseline.evaluation.results if not r.error}
+def _paired(a: Evaluation, b: Evaluation) -> tuple[list[float], list[float]]:
+    """Per-example scores of `a` and `b` on the examples both answered, in id order."""
+    ours = {r.id: r.score for r in a.results if not r.error}
+    theirs = {r.id: r.score for r in b.results if not r.error}
     shared = sorted(set(ours) & set(theirs))
-    lower = paired_bootstrap_lower_bound(
-        [ours[i].score for i in shared], [theirs[i].score for i in shared], state.spec.seed
-    )
-    gain = winner.evaluation.score.mean - baseline.evaluation.score.mean
+    return [ours[i] for i in shared], [theirs[i] for i in shared]
+
+
+def _on_selection(finalists: Sequence[Finalist]) -> bool:
+    """The winner is picked on selection when the baseline has a selection score."""
+    return bool(finalists) and finalists[0].selection is not None
+
+
+def _split_name(on_selection: bool) -> str:
+    return "selection" if on_selection else "validation"
+
+
+def improvement(state: SearchState, winner: Finalist, baseline: Finalist) -> tuple[bool, str]:
+    """Whether `winner` beats `baseline` beyond noise (paired bootstrap on the examples the
+    winner was picked on: selection when there are any, else validation), with a verdict."""
+    on_selection = _on_selection(state.finalists)
+    split = _split_name(on_selection)
+    ours, theirs = winner.judged(on_selection), baseline.judged(on_selection)
+    if winner is baseline or ours is None or theirs is None:
+        return False, f"no candidate beat the baseline on {split}"
+    lower = paired_bootstrap_lower_bound(*_paired(ours, theirs), state.spec.seed)
+    gain = ours.score.mean - theirs.score.mean
     if lower <= 0:
         return False, (
-            f"best candidate gained {gain:+.3f} on validation, but the paired bootstrap "
-            f"95% lower bound {lower:+.3f} is not above 0; keeping the baseline"
+            f"the winner gained {gain:+.3f} over the baseline on {split}, but the paired "
+            f"bootstrap 95% lower bound {lower:+.3f} is not above 0; keeping the baseline"
         )
-    return True, f"validation {gain:+.3f} over the baseline (95% lower bound {lower:+.3f})"
+    return True, f"{split} {gain:+.3f} over the baseline (95% lower bound {lower:+.3f})"
+
+
+def _within_noise(state: SearchState, best: Evaluation, other: Evaluation) -> bool:
+    """True when `other` is not significantly worse than `best`: the one-sided 95% lower
+    bound of best - other (paired bootstrap) is not above 0."""
+    return paired_bootstrap_lower_bound(*_paired(best, other), state.spec.seed) <= 0
+
+
+def choose_winner(state: SearchState) -> tuple[Finalist, str]:
+    """Parsimony: among the finalists (baseline excluded) not significantly worse than the
+    best one on the picking split, the simplest: the seed instruction before a proposal,
+    then fewer prompt tokens. Returns the winner (the baseline when no other finalist was
+    scored) and the rule that chose it, in plain words."""
+    on_selection = _on_selection(state.finalists)
+    split = _split_name(on_selection)
+    scored = [
+        (f, e) for f in state.finalists[1:] if (e := f.judged(on_selection)) and e.score.examples
+    ]
+    if not scored:
+        return state.finalists[0], f"no finalist besides the baseline was scored on {split}"
+
+    def value(evaluation: Evaluation) -> float:
+        return objective_value(state.spec, evaluation.score)
+
+    best, best_eval = max(scored, key=lambda p: (value(p[1]), -prompt_token_count(p[0].prompt)))
+    close = [(f, e) for f, e in scored if f is best or _within_noise(state, best_eval, e)]
+    winner, winner_eval = min(
+        close,
+        key=lambda p: (
+            p[0].prompt.instruction != state.task.instruction,
+            prompt_token_count(p[0].prompt),
+            -value(p[1]),
+        ),
+    )
+    if winner is best:
+        return (
+            winner,
+            f"winner: the best of {len(scored)} finalists on {split} ({value(best_eval):.3f})",
+        )
+    return winner, (
+        f"winner: the simplest finalist within noise of the best on {split} "
+        f"({value(winner_eval):.3f} against {value(best_eval):.3f}), because "
+        + _simpler(state, winner.prompt, best.prompt)
+    )
+
+
+def _simpler(state: SearchState, winner: Prompt, best: Prompt) -> str:
+    """Why parsimony preferred `winner` to `best`, in plain words."""
+    seed = state.task.instruction
+    if winner.instruction == seed and best.instruction != seed:
+        return "it keeps the seed instruction"
+    return (
+        f"it is shorter ({prompt_token_count(winner)} prompt tokens against "
+        f"{prompt_token_count(best)})"
+    )
 
 
 async def score_on_test(state: SearchState, prompt: Prompt) -> Evaluation | None:
@@ -142,28 +247,37 @@ async def score_on_test(state: SearchState, prompt: Prompt) -> Evaluation | None
 
 
 def prompt_scores(finalist: Finalist, test: Evaluation | None) -> PromptScores:
+    validation = finalist.evaluation.score
+    selection = finalist.selection.score if finalist.selection is not None else None
     return PromptScores(
         prompt=finalist.prompt,
-        validation=finalist.evaluation.score,
+        validation=validation,
         test=test.score if test is not None else None,
         prompt_tokens=prompt_token_count(finalist.prompt),
+        selection=selection,
+        optimism=validation.mean - selection.mean if selection is not None else 0.0,
     )
+
+
+OPTIMISTIC_NOTE = (
+    "no selection split: the winner was picked on the examples the search scored, so its "
+    "validation score is optimistic"
+)
 
 
 async def conclude(state: SearchState) -> JobResult:
-    """Pick the winner on validation, test baseline and winner, and build the result."""
+    """Pick the winner (selection when there is a selection part), test baseline and winner,
+    and build the result."""
     finalists = state.finalists
     baseline = finalists[0]
-    winner = max(
-        finalists,
-        key=lambda f: (f.evaluation.score.mean, f is baseline, -prompt_token_count(f.prompt)),
-    )
-    improved, summary = improvement(state, winner, baseline)
+    winner, rule = choose_winner(state)
+    improved, verdict = improvement(state, winner, baseline)
     best = winner if improved else baseline
     baseline_test = await score_on_test(state, baseline.prompt)
     best_test = await score_on_test(state, best.prompt) if improved else baseline_test
     if improved and baseline_test and best_test and best_test.score.mean < baseline_test.score.mean:
-        summary += "; note: worse than the baseline on test"
+        verdict += "; note: worse than the baseline on test"
+    notes = [] if _on_selection(finalists) else [OPTIMISTIC_NOTE]
     tests = {baseline.key: baseline_test, best.key: best_test}
     validated = [prompt_scores(f, tests.get(f.key)) for f in finalists]
     return _result(
@@ -171,7 +285,7 @@ async def conclude(state: SearchState) -> JobResult:
         baseline=prompt_scores(baseline, baseline_test),
         best=prompt_scores(best, best_test),
         improved=improved,
-        summary="; ".join([summary, *state.notes]),
+        summary="; ".join([rule, verdict, *notes, *state.notes]),
         pareto=pareto_front(validated),
     )
 
@@ -198,6 +312,7 @@ def _result(
         pareto=pareto,
         usage_by_role=state.ledger.by_role(),
         partial=partial,
+        dropped_instructions=tuple(state.proposer.dropped),
     )
 
 
@@ -217,7 +332,7 @@ def partial_result(state: SearchState, stop_reason: str) -> JobResult | None:
             (f.prompt, f.evaluation.results) for f in state.finalists if f.evaluation.score.examples
         ]
     else:
-        baseline_key, _ = state.space.prompt_for(state.task, BASELINE)
+        baseline_key, _ = state.space.baseline_for(state.task)
         records = sorted(
             (r for r in state.by_key.values() if r.answered),
             key=lambda r: (r.key != baseline_key, r.number),

@@ -12,7 +12,6 @@ from prompttune.search._finalize import finalist_records
 from prompttune.search._reflect import Reflection
 from prompttune.search._resume import startup_trials, taken_trials, trial_sampler
 from prompttune.search._scorers import calls_per_example
-from prompttune.search._space import BASELINE
 from prompttune.search._state import SearchState
 from prompttune.search._trials import SEARCH_WALL_SHARE, Trials
 
@@ -50,19 +49,22 @@ def stop_reason(state: SearchState) -> str:
 
 def final_reserve(state: SearchState) -> int:
     """The calls promotion and testing still need as the search stands: the unscored
-    validation examples of the baseline and of the current finalists, a full validation
-    pass for the next trial while finalist places are free, and the test split twice.
+    search examples of the baseline and of the current finalists, a full pass for the next
+    trial while finalist places are free, the selection examples of the baseline and every
+    finalist place, and the test split twice.
 
     The next trial cannot raise it: finalists rank by examples scored first, so a new
     record only displaces one with fewer examples scored (more left to pay)."""
     n_val = len(state.val_order)
-    baseline_key, _ = state.space.prompt_for(state.task, BASELINE)
+    baseline_key, _ = state.space.baseline_for(state.task)
     finalists = [r for r in finalist_records(state) if r.key != baseline_key]
     baseline = state.by_key.get(baseline_key)
     missing = n_val - (baseline.scored if baseline is not None else 0)
     missing += sum(n_val - record.scored for record in finalists)
-    if len(finalists) < state.objective.finalist_count(state.spec.num_finalists):
+    places = state.objective.finalist_count(state.spec.num_finalists)
+    if len(finalists) < places:
         missing += n_val
+    missing += (places + 1) * len(state.selection_order)  # every finalist and the baseline
     return calls_per_example(state.task) * (missing + 2 * len(state.splits.test))
 
 

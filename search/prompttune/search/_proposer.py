@@ -7,10 +7,12 @@ different style tip. A reflection round in the spirit of OPRO and GEPA shows the
 the instructions tried so far with their scores and examples the current best gets wrong.
 
 Every call runs at temperature 0, so the response cache makes reruns free. Proposals arrive
-as free text from possibly tiny models; they are cleaned, length-checked and de-duplicated
-(by normalised words, and by embedding cosine similarity when an embedder is given), and
-anything unusable is dropped. A failed call or an exhausted budget just yields fewer
-candidates; nothing here raises.
+as free text from possibly tiny models; they are cleaned, length-checked and filtered before
+they cost a trial: a proposal that does not read as an instruction for this task (too few or
+too many words, no verb, mostly numbers or label words, too little embedding similarity to
+the task) or nearly repeats a kept one is dropped, and the reason recorded
+(`InstructionProposer.dropped`). The seed instruction is never dropped. A failed call or an
+exhausted budget just yields fewer candidates; nothing here raises.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from dataclasses import dataclass
 
 import structlog
 
-from prompttune.contract import ChatMessage, Example, TaskSpec, field_title, format_inputs
+from prompttune.contract import (
+    ChatMessage,
+    DroppedInstruction,
+    Example,
+    TaskSpec,
+    field_title,
+    format_inputs,
+)
 from prompttune.search._errors import BudgetExceeded, LLMCallFailed
 from prompttune.search._gateway import LLMGateway
 from prompttune.search._protocols import ChatRequest, Embedder
@@ -44,6 +53,31 @@ MIN_SUMMARY_CHARS = 20
 MAX_SUMMARY_CHARS = 400
 DUPLICATE_COSINE = 0.95
 COPIED_WORDS = 8  # a run of this many words from an example is a quote of it
+# An instruction has at least this many words, and at most this many (a longer one is a
+# paragraph of advice, not an instruction a person would ship).
+MIN_INSTRUCTION_WORDS = 3
+MAX_INSTRUCTION_WORDS = 80
+# More than this share of numbers, percentages and label words is a list, not an
+# instruction ("Positive: 100% Positive Negative: 89.7% Negative Neutral:").
+MAX_NUMBERS_OR_LABELS_SHARE = 0.5
+# Least embedding cosine similarity to the task description or the seed instruction.
+# Measured with MiniLM on 32 real SmolLM2-135M proposals and reflections for SST-2 (2026-12):
+# the on-task ones scored 0.54-0.95, the off-task ones ("Your entire dataset needs to be
+# processed.", "Write a poem ...") 0.02-0.34; one quote of a review scored 0.48.
+TASK_SIMILARITY = 0.40
+# Imperative and task verbs an instruction uses (matched with -s/-es/-ed/-ing endings too).
+TASK_VERBS = frozenset(
+    "classify decide determine label answer read identify say tell choose pick give write "  # noqa: SIM905
+    "reply respond output predict judge rate assess evaluate categorize categorise find "
+    "compute calculate solve return select state indicate mark detect analyze analyse check "
+    "consider look examine review assign sort tag extract summarize summarise translate "
+    "explain describe infer recognize recognise distinguish count list name use provide "
+    "think grade score match verify guess estimate".split()
+)
+# A question is an instruction too ("Is the review positive?").
+QUESTION_WORDS = frozenset(
+    "is are does do did was were can could will would should which what who how".split()  # noqa: SIM905
+)
 PROPOSER_ROLE = "proposer"
 log = structlog.get_logger(__name__)
 PROPOSER_SYSTEM = "You write clear instructions for a small language model."
@@ -145,6 +179,39 @@ def answers_instead_of_instructing(candidate: str, labels: Sequence[str]) -> boo
     return len(named) == 1
 
 
+def _words(text: str) -> list[str]:
+    return [word.strip(".,;:!?\"'()[]{}*`") for word in text.split()]
+
+
+def _is_number(word: str) -> bool:
+    return bool(re.fullmatch(r"[-+]?[\d.,/]*\d[\d.,/]*%?", word))
+
+
+def _is_verb(word: str) -> bool:
+    word = word.lower()
+    stems = {word, word.removesuffix("s"), word.removesuffix("es"), word.removesuffix("ed")}
+    stems |= {word.removesuffix("d"), word.removesuffix("ing"), word.removesuffix("ing") + "e"}
+    return bool(stems & TASK_VERBS)
+
+
+def instruction_problem(text: str, task: TaskSpec) -> str | None:
+    """Why `text` does not read as an instruction for `task` (None when it does): too few
+    or too many words, mostly numbers or label words, or no verb. Checks words only; the
+    similarity to the task needs an embedder (`InstructionProposer`)."""
+    words = [word for word in _words(text) if word]
+    if len(words) < MIN_INSTRUCTION_WORDS:
+        return f"too short ({len(words)} word{'' if len(words) == 1 else 's'})"
+    if len(words) > MAX_INSTRUCTION_WORDS:
+        return f"too long ({len(words)} words)"
+    labels = {normalize_instruction(label) for label in task.labels}
+    listed = sum(1 for w in words if _is_number(w) or normalize_instruction(w) in labels)
+    if listed / len(words) > MAX_NUMBERS_OR_LABELS_SHARE:
+        return "mostly numbers or labels"
+    if words[0].lower() not in QUESTION_WORDS and not any(_is_verb(w) for w in words):
+        return "no verb"
+    return None
+
+
 def _word_runs(text: str, words: int) -> set[str]:
     tokens = normalize_instruction(text).split()
     return {" ".join(tokens[i : i + words]) for i in range(len(tokens) - words + 1)}
@@ -172,24 +239,6 @@ def parse_summary(text: str) -> str:
         end = max(cut.rfind(". "), cut.rfind("! "), cut.rfind("? "))
         body = cut[: end + 1] if end >= MIN_SUMMARY_CHARS else cut.rsplit(" ", 1)[0]
     return body if len(body) >= MIN_SUMMARY_CHARS else ""
-
-
-def remove_near_duplicates(
-    candidates: Sequence[str],
-    embedder: Embedder,
-    threshold: float = DUPLICATE_COSINE,
-    keep_first: int = 1,
-) -> tuple[str, ...]:
-    """Drops each candidate whose cosine similarity to an earlier kept one is at least
-    `threshold`. The first `keep_first` candidates are always kept; order is preserved."""
-    if len(candidates) <= keep_first:
-        return tuple(candidates)
-    vectors = embedder.embed(list(candidates))
-    kept = list(range(min(keep_first, len(candidates))))
-    for index in range(len(kept), len(candidates)):
-        if all(float(vectors[index] @ vectors[other]) < threshold for other in kept):
-            kept.append(index)
-    return tuple(candidates[i] for i in kept)
 
 
 def _example_block(task: TaskSpec, example: Example) -> str:
@@ -229,6 +278,8 @@ class InstructionProposer:
         self._settings = settings or ProposerSettings()
         self._embedder = embedder
         self._summaries: dict[int, str] = {}
+        # Proposals discarded before any trial, in the order they arrived.
+        self.dropped: list[DroppedInstruction] = []
 
     async def _ask(self, system: str, user: str, max_tokens: int, sample: int = 0) -> str:
         messages = (ChatMessage("system", system), ChatMessage("user", user))
@@ -282,6 +333,30 @@ class InstructionProposer:
         )
         return "\n\n".join(lines)
 
+    def _drop(self, text: str, reason: str) -> None:
+        self.dropped.append(DroppedInstruction(text[:MAX_INSTRUCTION_CHARS], reason))
+        log.info("proposer.dropped", reason=reason, text=text[:160])
+
+    def _screen(self, task: TaskSpec, text: str, examples: Sequence[Example]) -> str | None:
+        """The instruction in one proposal reply, or None (the reason recorded) when it is
+        unusable, an answer, a copy of an example or not an instruction for `task`."""
+        proposal = parse_proposal(text)
+        if proposal is None:
+            reply = " ".join(text.split())
+            if reply:
+                self._drop(reply, instruction_problem(reply, task) or "no instruction in the reply")
+            return None
+        if answers_instead_of_instructing(proposal, task.labels):
+            reason: str | None = "answers an example instead of instructing"
+        elif copies_example(proposal, examples):
+            reason = "copies an example"
+        else:
+            reason = instruction_problem(proposal, task)
+        if reason is not None:
+            self._drop(proposal, reason)
+            return None
+        return proposal
+
     def _merge(
         self,
         task: TaskSpec,
@@ -294,27 +369,42 @@ class InstructionProposer:
         candidates = list(existing)
         seen = {normalize_instruction(text) for text in existing}
         for text, examples in zip(texts, shown, strict=True):
-            proposal = parse_proposal(text)
-            if proposal and (
-                answers_instead_of_instructing(proposal, task.labels)
-                or copies_example(proposal, examples)
-            ):
-                proposal = None
-            key = normalize_instruction(proposal) if proposal else ""
-            if proposal and key and key not in seen:
-                seen.add(key)
-                candidates.append(proposal)
-            else:
-                log.info(
-                    "proposer.skipped", reason="duplicate" if key else "unusable", text=text[:160]
-                )
+            proposal = self._screen(task, text, examples)
+            if proposal is None:
+                continue
+            key = normalize_instruction(proposal)
+            if key in seen:
+                self._drop(proposal, "duplicate of a kept instruction")
+                continue
+            seen.add(key)
+            candidates.append(proposal)
         if self._embedder is None:
             return tuple(candidates)
-        threshold = self._settings.duplicate_cosine
-        kept = remove_near_duplicates(candidates, self._embedder, threshold, len(existing))
-        if len(kept) < len(candidates):
-            log.info("proposer.near_duplicates", dropped=len(candidates) - len(kept))
-        return kept
+        return self._close_to_task(task, candidates, len(existing), self._embedder)
+
+    def _close_to_task(
+        self, task: TaskSpec, candidates: Sequence[str], keep_first: int, embedder: Embedder
+    ) -> tuple[str, ...]:
+        """Drops the candidates after the first `keep_first` that are less similar than
+        `TASK_SIMILARITY` to both the task description and the seed instruction, or at
+        least `duplicate_cosine` similar to a kept candidate. One embedding call."""
+        if len(candidates) <= keep_first:
+            return tuple(candidates)
+        anchors = [task.description, task.instruction]
+        vectors = embedder.embed([*anchors, *candidates])
+        rows = vectors[len(anchors) :]
+        kept = list(range(keep_first))
+        for index in range(keep_first, len(candidates)):
+            related = max(float(rows[index] @ anchor) for anchor in vectors[: len(anchors)])
+            closest = max((float(rows[index] @ rows[other]) for other in kept), default=0.0)
+            if related < TASK_SIMILARITY:
+                reason = f"unrelated to the task (similarity {related:.2f} < {TASK_SIMILARITY:.2f})"
+                self._drop(candidates[index], reason)
+            elif closest >= self._settings.duplicate_cosine:
+                self._drop(candidates[index], f"near duplicate of a kept one ({closest:.2f})")
+            else:
+                kept.append(index)
+        return tuple(candidates[i] for i in kept)
 
     async def propose(
         self, task: TaskSpec, train: Sequence[Example], count: int, seed: int = 0

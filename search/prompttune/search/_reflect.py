@@ -13,7 +13,6 @@ import structlog
 from prompttune.contract import PhaseChanged, SearchEvent
 from prompttune.search._proposer import Mistake, ScoredInstruction
 from prompttune.search._resume import INSTRUCTIONS_ATTR
-from prompttune.search._space import BASELINE
 from prompttune.search._state import FAILED, SearchState, TrialRecord
 from prompttune.search._trials import checkpoint
 
@@ -66,7 +65,7 @@ class Reflection:
         )
         first = len(state.space.instructions)
         state.space.instructions = state.space.instructions + added
-        best = state.best.config if state.best is not None else BASELINE
+        best = state.best.config if state.best is not None else state.space.baseline()
         if state.spec.parallelism > 1:
             sync_instructions(state, study, publish=True)  # before helpers ask for them
         for index in range(first, len(state.space.instructions) if enqueue else first):

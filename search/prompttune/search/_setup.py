@@ -9,7 +9,12 @@ from dataclasses import dataclass
 
 from prompttune.contract import Evaluation, Prompt, SearchSpec, TaskSpec
 from prompttune.search._budget import BudgetCaps, CallBudget, shared_caps
-from prompttune.search._estimate import final_calls, reasoning_enabled, reasoning_max_tokens
+from prompttune.search._estimate import (
+    final_calls,
+    reasoning_enabled,
+    reasoning_max_tokens,
+    selection_size,
+)
 from prompttune.search._evaluate import CallSettings
 from prompttune.search._failures import FailureTally
 from prompttune.search._flow import GatewayRegistry
@@ -134,6 +139,8 @@ def new_state(
     budget = new_budget(deps, task, splits, spec, runner_index)
     val_order = sorted(splits.validation, key=lambda ex: ex.id)
     random.Random(f"{spec.seed}:validation").shuffle(val_order)
+    # the tail of the seeded order picks the winner; the search never sees it
+    searched = len(val_order) - selection_size(spec, len(val_order))
     gateways = job_gateways(deps, budget, not spec.disable_cache)
     proposer_settings = ProposerSettings(max_tokens=deps.proposer_max_tokens)
     scorer = build_scorer(task, gateways.judge, deps.embedder)
@@ -152,9 +159,10 @@ def new_state(
         settings=CallSettings(
             deps.task_temperature, deps.task_max_tokens, spec.seed, deps.embedder, scorer
         ),
-        val_order=tuple(val_order),
+        val_order=tuple(val_order[:searched]),
+        selection_order=tuple(val_order[searched:]),
         runner_index=runner_index,
-        rungs=minibatch_rungs(spec.minibatch_size, len(val_order)),
+        rungs=minibatch_rungs(spec.minibatch_size, searched),
         reflected=spec.num_reflection_candidates <= 0,  # no round to wait for
         space=SearchSpace(
             instructions=(task.instruction,),

@@ -10,6 +10,7 @@ their meaning and their history. Categorical choices never change within a study
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -75,7 +76,11 @@ class TrialConfig:
         return " ".join(f"{name}={value!r}" for name, value in self.params().items())
 
 
-BASELINE = TrialConfig()
+# The zero-shot prompt a person writes: the seed instruction and the input in the user
+# message, then the answer cue. Its answer prefix is the space's (`SearchSpace.baseline`).
+BASELINE = TrialConfig(placement=InstructionPlacement.USER)
+# The instruction index of a task's own baseline prompt (`TaskSpec.baseline`): no trial has it.
+TASK_BASELINE_INDEX = -1
 
 
 @dataclass
@@ -88,6 +93,27 @@ class SearchSpace:
     answer_prefix: str
     reasoning: bool = False
     reasoning_max_tokens: int = REASONING_MAX_TOKENS
+
+    def baseline(self) -> TrialConfig:
+        """The generated baseline's configuration: `BASELINE` with this space's answer cue."""
+        return replace(BASELINE, answer_prefix=self.answer_prefix)
+
+    def baseline_for(self, task: TaskSpec) -> tuple[PromptKey, Prompt]:
+        """The job's baseline: the task's own prompt when it has one (its key, derived from
+        its content, never equals a trial's), else the generated baseline."""
+        if task.baseline is None:
+            return self.prompt_for(task, self.baseline())
+        prompt = task.baseline
+        digest = hashlib.sha256(repr(prompt).encode()).hexdigest()[:16]
+        key = (
+            TASK_BASELINE_INDEX,
+            (f"task-baseline:{digest}",),
+            prompt.format.demo_layout.value,
+            prompt.format.instruction_placement.value,
+            prompt.format.answer_prefix,
+            prompt.format.reasoning,
+        )
+        return key, prompt
 
     def distributions(self) -> dict[str, BaseDistribution]:
         found: dict[str, BaseDistribution] = {

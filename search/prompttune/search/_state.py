@@ -82,11 +82,14 @@ class SearchState:
     ledger: UsageLedger
     proposer: InstructionProposer
     settings: CallSettings
+    # The validation examples the search scores (trials, rungs, promotion), in seeded order.
     val_order: tuple[Example, ...]
     rungs: tuple[int, ...]
     space: SearchSpace
     objective: Objective
     guard: StopGuard
+    # The validation examples held back to pick the winner; no trial scores them.
+    selection_order: tuple[Example, ...] = ()
     records: list[TrialRecord] = field(default_factory=list)
     by_key: dict[PromptKey, TrialRecord] = field(default_factory=dict)
     best: TrialRecord | None = None

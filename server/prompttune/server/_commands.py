@@ -23,10 +23,14 @@ from typing import Any, NoReturn, TextIO, TypeAlias
 from prompttune.client import BatchItemResult, Client, EvaluationProgress, Job, JobEvent, JobState
 from prompttune.contract import (
     Dataset,
+    InstructionPlacement,
     JobResult,
     ModelSpec,
+    Prompt,
+    PromptScores,
     SearchSpec,
     TaskSpec,
+    render,
     to_document,
 )
 from prompttune.server._comparing import cmd_export_finetune
@@ -233,6 +237,77 @@ def write_summary(job: Job, stream: TextIO) -> None:
             f"wall {result.wall_seconds:.1f}s, stopped by {result.stop_reason}",
         ]
         lines += model_lines(result)
+    stream.write("\n".join(lines) + "\n")
+    stream.flush()
+
+
+# ---- demo report ------------------------------------------------------------------------
+
+
+def describe_format(prompt: Prompt) -> str:
+    """A prompt's format in plain words: where the instruction goes, its demonstrations,
+    the answer cue."""
+    where = {
+        InstructionPlacement.SYSTEM: "in a system message",
+        InstructionPlacement.USER: "in the user message, before the input",
+    }.get(prompt.format.instruction_placement, prompt.format.instruction_placement.value)
+    demos = len(prompt.demos) + prompt.knn_k
+    shown = (
+        f"{demos} demos ({prompt.format.demo_layout.value.replace('_', ' ')})"
+        if demos
+        else "no demos"
+    )
+    cue = (
+        f'answer cue "{prompt.format.answer_prefix}"'
+        if prompt.format.answer_prefix
+        else "no answer cue"
+    )
+    steps = ", step-by-step reasoning" if prompt.format.reasoning else ""
+    return f"instruction {where}; {shown}; {cue}{steps}"
+
+
+def written_prompt(prompt: Prompt) -> list[str]:
+    """The prompt as a person would write it: its messages, with each input a placeholder
+    (a kNN prompt, whose demos depend on the input, in plain words instead)."""
+    if prompt.knn_k:
+        return [f"Instruction: {prompt.instruction}", f"Format: {describe_format(prompt)}"]
+    placeholders = {name: f"<{name}>" for name in prompt.input_fields}
+    return [
+        f"[{message.role}] " + message.content.replace("\n", "\n    ")
+        for message in render(prompt, placeholders)
+    ]
+
+
+def _score_row(name: str, scores: PromptScores) -> str:
+    cells = [scores.validation, scores.selection, scores.test]
+    shown = "".join(f"{c.mean:>12.3f}" if c is not None else f"{'-':>12}" for c in cells)
+    return f"  {name:<10}{shown}"
+
+
+def write_demo_report(result: JobResult, stream: TextIO) -> None:
+    """The demo's outcome for a person: the baseline as written, the optimised prompt in
+    plain words, validation/selection/test scores of both, the optimism and the gain."""
+    baseline, best = result.baseline, result.best
+    lines = ["", "Baseline, as a person would write it:"]
+    lines += [f"  {line}" for line in written_prompt(baseline.prompt)]
+    lines += [
+        "",
+        "Optimised prompt:" if result.improved else "Optimised prompt (kept the baseline):",
+        f"  Instruction: {best.prompt.instruction}",
+        f"  Format: {describe_format(best.prompt)}",
+        "",
+        f"  {'':<10}{'validation':>12}{'selection':>12}{'test':>12}",
+        _score_row("baseline", baseline),
+        _score_row("optimised", best),
+    ]
+    if best.selection is not None:
+        lines.append(
+            f"  Optimism (validation - selection) of the optimised prompt: {best.optimism:+.3f}"
+        )
+    if best.test is not None and baseline.test is not None:
+        gain = (best.test.mean - baseline.test.mean) * 100
+        lines.append(f"  Gain on test: {gain:+.1f} points")
+    lines.append(f"  Why: {result.summary}")
     stream.write("\n".join(lines) + "\n")
     stream.flush()
 

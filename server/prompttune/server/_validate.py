@@ -236,7 +236,39 @@ def validate_task_spec(task: TaskSpec, limits: Limits, field: str = "task") -> T
         rubric=task.rubric.strip(),
     )
     _engine_check(validate_task, normalised)
-    return normalised
+    if task.baseline is None:
+        return normalised
+    baseline = task_baseline(task.baseline, normalised, limits, f"{field}.baseline")
+    return dataclasses.replace(normalised, baseline=baseline)
+
+
+_PROMPT_DEFAULTS = Prompt(instruction="")
+
+
+def task_baseline(prompt: Prompt, task: TaskSpec, limits: Limits, field: str) -> Prompt:
+    """A task's own baseline prompt, bounded like any prompt, with its input fields, labels
+    and output name taken from `task` when left empty (or at their defaults); given ones
+    must agree with the task's, or the job would score a prompt for another task."""
+    validate_prompt(prompt, limits, field)
+    check_text(
+        prompt.instruction, f"{field}.instruction", limits.max_chars_per_field, required=True
+    )
+    fields = tuple(name.strip() for name in prompt.input_fields)
+    labels = tuple(label.strip() for label in prompt.labels)
+    output_name = prompt.output_name.strip()
+    if fields not in ((), _PROMPT_DEFAULTS.input_fields, task.input_fields):
+        raise _fail(f"{field}.input_fields", f"must match the task's: {preview(task.input_fields)}")
+    if labels and set(labels) != set(task.labels):
+        raise _fail(f"{field}.labels", f"must match the task's: {preview(task.labels)}")
+    if output_name not in ("", _PROMPT_DEFAULTS.output_name, task.output_name):
+        raise _fail(f"{field}.output_name", f"must match the task's: {preview(task.output_name)}")
+    return dataclasses.replace(
+        prompt,
+        instruction=prompt.instruction.strip(),
+        input_fields=task.input_fields,
+        labels=task.labels,
+        output_name=task.output_name,
+    )
 
 
 def _check_names(names: tuple[str, ...], field: str, limits: Limits) -> None:
@@ -310,6 +342,9 @@ def validate_search(search: SearchSpec, limits: Limits) -> None:
         )
     if search.proposer is not None:
         validate_model(search.proposer, "search.proposer", limits)
+    fraction = search.selection_fraction
+    if fraction is not None and not (math.isfinite(fraction) and 0.0 <= fraction <= 0.9):
+        raise _fail("search.selection_fraction", "must be in [0, 0.9]")
 
 
 def _splits(dataset: Dataset, limits: Limits) -> DatasetSplits:

@@ -31,6 +31,7 @@ from prompttune.server._commands import (
     add_optimize,
     add_prompt_commands,
     run_optimization,
+    write_demo_report,
     write_summary,
 )
 from prompttune.server._comparing import add_comparison_commands
@@ -241,14 +242,11 @@ def cmd_demo(args: argparse.Namespace, connect: Connect) -> int:
     with connect(args) as client:
         job = run_optimization(client, request, args, quiet=args.quiet)
     write_summary(job, sys.stdout)
-    if job.result is None or job.result.best.test is None or job.result.baseline.test is None:
+    if job.result is None:
         return 1
-    baseline, best = job.result.baseline.test.mean, job.result.best.test.mean
-    print()
-    print(f"SST-2 test accuracy: baseline {baseline:.1%} -> optimised {best:.1%} "
-          f"({(best - baseline) * 100:+.1f} points)")  # fmt: skip
+    write_demo_report(job.result, sys.stdout)
     print(f"LLM calls {job.result.usage.llm_calls}, wall time {time.monotonic() - started:.0f}s")
-    return 0
+    return 0 if job.result.best.test is not None and job.result.baseline.test is not None else 1
 
 
 # ---- parser -----------------------------------------------------------------------------

@@ -122,6 +122,13 @@ def scoring_pairs(results: dict[Key, dict[str, Any]], model: str, task: str) -> 
         }
     a, g = row["auto"]["seconds_per_example"], row["generation"]["seconds_per_example"]
     row["time_ratio"] = a / g if a and g else None
+    row["difference"] = paired_difference(correctness(auto), correctness(gen))
+    # Issue 14: the same or better accuracy (not worse beyond noise) in at most half the time.
+    if row["difference"] is None or row["time_ratio"] is None:
+        row["verdict"] = "incomplete"
+    else:
+        not_worse = row["difference"]["ci_high"] >= 0
+        row["verdict"] = "PASS" if not_worse and row["time_ratio"] <= 0.5 else "FAIL"
     return row
 
 
@@ -207,8 +214,9 @@ def _criteria_section(report: dict[str, Any], held_out: bool) -> list[str]:
 def _scoring_section(report: dict[str, Any]) -> list[str]:
     lines = [
         "| model | task | auto: scoring | auto: test % | generation: test % "
-        "| auto s / example | generation s / example | auto / generation time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| auto − generation [95% CI] | auto s / example | generation s / example "
+        "| auto / generation time | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["scoring_pairs"]:
         a, g = r["auto"], r["generation"]
@@ -216,8 +224,8 @@ def _scoring_section(report: dict[str, Any]) -> list[str]:
         ratio = "—" if r["time_ratio"] is None else f"{r['time_ratio']:.2f}"
         lines.append(
             f"| {r['model']} | {r['task']} | {a['scoring'] or '—'} | {_pct(a['test'])} "
-            f"| {_pct(g['test'])} | {sec(a['seconds_per_example'])} "
-            f"| {sec(g['seconds_per_example'])} | {ratio} |"
+            f"| {_pct(g['test'])} | {_diff(r['difference'])} | {sec(a['seconds_per_example'])} "
+            f"| {sec(g['seconds_per_example'])} | {ratio} | {r['verdict']} |"
         )
     return lines
 
@@ -270,6 +278,9 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         "",
         "## Label-probability scoring against generation (prompttune, same budget)",
         "",
+        "Verdict: PASS when scoring auto is not worse than generation beyond the paired interval "
+        "and takes at most half the task-model seconds per scored example (test scoring).",
+        "",
         *_scoring_section(report),
         "",
         "## Winners' instructions",
@@ -319,7 +330,7 @@ def write_report(
     """Rebuilds `<run_name>-<date>.{json,md,png}` under `out_dir`; per-example test results
     are kept in the JSON (``test_answers`` of every record)."""
     results = load_results(results_dir, triples)
-    pairs = sorted({(m, t) for m, t, _ in results})
+    pairs = list(dict.fromkeys((m, t) for m, t, _ in triples if (m, t) in {k[:2] for k in results}))
     criteria = []
     for model, task in pairs:
         row = criteria_row(results, model, task)

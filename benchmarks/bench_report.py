@@ -173,14 +173,14 @@ def _result_row(key: Key, record: dict[str, Any]) -> str:
 
 def _results_section(report: dict[str, Any], held_out: bool) -> list[str]:
     lines = [
-        "| model | task | method | test % [95% CI] | calls | wall s "
-        "| task s / scored example | scoring | scoring note |",
+        "| model | task | method | test % [95% CI] | calls | wall s (without test) "
+        "| task s / scored test example | scoring | scoring note |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, record in report["records"]:
         if TASKS[key[1]].held_out == held_out:
             lines.append(_result_row(tuple(key), record))
-    return lines
+    return lines if len(lines) > 2 else ["(no results yet)"]
 
 
 def _criteria_section(report: dict[str, Any], held_out: bool) -> list[str]:

@@ -91,7 +91,8 @@ class BenchTask:
         return self._prompt(self.seed_instruction)
 
     def handwritten_prompt(self) -> Prompt:
-        return self._prompt(self.handwritten)
+        """The hand-written prompt; "{labels}" in its text lists the label set."""
+        return self._prompt(self.handwritten.replace("{labels}", ", ".join(self.label_set)))
 
     def spec(self, baseline: Prompt | None = None) -> TaskSpec:
         return TaskSpec(
@@ -191,9 +192,8 @@ TASKS: dict[str, BenchTask] = {
             "intent",
             "query",
             "intent",
-            "Which of the bank's 77 customer-service intents does the message below express? "
-            "Answer with the intent name exactly as written in snake_case, for example "
-            "card_arrival, request_refund or lost_or_stolen_card.",
+            "Which of the bank's customer-service intents does the message below express? "
+            "Answer with one intent name exactly as written here: {labels}.",
             held_out=True,
             labels_folder="banking77",
         ),

@@ -27,16 +27,22 @@ def plain_text(messages: list[dict[str, Any]]) -> str:
     return text
 
 
-def main() -> None:
-    """Registers `PLAIN_CHAT_FORMAT` and runs llama_cpp.server's command line."""
+def register_plain_format() -> None:
+    """Makes `PLAIN_CHAT_FORMAT` a chat format of llama-cpp-python in this process."""
     from llama_cpp import llama_chat_format
-    from llama_cpp.server.__main__ import main as serve
 
     def format_plain(messages: list[dict[str, Any]], **_: Any) -> Any:
         # A blank line is where a base model starts the next example of its own.
         return llama_chat_format.ChatFormatterResponse(prompt=plain_text(messages), stop="\n\n")
 
     llama_chat_format.register_chat_format(PLAIN_CHAT_FORMAT)(format_plain)
+
+
+def main() -> None:
+    """Registers `PLAIN_CHAT_FORMAT` and runs llama_cpp.server's command line."""
+    from llama_cpp.server.__main__ import main as serve
+
+    register_plain_format()
     serve()  # type: ignore[no-untyped-call]
 
 

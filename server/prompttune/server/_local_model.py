@@ -108,7 +108,9 @@ def server_command(
     model: EmbeddedModel, gguf: Path, port: int, config: LocalModelConfig
 ) -> list[str]:
     # `--logits_all true`: chat completions may then return logprobs / top_logprobs, which
-    # label-probability scoring reads (llama-cpp-python refuses logprobs without it).
+    # label-probability scoring reads (llama-cpp-python refuses logprobs without it). It costs
+    # generation 16% more CPU per call on SmolLM2 and 5% on Gemma (benchmarks/logits_bench.py,
+    # 20 SST-2 calls of up to 32 tokens).
     command = [
         sys.executable, "-m", "prompttune.server._llama_serve",
         "--model", str(gguf),

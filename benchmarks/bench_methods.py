@@ -1,17 +1,20 @@
 """The methods compared by the search benchmark, each returning one JSON-ready outcome.
 
-All methods share the task model, the splits and the final scoring: the chosen prompt (or the
-compiled DSPy program's output field) is scored on the test split with prompttune's metric.
-Optimisation calls ("calls") never include that test scoring, which is reported apart.
+All methods share the task model, the splits and the final scoring: the chosen prompt is scored
+on the test split with prompttune's metric, under the scoring mode the method used (label
+probabilities or generation), and every test example's result is kept for paired comparisons.
+Optimisation calls ("calls") never include that test scoring, which is reported apart with its
+wall time per scored example (no cache: every test call reaches the model).
 
-Call accounting, the same for every method: `calls` are the distinct requests of one run (what
-a cold cache pays; repeats inside the run are free, as they are for DSPy's own cache),
-`calls_incl_cache_hits` every request made, `upstream_calls` those that reached the server in
-this run (0 on a rerun served from the persistent cache).
+Scoring: prompttune runs resolve `SearchSpec.scoring` inside the engine. The zero-shot,
+hand-written and random-demos methods resolve AUTO the same way, with one probe call: label
+probabilities where the endpoint returns log probabilities for a label task, else generation.
+On an engine without label-probability scoring every method generates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -24,32 +27,38 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_model import PersistentChatModel
 from bench_tasks import BenchTask
 
-from prompttune.search import (
+import prompttune.search as engine
+from prompttune.contract import (
     Budget,
     BudgetUsed,
-    ChatResponse,
-    DatasetSplits,
     Evaluation,
     Example,
     ExampleResult,
-    LLMGateway,
     Prompt,
-    Runner,
-    RunnerDeps,
-    SearchConfig,
+    Scoring,
     SearchEvent,
-    SentenceTransformerEmbedder,
+    SearchSpec,
     TrialFinished,
     Usage,
+)
+from prompttune.search import (
+    CallSettings,
+    ChatModel,
+    ChatResponse,
+    DatasetSplits,
+    LLMGateway,
+    Runner,
+    RunnerDeps,
+    SentenceTransformerEmbedder,
     evaluate_prompt,
-    make_score,
     score_answer,
 )
+from prompttune.search._stats import make_score
 
 TASK_MAX_TOKENS = 32
+ENGINE_SCORES_LABEL_PROBABILITIES = hasattr(engine, "resolve_scoring")
 
 
 class RunCache:
@@ -69,30 +78,25 @@ class RunCache:
 class TraceObserver:
     """Builds (LLM calls, best full-validation score) points from the runner's events."""
 
-    validation_size: int
     trace: list[tuple[int, float]] = field(default_factory=list)
     best: float = -1.0
-    pending: float | None = None
+    calls: int = 0
 
     def on_event(self, event: SearchEvent) -> None:
-        if isinstance(event, TrialFinished):
-            full = event.examples >= self.validation_size and not event.pruned
-            if full and event.score > self.best:
-                self.best = event.score
-                self.pending = event.score
-        elif isinstance(event, BudgetUsed) and self.pending is not None:
-            self.trace.append((event.usage.llm_calls, self.pending))
-            self.pending = None
+        if isinstance(event, BudgetUsed):
+            self.calls = event.usage.llm_calls
+        elif isinstance(event, TrialFinished) and not event.pruned and event.score > self.best:
+            self.best = event.score
+            self.trace.append((self.calls, event.score))
 
     def cancelled(self) -> bool:
         return False
 
 
-def usage_fields(usage: Usage, upstream_calls: int) -> dict[str, int]:
+def usage_fields(usage: Usage) -> dict[str, int]:
     return {
         "calls": usage.llm_calls,
         "calls_incl_cache_hits": usage.llm_calls + usage.cache_hits,
-        "upstream_calls": upstream_calls,
         "failed_calls": usage.failed_calls,
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -113,6 +117,7 @@ def score_fields(evaluation: Evaluation) -> dict[str, Any]:
 
 
 def describe_prompt(prompt: Prompt) -> dict[str, Any]:
+    calibration = getattr(prompt, "calibration", None)
     return {
         "instruction": prompt.instruction,
         "demos": [{"input": dict(d.inputs), "output": d.output} for d in prompt.demos],
@@ -120,62 +125,100 @@ def describe_prompt(prompt: Prompt) -> dict[str, Any]:
             "instruction_placement": prompt.format.instruction_placement.value,
             "demo_layout": prompt.format.demo_layout.value,
             "answer_prefix": prompt.format.answer_prefix,
+            "reasoning": prompt.format.reasoning,
         },
+        "knn_k": prompt.knn_k,
+        "calibration": dict(calibration.weights) if calibration is not None else None,
     }
 
 
-def seed_prompt(task: BenchTask, demos: tuple[Example, ...] = ()) -> Prompt:
-    spec = task.spec()
-    return Prompt(
-        instruction=spec.seed_instruction,
-        demos=demos,
-        input_fields=spec.input_fields,
-        output_name=spec.output_name,
-        labels=spec.labels,
-    )
+def call_settings(scoring: Scoring) -> CallSettings:
+    """Task-call settings scoring under the resolved `scoring`."""
+    if any(f.name == "scoring" for f in dataclasses.fields(CallSettings)):
+        return CallSettings(max_tokens=TASK_MAX_TOKENS, scoring=scoring)  # type: ignore[call-arg]
+    return CallSettings(max_tokens=TASK_MAX_TOKENS)
+
+
+async def resolve_scoring(
+    gateway: LLMGateway, task: BenchTask, prompt: Prompt, data: DatasetSplits, asked: Scoring
+) -> tuple[Scoring, str]:
+    """The scoring `asked` resolves to for `prompt` (one probe call on the first training
+    example, as the engine does), with the engine's note when it falls back."""
+    if not ENGINE_SCORES_LABEL_PROBABILITIES:
+        return Scoring.GENERATION, "generation scoring: this engine has no label probabilities"
+    probe = engine.label_request(prompt, data.train[0].inputs, None)
+    choice = await engine.resolve_scoring(gateway, task.spec(), probe, asked)
+    return choice.scoring, choice.note
 
 
 async def score_on_test(
-    model: PersistentChatModel, task: BenchTask, prompt: Prompt, test: Sequence[Example]
-) -> tuple[Evaluation, dict[str, int]]:
-    """The final test score of a prompt, outside any optimisation budget."""
-    before = model.upstream_calls
-    gateway = LLMGateway(model, Budget(), RunCache(), max_concurrency=2)
-    evaluation = await evaluate_prompt(gateway, task.spec(), prompt, test)
-    return evaluation, usage_fields(gateway.usage(), model.upstream_calls - before)
-
-
-async def run_zero_shot(
-    model: PersistentChatModel, task: BenchTask, data: DatasetSplits
+    model: ChatModel, task: BenchTask, prompt: Prompt, test: Sequence[Example], scoring: Scoring
 ) -> dict[str, Any]:
-    """The seed instruction alone; its calls are the validation scoring shown in the plot."""
-    started, before = time.monotonic(), model.upstream_calls
-    gateway = LLMGateway(model, Budget(), RunCache(), max_concurrency=2)
-    prompt = seed_prompt(task)
-    validation = await evaluate_prompt(gateway, task.spec(), prompt, data.validation)
-    usage = usage_fields(gateway.usage(), model.upstream_calls - before)
-    test, test_usage = await score_on_test(model, task, prompt, data.test)
+    """The final test score of a prompt, outside any optimisation budget, with every example's
+    result and the task model's wall seconds per scored example (fresh calls, no cache)."""
+    gateway = LLMGateway(model, engine.CallBudget(), None, max_concurrency=2)
+    started = time.monotonic()
+    evaluation = await evaluate_prompt(gateway, task.spec(), prompt, test, call_settings(scoring))
+    seconds = time.monotonic() - started
+    return {
+        "test": score_fields(evaluation),
+        "test_usage": usage_fields(gateway.usage()),
+        "test_wall_seconds": seconds,
+        "seconds_per_scored_example": seconds / max(len(test), 1),
+        "test_answers": [_answer_fields(r) for r in evaluation.results],
+    }
+
+
+def _answer_fields(result: ExampleResult) -> dict[str, Any]:
+    return {
+        "id": result.id,
+        "answer": result.answer,
+        "score": result.score,
+        "error": result.error,
+        "prediction": getattr(result, "prediction", ""),
+    }
+
+
+def _gateway(model: ChatModel, max_llm_calls: int) -> LLMGateway:
+    """A gateway with an in-run cache and a call cap (0 = none)."""
+    return LLMGateway(model, engine.CallBudget(max_llm_calls), RunCache(), max_concurrency=2)
+
+
+async def run_fixed_prompt(
+    model: ChatModel, task: BenchTask, prompt: Prompt, data: DatasetSplits
+) -> dict[str, Any]:
+    """One prompt as written (zero-shot seed instruction or the hand-written prompt): scoring
+    resolved as AUTO, scored on validation (for reference) and test."""
+    started = time.monotonic()
+    gateway = _gateway(model, 0)
+    scoring, note = await resolve_scoring(gateway, task, prompt, data, Scoring.AUTO)
+    settings = call_settings(scoring)
+    validation = await evaluate_prompt(gateway, task.spec(), prompt, data.validation, settings)
+    usage = usage_fields(gateway.usage())
     return {
         "status": "ok",
+        "scoring": scoring.value,
+        "scoring_note": note,
         "validation": score_fields(validation),
         "usage": usage,
         "wall_seconds": time.monotonic() - started,
         "trace": [(usage["calls"], validation.score.mean)],
         "prompt": describe_prompt(prompt),
-        "test": score_fields(test),
-        "test_usage": test_usage,
-        "test_answers": [asdict(r) for r in test.results],
+        **await score_on_test(model, task, prompt, data.test, scoring),
     }
 
 
 async def run_random_demos(
-    model: PersistentChatModel, task: BenchTask, data: DatasetSplits, budget: int, seed: int
+    model: ChatModel, task: BenchTask, data: DatasetSplits, budget: int, seed: int
 ) -> dict[str, Any]:
-    """Demo-only random search: the seed instruction with random few-shot sets (1-4 demos),
+    """Demo-only random search: the zero-shot prompt with random few-shot sets (1-4 demos),
     each scored on the full validation split while the call budget allows; the zero-shot
     prompt is candidate 0 (as in DSPy's BootstrapFewShotWithRandomSearch)."""
-    started, before = time.monotonic(), model.upstream_calls
-    gateway = LLMGateway(model, Budget(max_llm_calls=budget), RunCache(), max_concurrency=2)
+    started = time.monotonic()
+    gateway = _gateway(model, budget)
+    base = task.zero_shot_prompt()
+    scoring, note = await resolve_scoring(gateway, task, base, data, Scoring.AUTO)
+    settings = call_settings(scoring)
     rng = random.Random(f"{seed}:{task.name}:random_demos")
     train = sorted(data.train, key=lambda ex: ex.id)
     best: tuple[float, Prompt] | None = None
@@ -183,42 +226,49 @@ async def run_random_demos(
     candidates = 0
     while gateway.usage().llm_calls + len(data.validation) <= budget:
         demos = tuple(rng.sample(train, rng.randint(1, 4))) if candidates else ()
-        prompt = seed_prompt(task, demos)
-        evaluation = await evaluate_prompt(gateway, task.spec(), prompt, data.validation)
+        prompt = dataclasses.replace(base, demos=demos)
+        evaluation = await evaluate_prompt(gateway, task.spec(), prompt, data.validation, settings)
         candidates += 1
         if best is None or evaluation.score.mean > best[0]:
             best = (evaluation.score.mean, prompt)
             trace.append((gateway.usage().llm_calls, evaluation.score.mean))
     if best is None:
         raise ValueError(f"budget {budget} cannot pay for one validation pass")
-    usage = usage_fields(gateway.usage(), model.upstream_calls - before)
-    test, test_usage = await score_on_test(model, task, best[1], data.test)
     return {
         "status": "ok",
+        "scoring": scoring.value,
+        "scoring_note": note,
         "validation": {"mean": best[0]},
-        "usage": usage,
+        "usage": usage_fields(gateway.usage()),
         "wall_seconds": time.monotonic() - started,
         "trace": trace,
         "prompt": describe_prompt(best[1]),
         "candidates": candidates,
-        "test": score_fields(test),
-        "test_usage": test_usage,
-        "test_answers": [asdict(r) for r in test.results],
+        **await score_on_test(model, task, best[1], data.test, scoring),
     }
 
 
+@dataclass(frozen=True)
+class PromptTuneRun:
+    """One prompttune run's settings: the call budget, the seed and the scoring asked for."""
+
+    budget: int
+    seed: int
+    scoring: Scoring = Scoring.AUTO
+
+
 async def run_prompttune(
-    model: PersistentChatModel,
+    model: ChatModel,
     task: BenchTask,
     data: DatasetSplits,
-    budget: int,
-    seed: int,
+    run: PromptTuneRun,
     embedder: SentenceTransformerEmbedder,
 ) -> dict[str, Any]:
-    """The engine's `Runner` on train + validation only (no test split inside the budget), with
-    the same model as proposer; the returned best prompt is then scored on test."""
-    started, before = time.monotonic(), model.upstream_calls
-    observer = TraceObserver(len(data.validation))
+    """The engine's `Runner` on train + validation only (no test split inside the budget),
+    with the same model as proposer and the hand-written prompt as the task's baseline; the
+    returned best prompt is then scored on test under the scoring the search used."""
+    started = time.monotonic()
+    observer = TraceObserver()
     deps = RunnerDeps(
         task_model=model,
         proposer_model=model,
@@ -227,37 +277,42 @@ async def run_prompttune(
         cache=RunCache(),
         task_max_tokens=TASK_MAX_TOKENS,
     )
-    config = SearchConfig(
-        max_trials=200, max_llm_calls=budget, max_wall_seconds=4 * 3600.0, seed=seed
+    spec = SearchSpec(
+        budget=Budget(max_trials=200, max_llm_calls=run.budget, max_wall_seconds=4 * 3600.0),
+        seed=run.seed,
+        scoring=run.scoring,
     )
     search_data = DatasetSplits(train=data.train, validation=data.validation, test=())
-    result = await Runner(deps).run(task.spec(), search_data, config, f"bench-{task.slug}")
-    usage = usage_fields(result.usage, model.upstream_calls - before)
-    best_validation = result.best.validation.mean
-    trace = list(observer.trace)
-    if not trace or trace[-1][1] < best_validation:
-        trace.append((usage["calls"], best_validation))
-    test, test_usage = await score_on_test(model, task, result.best.prompt, data.test)
+    task_spec = task.spec(baseline=task.handwritten_prompt())
+    result = await Runner(deps).run(task_spec, search_data, spec, f"bench-{task.slug}")
+    scoring = Scoring(getattr(result, "scoring", Scoring.GENERATION))
+    best = result.best
+    selection = getattr(best, "selection", None)
     return {
         "status": "ok",
+        "scoring": scoring.value,
+        "scoring_note": getattr(result, "scoring_note", ""),
         "validation": {
-            "mean": best_validation,
-            "ci_low": result.best.validation.ci_low,
-            "ci_high": result.best.validation.ci_high,
+            "mean": best.validation.mean,
+            "ci_low": best.validation.ci_low,
+            "ci_high": best.validation.ci_high,
             "baseline": result.baseline.validation.mean,
+            "selection": selection.mean if selection is not None else None,
+            "optimism": getattr(best, "optimism", 0.0),
         },
-        "usage": usage,
+        "usage": usage_fields(result.usage),
         "wall_seconds": time.monotonic() - started,
-        "trace": trace,
-        "prompt": describe_prompt(result.best.prompt),
+        "trace": observer.trace or [(result.usage.llm_calls, best.validation.mean)],
+        "prompt": describe_prompt(best.prompt),
         "improved": result.improved,
         "summary": result.summary,
         "stop_reason": result.stop_reason,
         "trials_completed": result.trials_completed,
         "trials_pruned": result.trials_pruned,
-        "test": score_fields(test),
-        "test_usage": test_usage,
-        "test_answers": [asdict(r) for r in test.results],
+        "dropped_instructions": [
+            asdict(dropped) for dropped in getattr(result, "dropped_instructions", ())
+        ],
+        **await score_on_test(model, task, best.prompt, data.test, scoring),
     }
 
 

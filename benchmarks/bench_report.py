@@ -1,9 +1,18 @@
-"""The search benchmark's report: JSON, a Markdown table and a plot of best validation score
-against LLM calls, rebuilt from the stored per-(task, method) results."""
+"""The search benchmark's report (JSON, Markdown and a bar chart), rebuilt from the stored
+per-(model, task, method) results.
+
+Criteria of issue 14, per (model, task): prompttune minus the better of the hand-written prompt
+and the zero-shot seed, and prompttune minus demo-only random search, each with the 95% interval
+of the paired difference on the test examples (paired bootstrap over per-example correctness).
+A row FAILS when prompttune is below either by more than the interval (the interval lies wholly
+below 0); a section FAILS when its average gain over either is under 5 points.
+"""
 
 from __future__ import annotations
 
 import json
+import random
+import statistics
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,40 +21,51 @@ from typing import Any
 from bench_tasks import TASKS
 
 METHOD_TITLES = {
-    "zero_shot": "zero-shot (seed instruction)",
+    "zero_shot": "zero-shot seed instruction",
+    "handwritten": "hand-written prompt",
+    "prompttune": "prompttune (scoring auto)",
     "random_demos": "demo-only random search",
+    "prompttune_generation": "prompttune (scoring generation)",
     "dspy_bfsrs": "DSPy BootstrapFewShotWithRandomSearch",
-    "prompttune": "prompttune (budget of DSPy BFSRS)",
     "dspy_mipro": "DSPy MIPROv2 light",
-    "prompttune_mipro_budget": "prompttune (budget of DSPy MIPROv2)",
 }
-PLOT_STYLES: dict[str, dict[str, Any]] = {
-    "zero_shot": {"color": "black", "marker": "o", "linestyle": ":"},
-    "random_demos": {"color": "tab:green", "linestyle": "--"},
-    "dspy_bfsrs": {"color": "tab:orange"},
-    "dspy_mipro": {"color": "tab:purple"},
-    "prompttune": {"color": "tab:red", "linewidth": 2.2},
-    "prompttune_mipro_budget": {"color": "tab:brown", "linewidth": 2.2, "linestyle": "-."},
-}
-# (prompttune method, the method it is compared with)
-COMPARISONS = (
-    ("prompttune", "dspy_bfsrs"),
-    ("prompttune_mipro_budget", "dspy_mipro"),
-    ("prompttune", "random_demos"),
-    ("prompttune", "zero_shot"),
-)
+BOOTSTRAP_RESAMPLES = 2000
+REQUIRED_GAIN = 0.05
+Key = tuple[str, str, str]
 
 
-def load_results(results_dir: Path, pairs: Sequence[tuple[str, str]]) -> dict[str, dict[str, Any]]:
-    """{task: {method: result}} of the planned pairs that have a stored result."""
-    found: dict[str, dict[str, Any]] = {}
-    for method, task in pairs:
-        path = results_dir / TASKS[task].slug / f"{method}.json"
+def load_results(results_dir: Path, triples: Sequence[Key]) -> dict[Key, dict[str, Any]]:
+    """{(model, task, method): result} of the planned triples that have a stored result."""
+    found = {}
+    for model, task, method in triples:
+        path = results_dir / model / TASKS[task].slug / f"{method}.json"
         if path.exists():
-            record = json.loads(path.read_text())
-            record.pop("test_answers", None)  # per-example answers stay in the pair's file
-            found.setdefault(task, {})[method] = record
+            found[(model, task, method)] = json.loads(path.read_text())
     return found
+
+
+def correctness(record: dict[str, Any] | None) -> dict[str, float]:
+    """Example id -> score on test of a finished run (failed calls count as wrong)."""
+    if record is None or record.get("status") != "ok":
+        return {}
+    return {a["id"]: float(a["score"]) for a in record.get("test_answers", [])}
+
+
+def paired_difference(
+    better: dict[str, float], other: dict[str, float], seed: int = 0
+) -> dict[str, float] | None:
+    """Mean of `better` - `other` over their shared examples, with its 95% paired bootstrap
+    interval; None without shared examples."""
+    ids = sorted(set(better) & set(other))
+    if not ids:
+        return None
+    diffs = [better[i] - other[i] for i in ids]
+    rng = random.Random(seed)
+    means = sorted(
+        statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(BOOTSTRAP_RESAMPLES)
+    )
+    low, high = means[int(0.025 * BOOTSTRAP_RESAMPLES)], means[int(0.975 * BOOTSTRAP_RESAMPLES) - 1]
+    return {"diff": statistics.fmean(diffs), "ci_low": low, "ci_high": high, "examples": len(ids)}
 
 
 def _test_mean(record: dict[str, Any] | None) -> float | None:
@@ -55,187 +75,247 @@ def _test_mean(record: dict[str, Any] | None) -> float | None:
     return float(mean) if mean is not None else None
 
 
-def comparisons(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per comparison: test-accuracy differences per task where both completed, and the mean."""
-    lines = []
-    for ours, theirs in COMPARISONS:
-        per_task = {}
-        for task, methods in results.items():
-            a, b = _test_mean(methods.get(ours)), _test_mean(methods.get(theirs))
-            if a is not None and b is not None:
-                per_task[task] = {"ours": a, "theirs": b, "diff": a - b}
-        mean = sum(d["diff"] for d in per_task.values()) / len(per_task) if per_task else None
-        lines.append({"ours": ours, "theirs": theirs, "per_task": per_task, "mean_diff": mean})
-    return lines
+def criteria_row(results: dict[Key, dict[str, Any]], model: str, task: str) -> dict[str, Any]:
+    """Prompttune against the better baseline and against random demos on one (model, task)."""
+    get = lambda method: results.get((model, task, method))  # noqa: E731
+    baselines = [m for m in ("handwritten", "zero_shot") if _test_mean(get(m)) is not None]
+    best_baseline = max(baselines, key=lambda m: _test_mean(get(m)) or 0.0, default=None)
+    prompttune = correctness(get("prompttune"))
+    row: dict[str, Any] = {"model": model, "task": task, "best_baseline": best_baseline}
+    row["vs_baseline"] = (
+        paired_difference(prompttune, correctness(get(best_baseline))) if best_baseline else None
+    )
+    row["vs_random_demos"] = paired_difference(prompttune, correctness(get("random_demos")))
+    compared = [row["vs_baseline"], row["vs_random_demos"]]
+    if any(c is None for c in compared):
+        row["verdict"] = "incomplete"
+    else:
+        below = any(c["ci_high"] < 0 for c in compared)
+        row["verdict"] = "FAIL" if below else "PASS"
+    return row
+
+
+def averages(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Average gains of complete rows and whether each reaches +5 points."""
+    complete = [r for r in rows if r["verdict"] != "incomplete"]
+    out: dict[str, Any] = {"rows": len(complete)}
+    for name in ("vs_baseline", "vs_random_demos"):
+        mean = statistics.fmean(r[name]["diff"] for r in complete) if complete else None
+        out[name] = mean
+        out[f"{name}_pass"] = mean is not None and mean >= REQUIRED_GAIN
+    return out
+
+
+def scoring_pairs(results: dict[Key, dict[str, Any]], model: str, task: str) -> dict[str, Any]:
+    """Prompttune with scoring auto (label probabilities where possible) beside generation."""
+    auto, gen = (
+        results.get((model, task, "prompttune")),
+        results.get((model, task, "prompttune_generation")),
+    )
+    row: dict[str, Any] = {"model": model, "task": task}
+    for name, record in (("auto", auto), ("generation", gen)):
+        ok = record is not None and record.get("status") == "ok"
+        row[name] = {
+            "test": _test_mean(record),
+            "seconds_per_example": record.get("seconds_per_scored_example") if ok else None,
+            "scoring": record.get("scoring") if ok else None,
+        }
+    a, g = row["auto"]["seconds_per_example"], row["generation"]["seconds_per_example"]
+    row["time_ratio"] = a / g if a and g else None
+    row["difference"] = paired_difference(correctness(auto), correctness(gen))
+    # Issue 14: the same or better accuracy (not worse beyond noise) in at most half the time.
+    if row["difference"] is None or row["time_ratio"] is None:
+        row["verdict"] = "incomplete"
+    else:
+        not_worse = row["difference"]["ci_high"] >= 0
+        row["verdict"] = "PASS" if not_worse and row["time_ratio"] <= 0.5 else "FAIL"
+    return row
+
+
+def at_chance(results: dict[Key, dict[str, Any]], model: str, task: str) -> bool:
+    """Whether every finished method's test interval on a label task includes chance (one
+    over the number of labels) or lies below it."""
+    labels = TASKS[task].label_set
+    records = [r for (m, t, _), r in results.items() if (m, t) == (model, task)]
+    finished = [r for r in records if r.get("status") == "ok" and "test" in r]
+    if not labels or not finished:
+        return False
+    return all(r["test"]["ci_low"] <= 1.0 / len(labels) for r in finished)
 
 
 def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
+    return "—" if value is None else f"{100 * value:.1f}"
 
 
-def _row(task: str, method: str, record: dict[str, Any]) -> str:
-    status = record.get("status", "?")
-    test = record.get("test", {})
-    usage = record.get("usage", {})
-    if "mean" in test:
-        accuracy = f"{_pct(test['mean'])} [{_pct(test.get('ci_low'))}, {_pct(test.get('ci_high'))}]"
-    else:
-        accuracy = "–"
-    budget = record.get("budget") or {}
-    calls = usage.get("calls", "–")
-    if budget:
-        calls = f"{calls} / {budget['max_llm_calls']}"
-    wall = record.get("wall_seconds")
-    shown_wall = "–" if wall is None else f"{wall:.0f}"
-    if wall is not None and 2 * usage.get("upstream_calls", 0) < usage.get("calls", 0):
-        shown_wall += "*"  # mostly answered by the cache of an earlier run
+def _diff(value: dict[str, float] | None) -> str:
+    if value is None:
+        return "—"
     return (
-        f"| {task} | {METHOD_TITLES.get(method, method)} | {status} | {accuracy} "
-        f"| {_pct(record.get('validation', {}).get('mean'))} | {calls} "
-        f"| {usage.get('calls_incl_cache_hits', '–')} | {usage.get('tokens', '–')} "
-        f"| {shown_wall} |"
+        f"{100 * value['diff']:+.1f} [{100 * value['ci_low']:+.1f}, {100 * value['ci_high']:+.1f}]"
     )
 
 
-def _summary_lines(lines: list[dict[str, Any]]) -> list[str]:
-    text = []
-    for line in lines:
-        ours, theirs = METHOD_TITLES[line["ours"]], METHOD_TITLES[line["theirs"]]
-        if line["mean_diff"] is None:
-            text.append(f"- {ours} vs {theirs}: no task where both completed yet.")
+def _result_row(key: Key, record: dict[str, Any]) -> str:
+    model, task, method = key
+    if record.get("status") != "ok":
+        error = record.get("error", {})
+        status = f"{record.get('status')}: {error.get('type', '')}"
+        return f"| {model} | {task} | {METHOD_TITLES.get(method, method)} | {status} |" + " |" * 5
+    test, usage = record["test"], record.get("usage", {})
+    seconds = record.get("seconds_per_scored_example")
+    return (
+        f"| {model} | {task} | {METHOD_TITLES.get(method, method)} | {_pct(test['mean'])} "
+        f"[{_pct(test['ci_low'])}, {_pct(test['ci_high'])}] | {usage.get('calls', '—')} | "
+        f"{record.get('wall_seconds', 0):.0f} | {'—' if seconds is None else f'{seconds:.3f}'} | "
+        f"{record.get('scoring', '—')} | {record.get('scoring_note', '')} |"
+    )
+
+
+def _results_section(report: dict[str, Any], held_out: bool) -> list[str]:
+    lines = [
+        "| model | task | method | test % [95% CI] | calls | wall s (without test) "
+        "| task s / scored test example | scoring | scoring note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, record in report["records"]:
+        if TASKS[key[1]].held_out == held_out:
+            lines.append(_result_row(tuple(key), record))
+    return lines if len(lines) > 2 else ["(no results yet)"]
+
+
+def _criteria_section(report: dict[str, Any], held_out: bool) -> list[str]:
+    lines = [
+        "| model | task | better baseline | prompttune − better baseline [95% CI] "
+        "| prompttune − random demos [95% CI] | verdict | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = [r for r in report["criteria"] if TASKS[r["task"]].held_out == held_out]
+    for r in rows:
+        note = "model stays at chance" if r.get("at_chance") else ""
+        lines.append(
+            f"| {r['model']} | {r['task']} | {r['best_baseline'] or '—'} "
+            f"| {_diff(r['vs_baseline'])} | {_diff(r['vs_random_demos'])} | {r['verdict']} "
+            f"| {note} |"
+        )
+    for model in report["settings"]["models"]:
+        avg = averages([r for r in rows if r["model"] == model])
+        verdicts = {
+            name: "PASS" if avg[f"{name}_pass"] else "FAIL"
+            for name in ("vs_baseline", "vs_random_demos")
+        }
+        lines.append(
+            f"| {model} | **average** ({avg['rows']} tasks) | "
+            f"| {_pct(avg['vs_baseline'])} ({verdicts['vs_baseline']} ≥ +5) "
+            f"| {_pct(avg['vs_random_demos'])} ({verdicts['vs_random_demos']} ≥ +5) | | |"
+        )
+    return lines
+
+
+def _scoring_section(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "| model | task | auto: scoring | auto: test % | generation: test % "
+        "| auto − generation [95% CI] | auto s / example | generation s / example "
+        "| auto / generation time | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["scoring_pairs"]:
+        a, g = r["auto"], r["generation"]
+        sec = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+        ratio = "—" if r["time_ratio"] is None else f"{r['time_ratio']:.2f}"
+        lines.append(
+            f"| {r['model']} | {r['task']} | {a['scoring'] or '—'} | {_pct(a['test'])} "
+            f"| {_pct(g['test'])} | {_diff(r['difference'])} | {sec(a['seconds_per_example'])} "
+            f"| {sec(g['seconds_per_example'])} | {ratio} | {r['verdict']} |"
+        )
+    return lines
+
+
+def _winners_section(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for (model, task, method), record in report["records"]:
+        if not method.startswith("prompttune") or record.get("status") != "ok":
             continue
-        per_task = ", ".join(
-            f"{task} {100 * d['diff']:+.1f}" for task, d in sorted(line["per_task"].items())
+        prompt = record["prompt"]
+        fmt = prompt["format"]
+        lines.append(
+            f"- **{model} / {task} / {method}**: “{prompt['instruction']}” — "
+            f"{len(prompt['demos'])} demos, instruction in {fmt['instruction_placement']}, "
+            f"cue “{fmt['answer_prefix']}”, "
+            f"calibration {prompt.get('calibration')}; improved {record.get('improved')}"
         )
-        wins = sum(1 for d in line["per_task"].values() if d["diff"] >= 0)
-        text.append(
-            f"- {ours} vs {theirs}: {100 * line['mean_diff']:+.1f} points on average over "
-            f"{len(line['per_task'])} task(s), ≥ on {wins}; per task: {per_task}."
-        )
-    return text
-
-
-def _failures(results: dict[str, dict[str, Any]]) -> list[str]:
-    text = []
-    for task, methods in sorted(results.items()):
-        for method, record in methods.items():
-            note = record.get("note", "")
-            budget = record.get("budget") or {}
-            if budget and not str(budget.get("source", "")).startswith("calls used"):
-                text.append(f"- {task} / {method}: budget {budget['source']}.")
-            if record.get("status") == "ok":
-                parse = record.get("test", {}).get("parse_failures")
-                if parse:
-                    text.append(f"- {task} / {method}: {parse} test answers unparsable (scored 0).")
-                continue
-            error = record.get("error") or {}
-            message = " ".join(str(error.get("message", "")).split())  # one Markdown line
-            detail = f"{error.get('type', '')}: {message[:300]}".replace("`", "'")
-            where = " → ".join(error.get("where", []))
-            calls = record.get("usage", {}).get("calls")
-            text.append(
-                f"- {task} / {method}: **{record.get('status')}** {note} {detail}"
-                + (f" (after {calls} LLM calls)" if calls else "")
-                + (f", raised at `{where}`" if where else "")
-            )
-    return text
-
-
-def _commands(results: dict[str, dict[str, Any]]) -> list[str]:
-    """Each distinct command that produced a stored result, with its pairs and end time."""
-    produced: dict[str, list[str]] = {}
-    for task, methods in sorted(results.items()):
-        for method, record in methods.items():
-            produced.setdefault(str(record.get("command", "?")), []).append(
-                f"{task}/{method} ({record.get('finished_at', '?')})"
-            )
-    return [f"- `{command}`: {', '.join(pairs)}" for command, pairs in produced.items()]
+    return lines or ["(no prompttune run finished yet)"]
 
 
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
+    settings = report["settings"]
     lines = [
-        f"# Search benchmark — {report['date']}",
+        f"# Search benchmark v2 ({report['generated_at'][:10]})",
         "",
         f"Command: `{report['command']}`",
         "",
-        "Task model: SmolLM2-135M-Instruct (Q4_1 GGUF) behind one llama-cpp-python server "
-        f"(n_ctx 2048, {report['settings'].get('server_threads', 2)} thread(s)), temperature 0, "
-        "every call capped by max_tokens (32 for prompttune's prompts, 128 for DSPy's field "
-        "format, 384 for MIPROv2's proposer). Same fixed "
-        "splits (train / validation / test, seeded and label-stratified) and the same test "
-        "metric (label choice on the free-text answer, prompttune's `score_answer`) for every "
-        "method. Test accuracy in % with its 95% bootstrap interval. *Calls* are the distinct "
-        "optimisation requests (what a cold cache pays; test scoring excluded) against the "
-        "method's budget where it has one; *incl. hits* counts every request made. A wall "
-        "time marked * is a rerun that the cache of an earlier run mostly answered (its calls "
-        "were paid then), not a cold-cache time.",
+        f"Settings: models {settings['models']}; train {settings['sizes']['train']}, validation "
+        f"{settings['sizes']['validation']} (the engine holds back part of it to pick the "
+        f"winner), test {settings['sizes']['test']} (fewer where the dataset has fewer); "
+        f"prompttune budget {settings['fixed_budget']} LLM calls, random demos at the calls "
+        f"prompttune used, prompttune with generation scoring at prompttune's budget; seed "
+        f"{settings['seed']}; answers up to {settings['task_max_tokens']} tokens.",
         "",
-        f"Settings: `{json.dumps(report['settings'], sort_keys=True)}`",
+        "## Results: tuned tasks",
         "",
-        f"Progress: {report['finished']} of {report['planned']} planned (task, method) pairs.",
+        *_results_section(report, held_out=False),
         "",
-        "| task | method | status | test acc. [95% CI] | best val. | calls / budget "
-        "| incl. hits | tokens | wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "## Results: held-out tasks (benchmarks/HELD_OUT.md)",
+        "",
+        *_results_section(report, held_out=True),
+        "",
+        "## Issue 14 criteria: tuned tasks",
+        "",
+        *_criteria_section(report, held_out=False),
+        "",
+        "## Issue 14 criteria: held-out tasks",
+        "",
+        *_criteria_section(report, held_out=True),
+        "",
+        "## Label-probability scoring against generation (prompttune, same budget)",
+        "",
+        "Verdict: PASS when scoring auto is not worse than generation beyond the paired interval "
+        "and takes at most half the task-model seconds per scored example (test scoring).",
+        "",
+        *_scoring_section(report),
+        "",
+        "## Winners' instructions",
+        "",
+        *_winners_section(report),
+        "",
     ]
-    for task, methods in report["results"].items():
-        for method in METHOD_TITLES:
-            if method in methods:
-                lines.append(_row(task, method, methods[method]))
-    lines += ["", "## Summary", "", *_summary_lines(report["comparisons"])]
-    notes = _failures(report["results"])
-    if notes:
-        lines += ["", "## Crashes, timeouts and fallbacks", "", *notes]
-    lines += ["", "## Commands that produced the results", "", *_commands(report["results"])]
-    lines += ["", f"Plot: `{report['plot']}`", ""]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines), encoding="utf-8")
 
 
-def write_plot(path: Path, results: dict[str, dict[str, Any]]) -> None:
+def write_plot(path: Path, report: dict[str, Any]) -> None:
+    """Test accuracy per (model, task), one bar per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted(results)
-    if not tasks:
+    records = {tuple(k[:2]): {} for k, _ in report["records"]}
+    for (model, task, method), record in report["records"]:
+        records[(model, task)][method] = _test_mean(record)
+    groups = list(records)
+    methods = [m for m in METHOD_TITLES if any(m in v for v in records.values())]
+    if not groups or not methods:
         return
-    columns = min(3, len(tasks))
-    rows = (len(tasks) + columns - 1) // columns
-    size = (max(5.0 * columns, 10.0), 3.6 * rows + 0.8)
-    figure, axes = plt.subplots(rows, columns, figsize=size, squeeze=False)
-    for index, task in enumerate(tasks):
-        axis = axes[index // columns][index % columns]
-        for method, record in results[task].items():
-            trace = record.get("trace") or []
-            if not trace:
-                continue
-            calls = [int(point[0]) for point in trace]
-            scores = [float(point[1]) for point in trace]
-            total = record.get("usage", {}).get("calls", calls[-1])
-            calls.append(max(int(total or 0), calls[-1]))
-            scores.append(scores[-1])
-            axis.step(
-                calls,
-                scores,
-                where="post",
-                label=METHOD_TITLES.get(method, method),
-                **PLOT_STYLES.get(method, {}),
-            )
-        axis.set_ylim(0.0, 1.02)
-        axis.set_title(task)
-        axis.set_xlabel("LLM calls")
-        axis.set_ylabel("best validation score")
-        axis.grid(alpha=0.3)
-    for index in range(len(tasks), rows * columns):
-        axes[index // columns][index % columns].axis("off")
-    shown: dict[str, Any] = {}
-    for axis in axes.flat:
-        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
-            shown.setdefault(label, handle)
-    figure.legend(list(shown.values()), list(shown), loc="lower center", ncol=3, fontsize=8)
-    figure.tight_layout(rect=(0, 0.8 / size[1] + 0.04, 1, 1))
-    figure.savefig(path, dpi=110)
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.2 * len(groups)), 4.5))
+    width = 0.8 / len(methods)
+    for index, method in enumerate(methods):
+        values = [100 * (records[g].get(method) or 0.0) for g in groups]
+        axis.bar([i + index * width for i in range(len(groups))], values, width, label=method)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
+    axis.set_xticklabels([f"{m}\n{t}" for m, t in groups], fontsize=7, rotation=30)
+    axis.set_ylabel("test accuracy (%)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
@@ -244,25 +324,28 @@ def write_report(
     out_dir: Path,
     run_name: str,
     command: str,
-    pairs: Sequence[tuple[str, str]],
+    triples: Sequence[Key],
     settings: dict[str, Any],
-) -> Path:
-    """Writes ``<run_name>-<date>.{json,md,png}`` in `out_dir`; returns the Markdown path."""
-    date = datetime.now(UTC).date().isoformat()
-    results = load_results(results_dir, pairs)
-    stem = out_dir / f"{run_name}-{date}"
+) -> dict[str, Any]:
+    """Rebuilds `<run_name>-<date>.{json,md,png}` under `out_dir`; per-example test results
+    are kept in the JSON (``test_answers`` of every record)."""
+    results = load_results(results_dir, triples)
+    pairs = list(dict.fromkeys((m, t) for m, t, _ in triples if (m, t) in {k[:2] for k in results}))
+    criteria = []
+    for model, task in pairs:
+        row = criteria_row(results, model, task)
+        row["at_chance"] = at_chance(results, model, task)
+        criteria.append(row)
     report = {
-        "date": date,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command,
         "settings": settings,
-        "planned": len(pairs),
-        "finished": sum(len(methods) for methods in results.values()),
-        "plot": stem.with_suffix(".png").name,
-        "results": results,
-        "comparisons": comparisons(results),
+        "records": [[list(key), record] for key, record in results.items()],
+        "criteria": criteria,
+        "scoring_pairs": [scoring_pairs(results, m, t) for m, t in pairs],
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{run_name}-{report['generated_at'][:10]}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
     write_markdown(stem.with_suffix(".md"), report)
-    write_plot(stem.with_suffix(".png"), results)
-    return stem.with_suffix(".md")
+    write_plot(stem.with_suffix(".png"), report)
+    return report

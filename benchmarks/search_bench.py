@@ -1,20 +1,20 @@
-"""Search-quality benchmark: prompttune vs zero-shot, demo-only random search and DSPy.
+"""Search-quality benchmark v2: prompttune against honest baselines, on two embedded models.
 
-Every method uses the same task model (SmolLM2-135M-Instruct behind one llama.cpp server that
-this script starts), the same fixed splits of ``../shared/datasets`` and the same test metric
-(label choice on the free-text answer). Results are stored per (task, method) in
-``benchmarks/results/<run>/<task>/<method>.json``; a rerun skips finished pairs whose settings
-are unchanged (``--force`` redoes them), so the benchmark resumes task by task. After every
-pair the report is rewritten: ``benchmarks/results/<run>-<date>.{json,md,png}``.
+Methods, on every (model, task): the seed instruction zero-shot (in the user message with an
+answer cue, the engine's default baseline); a hand-written prompt per task (bench_tasks.py,
+also the engine's `TaskSpec.baseline` for prompttune); prompttune with its defaults (scoring
+AUTO); demo-only random search at the calls prompttune used; prompttune with
+`SearchSpec.scoring=GENERATION` at prompttune's budget. DSPy methods still run when named.
 
-Order: task by task, because a task's budgets depend on its earlier results: demo-only random
-search and prompttune get the LLM calls DSPy's BootstrapFewShotWithRandomSearch used on that
-task, `prompttune_mipro_budget` the calls MIPROv2 used (a fixed budget, stated in the result,
-where DSPy did not complete or did not run). DSPy MIPROv2 and its budget-matched prompttune run
-last, after every task's cheaper comparisons.
+Models: SmolLM2-135M-Instruct ("smollm2") and Gemma 3 270M ("gemma"), each on the managed
+llama.cpp server the service itself runs. Results are stored per (model, task, method) in
+``benchmarks/results/<run>/<model>/<task>/<method>.json``; a rerun skips finished triples whose
+settings are unchanged (``--force`` redoes them). After every triple the report is rewritten:
+``benchmarks/results/<run>-<date>.{json,md,png}``.
 
-    .venv/bin/python benchmarks/search_bench.py            # the full benchmark (hours)
-    .venv/bin/python benchmarks/search_bench.py --tiny     # sst2 10/10/20, minutes
+    .venv/bin/python benchmarks/search_bench.py                      # everything (hours)
+    .venv/bin/python benchmarks/search_bench.py --tasks sst2 --methods zero_shot handwritten \\
+        --models smollm2 gemma --train 10 --val 10 --test 20          # minutes
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,16 +36,18 @@ import structlog
 from bench_methods import (
     TASK_MAX_TOKENS,
     DspySettings,
+    PromptTuneRun,
     run_dspy,
+    run_fixed_prompt,
     run_prompttune,
     run_random_demos,
-    run_zero_shot,
 )
-from bench_model import LlamaServer, PersistentChatModel, ServerConfig, task_model
+from bench_model import MODELS, ServerConfig, TaskModels
 from bench_report import write_report
 from bench_tasks import TASKS, BenchTask, SplitSizes, load_splits
 from dspy_worker import error_summary
 
+from prompttune.contract import Scoring
 from prompttune.search import DatasetSplits, SentenceTransformerEmbedder
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -53,24 +55,26 @@ REPO_ROOT = BENCH_DIR.parent
 CACHE_DIR = BENCH_DIR / ".cache"
 RESULTS_DIR = BENCH_DIR / "results"
 
-# Execution order; each entry is (method, the DSPy optimiser whose calls set its budget).
+# Execution order within a (model, task); each method with the method whose calls set its
+# budget ("" = the fixed budget, or none for unbudgeted methods).
 METHODS: tuple[tuple[str, str], ...] = (
     ("zero_shot", ""),
+    ("handwritten", ""),
+    ("prompttune", ""),
+    ("random_demos", "prompttune"),
+    ("prompttune_generation", "prompttune"),
     ("dspy_bfsrs", ""),
-    ("random_demos", "dspy_bfsrs"),
-    ("prompttune", "dspy_bfsrs"),
     ("dspy_mipro", ""),
-    ("prompttune_mipro_budget", "dspy_mipro"),
 )
-# A task's pairs run in METHODS order; MIPROv2 (slow, and known to crash with this model)
-# waits until every task has its cheaper comparisons.
-STAGES = (
-    ("zero_shot", "dspy_bfsrs", "random_demos", "prompttune"),
-    ("dspy_mipro", "prompttune_mipro_budget"),
+DEFAULT_METHODS = (
+    "zero_shot",
+    "handwritten",
+    "prompttune",
+    "random_demos",
+    "prompttune_generation",
 )
-DSPY_METHODS = ("dspy_bfsrs", "dspy_mipro", "prompttune_mipro_budget")
+BUDGETED = ("prompttune", "random_demos", "prompttune_generation")
 DEFAULT_TASKS = tuple(TASKS)
-DEFAULT_DSPY_TASKS = ("sst2", "sms_spam", "bbh/sports_understanding")
 
 log = structlog.get_logger("bench.search")
 
@@ -90,8 +94,8 @@ class BenchConfig:
 @dataclass(frozen=True)
 class Plan:
     run_name: str
+    models: tuple[str, ...]
     tasks: tuple[str, ...]
-    dspy_tasks: tuple[str, ...]
     methods: tuple[str, ...]
     config: BenchConfig
     force: bool
@@ -102,17 +106,17 @@ class Plan:
     def results_dir(self) -> Path:
         return RESULTS_DIR / self.run_name
 
-    def result_path(self, task: str, method: str) -> Path:
-        return self.results_dir / TASKS[task].slug / f"{method}.json"
+    def result_path(self, model: str, task: str, method: str) -> Path:
+        return self.results_dir / model / TASKS[task].slug / f"{method}.json"
 
-    def pairs(self) -> list[tuple[str, str]]:
-        """Task by task through the first stage, then task by task through the second."""
+    def triples(self) -> list[tuple[str, str, str]]:
+        """Model by model, task by task, methods in METHODS order."""
         return [
-            (method, task)
-            for stage in STAGES
+            (model, task, method)
+            for model in self.models
             for task in self.tasks
-            for method in stage
-            if method in self.methods and (method not in DSPY_METHODS or task in self.dspy_tasks)
+            for method, _ in METHODS
+            if method in self.methods
         ]
 
 
@@ -123,23 +127,28 @@ def load_result(path: Path) -> dict[str, Any] | None:
     return loaded
 
 
-def resolve_budget(plan: Plan, task: str, reference: str) -> dict[str, Any]:
-    """The call budget of a budgeted method: the reference DSPy optimiser's distinct calls when
-    it completed on this task, else the fixed budget (the reason is kept in the result)."""
+def resolve_budget(plan: Plan, model: str, task: str, method: str) -> dict[str, Any] | None:
+    """The call budget of a budgeted method: the calls its reference method used on this
+    (model, task) when that finished, else the fixed budget (the reason is kept)."""
+    if method not in BUDGETED:
+        return None
     fixed = plan.config.fixed_budget
-    if task not in plan.dspy_tasks:
-        return {"max_llm_calls": fixed, "source": "fixed (DSPy not run on this task)"}
-    done = load_result(plan.result_path(task, reference))
-    if done is None:
-        return {"max_llm_calls": fixed, "source": f"fixed ({reference} has no result yet)"}
-    if done.get("status") != "ok":
-        return {"max_llm_calls": fixed, "source": f"fixed ({reference} {done.get('status')})"}
-    return {"max_llm_calls": int(done["usage"]["calls"]), "source": f"calls used by {reference}"}
+    reference = dict(METHODS)[method]
+    if not reference:
+        return {"max_llm_calls": fixed, "source": "fixed"}
+    done = load_result(plan.result_path(model, task, reference))
+    if done is None or done.get("status") != "ok":
+        why = "has no result" if done is None else done.get("status")
+        return {"max_llm_calls": fixed, "source": f"fixed ({reference} {why})"}
+    calls = int(done["usage"]["calls"])
+    if method == "prompttune_generation":
+        # The same budget prompttune had, not the calls it happened to use.
+        calls = int(done.get("budget", {}).get("max_llm_calls", fixed))
+    return {"max_llm_calls": calls, "source": f"calls of {reference}"}
 
 
 def settings_key(plan: Plan, method: str, budget: dict[str, Any] | None) -> dict[str, Any]:
-    """The settings a (task, method) result depends on; a stored result with other ones is
-    redone. DSPy's options only matter to DSPy runs, the budget only to budgeted methods."""
+    """The settings a result depends on; a stored result with other ones is redone."""
     config = asdict(plan.config)
     if not method.startswith("dspy_"):
         config.pop("dspy_candidates")
@@ -149,33 +158,27 @@ def settings_key(plan: Plan, method: str, budget: dict[str, Any] | None) -> dict
 
 
 class Session:
-    """The lazily started model server and embedder of one benchmark invocation."""
+    """The lazily started model servers and embedder of one benchmark invocation."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.server: LlamaServer | None = None
-        self.embedder = SentenceTransformerEmbedder()
+        self.models = TaskModels(ServerConfig(n_threads=plan.server_threads))
+        self._embedder: SentenceTransformerEmbedder | None = None
 
-    def ensure_server(self) -> LlamaServer:
-        if self.server is None:
-            config = ServerConfig(n_threads=self.plan.server_threads)
-            self.server = LlamaServer(CACHE_DIR / "llama-server.log", config).__enter__()
-            log.info("bench.server.ready", base_url=self.server.base_url)
-        return self.server
-
-    def new_model(self) -> PersistentChatModel:
-        """A fresh client per method run: each run has its own event loop (`asyncio.run`)."""
-        return task_model(self.ensure_server(), CACHE_DIR / "prompttune-responses.sqlite")
+    @property
+    def embedder(self) -> SentenceTransformerEmbedder:
+        if self._embedder is None:
+            self._embedder = SentenceTransformerEmbedder()
+        return self._embedder
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.__exit__(None, None, None)
+        self.models.close()
 
 
 def run_method(
-    session: Session, method: str, task: BenchTask, data: DatasetSplits, budget: int
+    session: Session, model: str, method: str, task: BenchTask, data: DatasetSplits, budget: int
 ) -> dict[str, Any]:
-    plan, config = session.plan, session.plan.config
+    config = session.plan.config
     if method.startswith("dspy_"):
         settings = DspySettings(
             python=BENCH_DIR / ".venv-dspy" / "bin" / "python",
@@ -184,46 +187,49 @@ def run_method(
             timeout_seconds=config.dspy_timeout_seconds,
             num_candidate_programs=config.dspy_candidates,
         )
-        log_path = CACHE_DIR / "logs" / plan.run_name / f"{task.slug}-{method}.log"
-        base_url = session.ensure_server().base_url
+        log_path = CACHE_DIR / "logs" / session.plan.run_name / f"{model}-{task.slug}-{method}.log"
+        base_url = session.models.base_url(model)
         return run_dspy(method, task, data, base_url, settings, log_path)
-    model = session.new_model()
+    chat = session.models.chat_model(model)
     runners: dict[str, Callable[[], Any]] = {
-        "zero_shot": lambda: run_zero_shot(model, task, data),
-        "random_demos": lambda: run_random_demos(model, task, data, budget, config.seed),
+        "zero_shot": lambda: run_fixed_prompt(chat, task, task.zero_shot_prompt(), data),
+        "handwritten": lambda: run_fixed_prompt(chat, task, task.handwritten_prompt(), data),
+        "random_demos": lambda: run_random_demos(chat, task, data, budget, config.seed),
         "prompttune": lambda: run_prompttune(
-            model, task, data, budget, config.seed, session.embedder
+            chat, task, data, PromptTuneRun(budget, config.seed), session.embedder
         ),
-    }
-    runners["prompttune_mipro_budget"] = runners["prompttune"]
-    try:
-        outcome: dict[str, Any] = asyncio.run(runners[method]())
-    finally:
-        model.close()
+        "prompttune_generation": lambda: run_prompttune(
+            chat, task, data, PromptTuneRun(budget, config.seed, Scoring.GENERATION),
+            session.embedder,
+        ),
+    }  # fmt: skip
+    outcome: dict[str, Any] = asyncio.run(runners[method]())
     return outcome
 
 
-def run_pair(session: Session, method: str, task_name: str) -> None:
-    plan, reference = session.plan, dict(METHODS)[method]
-    path = plan.result_path(task_name, method)
-    budget = resolve_budget(plan, task_name, reference) if reference else None
+def run_triple(session: Session, model: str, task_name: str, method: str) -> None:
+    plan = session.plan
+    path = plan.result_path(model, task_name, method)
+    budget = resolve_budget(plan, model, task_name, method)
     key = settings_key(plan, method, budget)
     stored = load_result(path)
     if stored is not None and not plan.force and stored.get("settings") == key:
-        log.info("bench.pair.skipped", task=task_name, method=method, reason="finished")
+        log.info("bench.triple.skipped", model=model, task=task_name, method=method)
         return
     task = TASKS[task_name]
     data = load_splits(task, plan.config.sizes, plan.config.seed)
-    log.info("bench.pair.started", task=task_name, method=method, budget=budget)
+    log.info("bench.triple.started", model=model, task=task_name, method=method, budget=budget)
     started = datetime.now(UTC)
     try:
         calls = budget["max_llm_calls"] if budget else 0
-        outcome = run_method(session, method, task, data, calls)
+        outcome = run_method(session, model, method, task, data, calls)
     except Exception as error:  # a crash of any method is a result, not the end of the run
         outcome = {"status": "crashed", "error": error_summary(error)}
     record = {
+        "model": model,
         "task": task_name,
         "method": method,
+        "held_out": task.held_out,
         "settings": key,
         "budget": budget,
         "started_at": started.isoformat(timespec="seconds"),
@@ -233,73 +239,56 @@ def run_pair(session: Session, method: str, task_name: str) -> None:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1, default=str))
-    test = outcome.get("test", {}).get("mean")
-    calls_used = outcome.get("usage", {}).get("calls")
     log.info(
-        "bench.pair.done",
+        "bench.triple.done",
+        model=model,
         task=task_name,
         method=method,
         status=outcome.get("status"),
-        test=test,
-        calls=calls_used,
+        test=outcome.get("test", {}).get("mean"),
+        calls=outcome.get("usage", {}).get("calls"),
     )
 
 
 def parse_args(argv: list[str]) -> Plan:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), choices=list(TASKS))
-    parser.add_argument("--dspy-tasks", nargs="+", default=list(DEFAULT_DSPY_TASKS))
-    parser.add_argument("--methods", nargs="+", default=[m for m, _ in METHODS])
+    parser.add_argument(
+        "--methods", nargs="+", default=list(DEFAULT_METHODS), choices=[m for m, _ in METHODS]
+    )
     parser.add_argument("--train", type=int, default=50)
-    parser.add_argument("--val", type=int, default=50)
+    parser.add_argument("--val", type=int, default=60)
     parser.add_argument("--test", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fixed-budget", type=int, default=600, help="LLM calls without DSPy")
+    parser.add_argument("--budget", type=int, default=400, help="prompttune's LLM calls")
     parser.add_argument("--dspy-candidates", type=int, default=4, help="BFSRS candidate sets")
     parser.add_argument("--dspy-timeout", type=float, default=3 * 3600.0, help="seconds per run")
-    parser.add_argument(
-        "--server-threads",
-        type=int,
-        default=2,
-        help="llama.cpp threads; 1 decodes far faster while another server shares the 2 cores",
-    )
-    parser.add_argument("--run-name", default="search")
-    parser.add_argument("--force", action="store_true", help="redo finished pairs")
+    parser.add_argument("--server-threads", type=int, default=2, help="llama.cpp threads")
+    parser.add_argument("--run-name", default="search-v2")
+    parser.add_argument("--force", action="store_true", help="redo finished triples")
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument(
-        "--tiny", action="store_true", help="sst2 only, 10/10/20 examples, 1 BFSRS candidate set"
-    )
     args = parser.parse_args(argv)
     config = BenchConfig(
         SplitSizes(args.train, args.val, args.test),
         args.seed,
-        args.fixed_budget,
+        args.budget,
         args.dspy_candidates,
         args.dspy_timeout,
     )
-    tasks, dspy_tasks, methods, run_name = args.tasks, args.dspy_tasks, args.methods, args.run_name
-    if args.tiny:
-        config = replace(config, sizes=SplitSizes(10, 10, 20), fixed_budget=80, dspy_candidates=1)
-        tasks, dspy_tasks, run_name = ["sst2"], ["sst2"], "search-tiny"
-        if args.methods == parser.get_default("methods"):
-            methods = [m for m, _ in METHODS if m not in ("dspy_mipro", "prompttune_mipro_budget")]
-    unknown = sorted(set(methods) - {m for m, _ in METHODS})
-    if unknown:
-        parser.error(f"unknown methods: {unknown}")
     python = Path(sys.executable)
     shown = python.relative_to(REPO_ROOT) if python.is_relative_to(REPO_ROOT) else python
     script = Path(sys.argv[0]).resolve()
     shown_script = script.relative_to(REPO_ROOT) if script.is_relative_to(REPO_ROOT) else script
     producing = [arg for arg in argv if arg != "--report-only"]
-    command = shlex.join([str(shown), str(shown_script), *producing])
     return Plan(
-        run_name,
-        tuple(tasks),
-        tuple(t for t in dspy_tasks if t in tasks),
-        tuple(methods),
+        args.run_name,
+        tuple(args.models),
+        tuple(args.tasks),
+        tuple(args.methods),
         config,
         args.force,
-        command,
+        shlex.join([str(shown), str(shown_script), *producing]),
         args.server_threads,
     )
 
@@ -307,32 +296,30 @@ def parse_args(argv: list[str]) -> Plan:
 def report(plan: Plan) -> None:
     settings = {
         **asdict(plan.config),
+        "models": list(plan.models),
         "tasks": list(plan.tasks),
-        "dspy_tasks": list(plan.dspy_tasks),
+        "held_out_tasks": [t for t in plan.tasks if TASKS[t].held_out],
         "methods": list(plan.methods),
         "server_threads": plan.server_threads,
-        "dspy": {
-            "task_max_tokens": DspySettings.task_max_tokens,
-            "prompt_max_tokens": DspySettings.prompt_max_tokens,
-            "max_demos": DspySettings.max_demos,
-        },
     }
-    write_report(plan.results_dir, RESULTS_DIR, plan.run_name, plan.command, plan.pairs(), settings)
+    write_report(
+        plan.results_dir, RESULTS_DIR, plan.run_name, plan.command, plan.triples(), settings
+    )
 
 
 def main(argv: list[str]) -> int:
     plan = parse_args(argv)
-    log.info("bench.plan", pairs=len(plan.pairs()), command=plan.command)
-    if not plan.methods or "--report-only" in argv:
+    log.info("bench.plan", triples=len(plan.triples()), command=plan.command)
+    if "--report-only" in argv:
         report(plan)
         return 0
     session = Session(plan)
     started = time.monotonic()
-    # `kill PID` ends the run through the `finally` below, so the model server stops too.
+    # `kill PID` ends the run through the `finally` below, so the model servers stop too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        for method, task in plan.pairs():
-            run_pair(session, method, task)
+        for model, task, method in plan.triples():
+            run_triple(session, model, task, method)
             report(plan)
     finally:
         session.close()

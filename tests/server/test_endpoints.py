@@ -192,6 +192,29 @@ def test_local_is_a_built_in_entry_checked_without_starting_the_model(tmp_path: 
         registry(tmp_path, text=restricted).check(ModelSpec.local(), "model", "beta")
 
 
+def test_gemma_is_a_built_in_entry_beside_local(tmp_path: Path) -> None:
+    endpoints = registry(tmp_path, multi_tenant=True)
+    gemma = endpoints.check(ModelSpec.named("gemma"), "model", "anyone")
+    local = endpoints.check(ModelSpec.local(), "model", "anyone")
+    assert (gemma.name, gemma.model) == ("gemma", "gemma-3-270m")
+    assert (local.name, local.model) == ("local", "smollm2-135m-instruct")
+    assert gemma.max_concurrency == local.max_concurrency == 2
+    with pytest.raises(InvalidArgument) as caught:
+        endpoints.check(ModelSpec.named("gemma", model="smollm2-135m-instruct"), "model", "x")
+    assert caught.value.field == "model.model"
+    restricted = "endpoints:\n  gemma:\n    tenants: [alpha]\n"
+    restricted_registry = registry(tmp_path, text=restricted)
+    restricted_registry.check(ModelSpec.named("gemma"), "model", "alpha")
+    with pytest.raises(InvalidArgument):
+        restricted_registry.check(ModelSpec.named("gemma"), "model", "beta")
+
+
+def test_an_operator_gemma_entry_with_a_url_is_not_managed(tmp_path: Path) -> None:
+    text = "endpoints:\n  gemma:\n    base_url: http://gpu-box:8000/v1\n    models: [gemma-3]\n"
+    endpoint = registry(tmp_path, text=text).resolve(ModelSpec.named("gemma"), "model", "a")
+    assert (endpoint.base_url, endpoint.model) == ("http://gpu-box:8000/v1", "gemma-3")
+
+
 # ---- caller-supplied endpoints ----------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from prompttune.server._local_model import (
         LocalModelConfig,
         LocalModelServer,
+        find_gemma3_gguf,
         find_smollm2_gguf,
     )
     from prompttune.server._store import JobStore, SqlJobStore
@@ -30,6 +31,7 @@ _MODULE_OF = {
     "Limits": "_limits",
     "LocalModelConfig": "_local_model",
     "LocalModelServer": "_local_model",
+    "find_gemma3_gguf": "_local_model",
     "find_smollm2_gguf": "_local_model",
     "JobStore": "_store",
     "SqlJobStore": "_store",
@@ -47,6 +49,7 @@ __all__ = [
     "ServerConfig",
     "SqlJobStore",
     "WorkerConfig",
+    "find_gemma3_gguf",
     "find_smollm2_gguf",
     "serve",
 ]

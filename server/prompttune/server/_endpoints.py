@@ -2,7 +2,8 @@
 request's model spec resolves to an endpoint the engine can call.
 
 Endpoints belong to the operator. A request names a registry entry (``ModelSpec.endpoint``;
-kind LOCAL names the built-in entry "local", the managed llama.cpp server); the entry fixes the
+kind LOCAL names the built-in entry "local", the managed SmolLM2 server; the built-in "gemma" is
+the managed Gemma 3 270M server); the entry fixes the
 base URL, the environment variable holding the key, the models, limits and prices. A request
 may only tighten an entry's limits, and its prices only stand in where the entry has none.
 Caller-supplied ``base_url`` / ``api_key_env`` are refused under authentication, and in
@@ -30,10 +31,13 @@ from prompttune.contract import ModelSpec, from_document, preview
 from prompttune.search import FailedPrecondition, InvalidArgument, ModelEndpoint
 from prompttune.server._addresses import AddressGuard
 from prompttune.server._auth import PermissionDenied
-from prompttune.server._local_model import LOCAL_MODEL_NAME, LocalModelServer
+from prompttune.server._local_model import GEMMA_MODEL_NAME, LOCAL_MODEL_NAME, LocalModelServer
 
 ENDPOINTS_ENV = "PROMPTTUNE_ENDPOINTS"
 LOCAL_ENDPOINT = "local"
+GEMMA_ENDPOINT = "gemma"
+# Built-in entries served by a managed llama.cpp server, and the embedded model of each.
+MANAGED_MODELS = {LOCAL_ENDPOINT: LOCAL_MODEL_NAME, GEMMA_ENDPOINT: GEMMA_MODEL_NAME}
 # Variables of the service itself (tokens, database URL): never a key a request may name.
 RESERVED_ENV_PREFIX = "PROMPTTUNE_"
 ANY_KEY_ENV = "*"
@@ -81,7 +85,8 @@ class EndpointEntry:
     """One named endpoint of the registry.
 
     `models`: the model names requests may ask for, the first being the default. Only the
-    entry "local" may leave `base_url` empty: it is then the managed llama.cpp server.
+    entries "local" and "gemma" may leave `base_url` empty: each is then its managed llama.cpp
+    server.
     `max_concurrency`: calls in flight to this endpoint across all jobs of the process (a
     request may ask for fewer per job). Rates per minute, 0 = unlimited. Prices in USD per
     million tokens; unset lets a request's price stand in. `tenants`: who may use it (unset =
@@ -131,7 +136,7 @@ class EndpointEntry:
 class EndpointConfig:
     """The operator's endpoint settings, read from `--endpoints FILE` / $PROMPTTUNE_ENDPOINTS.
 
-    `endpoints`: the registry by name; an entry "local" replaces the built-in one.
+    `endpoints`: the registry by name; an entry "local" or "gemma" replaces the built-in one.
     `allow_caller_endpoints`: single-tenant mode only; lets requests carry a `base_url` whose
     addresses are all inside `caller_networks` (CIDR), and an `api_key_env` listed in
     `caller_api_key_envs` ("*" lists every name outside PROMPTTUNE_*; meant for a private
@@ -148,7 +153,7 @@ class EndpointConfig:
         for name, entry in self.endpoints.items():
             if not _NAME.match(name):
                 raise ValueError(f"endpoint name {preview(name)} must match {_NAME.pattern}")
-            if not entry.base_url and name != LOCAL_ENDPOINT:
+            if not entry.base_url and name not in MANAGED_MODELS:
                 raise ValueError(f"endpoint {name}: base_url is required")
             if entry.base_url and not entry.models:
                 raise ValueError(f"endpoint {name}: models must list at least one model")
@@ -228,18 +233,17 @@ class EndpointRegistry:
         settings: RegistrySettings | None = None,
     ) -> None:
         self._settings = settings or RegistrySettings()
+        defaults = self._settings.defaults
         built_in = EndpointEntry(
-            models=(LOCAL_MODEL_NAME,),
-            max_concurrency=self._settings.defaults.local_max_concurrency,
-            requests_per_minute=self._settings.defaults.requests_per_minute,
-            tokens_per_minute=self._settings.defaults.tokens_per_minute,
-            max_outage_seconds=self._settings.defaults.max_outage_seconds,
+            max_concurrency=defaults.local_max_concurrency,
+            requests_per_minute=defaults.requests_per_minute,
+            tokens_per_minute=defaults.tokens_per_minute,
+            max_outage_seconds=defaults.max_outage_seconds,
         )
-        entries = {LOCAL_ENDPOINT: built_in, **config.endpoints}
-        if not entries[LOCAL_ENDPOINT].models:
-            entries[LOCAL_ENDPOINT] = dataclasses.replace(
-                entries[LOCAL_ENDPOINT], models=(LOCAL_MODEL_NAME,)
-            )
+        entries = {name: built_in for name in MANAGED_MODELS} | dict(config.endpoints)
+        for name, model in MANAGED_MODELS.items():
+            if not entries[name].models:
+                entries[name] = dataclasses.replace(entries[name], models=(model,))
         self._entries = entries
         self._config = config
         self._local = local_server
@@ -286,8 +290,9 @@ class EndpointRegistry:
         base_url, identity = entry.base_url, f"{name}|{model}|{entry.base_url}"
         if managed and start_local:
             # The managed server listens on a new port per run: the model file names it.
-            base_url = self._local.base_url()
-            identity = f"{name}|{model}|{self._local.model_file_name()}"
+            embedded = MANAGED_MODELS[name]
+            base_url = self._local.base_url(embedded)
+            identity = f"{name}|{model}|{self._local.cache_identity(embedded)}"
         per_job = spec.max_concurrency or (
             _LOCAL_JOB_CONCURRENCY if managed else _DEFAULT_JOB_CONCURRENCY
         )

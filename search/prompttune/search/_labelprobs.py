@@ -10,14 +10,14 @@ probabilities and labels whose first words differ; elsewhere generation scoring 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import structlog
 
 from prompttune.contract import (
     CONTENT_FREE_INPUTS,
-    Example,
     JobResult,
     Metric,
     Prompt,
@@ -33,6 +33,10 @@ from prompttune.contract import (
 from prompttune.search._errors import FailedPrecondition, LLMCallFailed
 from prompttune.search._gateway import LLMGateway
 from prompttune.search._protocols import ChatRequest, Embedder
+from prompttune.search._scorers import calls_per_example
+
+if TYPE_CHECKING:
+    from prompttune.search._state import TrialRecord
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +70,13 @@ def label_task(task: TaskSpec) -> bool:
     return task.metric is Metric.LABEL_CHOICE and bool(task.labels)
 
 
+def evaluation_calls(task: TaskSpec, examples: int) -> int:
+    """Calls scoring `examples` examples may need: those of generation scoring, plus for a
+    label task one probe and one generation fallback per example."""
+    calls = calls_per_example(task) * examples
+    return calls + examples + 1 if label_task(task) else calls
+
+
 def scores_by_label_probabilities(task: TaskSpec, prompt: Prompt, scoring: Scoring) -> bool:
     """Whether `prompt`'s answers to `task` are scored by label probabilities under the
     resolved `scoring` (a reasoning prompt always generates)."""
@@ -93,20 +104,20 @@ async def raw_label_probabilities(
 
 
 async def resolve_scoring(
-    gateway: LLMGateway, task: TaskSpec, prompt: Prompt, probe: Example | None, asked: Scoring
+    gateway: LLMGateway, task: TaskSpec, probe: ChatRequest | None, asked: Scoring
 ) -> ScoringChoice:
     """The scoring to use for `task` when `asked` for: GENERATION as asked; otherwise label
-    probabilities when the task is a label task with distinguishable labels and a probe call
-    (`prompt` on `probe`) returns log probabilities.
+    probabilities when the task is a label task with distinguishable labels and the `probe`
+    call (a `label_request`) returns log probabilities.
 
     AUTO falls back to generation with a note. LABEL_PROBABILITIES that cannot be honoured
     raises `FailedPrecondition` naming search.scoring. A failed probe call counts as no log
-    probabilities.
+    probabilities. Raises `BudgetExceeded` when the probe cannot be paid for.
     """
     if asked is Scoring.GENERATION:
         return ScoringChoice(Scoring.GENERATION)
     reason = _unusable_reason(task)
-    if not reason and (probe is None or not await _returns_logprobs(gateway, prompt, probe)):
+    if not reason and (probe is None or not await _returns_logprobs(gateway, probe)):
         reason = f"endpoint {gateway.identity} returned no log probabilities"
     if not reason:
         return ScoringChoice(Scoring.LABEL_PROBABILITIES)
@@ -124,12 +135,9 @@ def _unusable_reason(task: TaskSpec) -> str:
     return ""
 
 
-async def _returns_logprobs(gateway: LLMGateway, prompt: Prompt, probe: Example) -> bool:
-    request = label_request(
-        replace(prompt, format=replace(prompt.format, reasoning=False)), probe.inputs, None
-    )
+async def _returns_logprobs(gateway: LLMGateway, probe: ChatRequest) -> bool:
     try:
-        response = await gateway.complete(request, TASK_ROLE)
+        response = await gateway.complete(probe, TASK_ROLE)
     except LLMCallFailed:
         return False
     return bool(response.top_logprobs)
@@ -201,3 +209,13 @@ def with_scoring(result: JobResult, task: TaskSpec, choice: ScoringChoice, note:
         scoring=choice.scoring,
         scoring_note=note,
     )
+
+
+async def calibrate_records(
+    gateway: LLMGateway, records: Iterable[TrialRecord], embedder: Embedder | None
+) -> None:
+    """Attaches their calibration to calibrated records whose prompt lacks it: records an
+    earlier process or another runner scored (their calls are in the response cache)."""
+    for record in records:
+        if record.key[-1] and record.prompt.calibration is None:
+            record.prompt = await calibrate(gateway, record.prompt, embedder)

@@ -11,11 +11,20 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from prompttune.contract import Example, ExampleResult, Prompt, SearchSpec, TaskSpec, Usage
+from prompttune.contract import (
+    Example,
+    ExampleResult,
+    Prompt,
+    Scoring,
+    SearchSpec,
+    TaskSpec,
+    Usage,
+)
 from prompttune.search._budget import CallBudget
 from prompttune.search._demos import DemoSet
 from prompttune.search._evaluate import CallSettings
 from prompttune.search._gateway import LLMGateway, UsageLedger, add_usage
+from prompttune.search._labelprobs import ScoringChoice, ScoringTally
 from prompttune.search._proposer import InstructionProposer
 from prompttune.search._space import PromptKey, SearchSpace, TrialConfig
 from prompttune.search._types import DatasetSplits
@@ -94,6 +103,10 @@ class SearchState:
     runner_index: int = 0
     # What the helpers of a distributed search spent, as they checkpointed it.
     helper_usage: Usage = field(default_factory=Usage)
+    # How answers are scored, decided once at the start (`choose_scoring`); `settings.scoring`
+    # holds the same value. The tally counts label-probability scoring and its fallbacks.
+    scoring: ScoringChoice = field(default_factory=lambda: ScoringChoice(Scoring.GENERATION))
+    tally: ScoringTally = field(default_factory=ScoringTally)
 
     @property
     def instructions(self) -> tuple[str, ...]:

@@ -13,6 +13,8 @@ subclasses.
 
 `render(prompt, inputs, embedder=None)` gives the messages `Client.render_prompt` returns,
 without a call; a kNN prompt needs an `Embedder`, else it raises `MissingEmbedder`.
+`predict_label(prompt, top_logprobs)` reads the label of a model's answer from its first
+token's top log probabilities, applying the prompt's calibration, as the engine scores it.
 """
 
 from prompttune.client._async_client import AsyncClient
@@ -37,6 +39,7 @@ from prompttune.client._requests import ProgressHandler
 from prompttune.contract import (
     Budget,
     BudgetUsed,
+    Calibration,
     ChatMessage,
     ContractError,
     Dataset,
@@ -66,6 +69,7 @@ from prompttune.contract import (
     PromptFormat,
     PromptScores,
     Score,
+    Scoring,
     SearchSpec,
     SplitRatio,
     StateChanged,
@@ -73,6 +77,8 @@ from prompttune.contract import (
     TrialFinished,
     Usage,
     from_document,
+    label_probabilities,
+    predict_label,
     render,
     to_document,
     to_openai_messages,
@@ -84,6 +90,7 @@ __all__ = [
     "BatchRequest",
     "Budget",
     "BudgetUsed",
+    "Calibration",
     "CancelledError",
     "ChatMessage",
     "Client",
@@ -128,6 +135,7 @@ __all__ = [
     "ResourceExhaustedError",
     "RetryPolicy",
     "Score",
+    "Scoring",
     "SearchSpec",
     "SplitRatio",
     "StateChanged",
@@ -138,6 +146,8 @@ __all__ = [
     "Usage",
     "batch_request_id",
     "from_document",
+    "label_probabilities",
+    "predict_label",
     "render",
     "to_document",
     "to_openai_messages",

@@ -37,6 +37,7 @@ from prompttune.search import (
     RunnerDeps,
     cache_key,
     calibrate,
+    estimate,
     evaluate_prompt,
 )
 from tests.fakes import (
@@ -302,3 +303,14 @@ async def test_indistinguishable_labels_use_generation_with_a_reason() -> None:
     result = await _runner(_biased_model()).run(task, data, spec, "gen-2")
     assert result.scoring is Scoring.GENERATION
     assert "first words" in result.scoring_note
+
+
+def test_the_estimate_counts_the_probe_and_the_calibration_calls() -> None:
+    big = search_spec(CONFIG, max_llm_calls=0)
+    generation = estimate(
+        SENTIMENT_TASK, DATA, dataclasses.replace(big, scoring=Scoring.GENERATION)
+    )
+    auto = estimate(SENTIMENT_TASK, DATA, big)
+    never = estimate(SENTIMENT_TASK, DATA, dataclasses.replace(big, calibrate=False))
+    assert auto.llm_calls - generation.llm_calls == 1 + 3 * big.budget.max_trials
+    assert never.llm_calls - generation.llm_calls == 1

@@ -119,7 +119,7 @@ class Runner:
             ) from error
 
     async def _phases(self, state: SearchState, study_name: str) -> JobResult:
-        await choose_scoring(state)
+        await self._choose_scoring(state)
         study = open_study(state, study_name, self._storage)
         self._emit(PhaseChanged("proposing"))
         await self._propose(state)
@@ -137,6 +137,14 @@ class Runner:
         self._emit(BudgetUsed(result.usage))
         log.info("search.done", stop_reason=result.stop_reason, improved=result.improved)
         return result
+
+    async def _choose_scoring(self, state: SearchState) -> None:
+        """The scoring decision within the search's share of the wall time: an endpoint that
+        hangs on the probe leaves generation scoring, and the search stops at once."""
+        try:
+            await state.guard.within(choose_scoring(state), SEARCH_WALL_SHARE)
+        except BudgetExceeded as error:
+            state.stop_reason = error.limit
 
     async def _propose(self, state: SearchState) -> None:
         """Proposing within the search's share of the wall time; when it runs out, the
@@ -179,7 +187,7 @@ class Runner:
     async def _assist(
         self, state: SearchState, study_name: str, search_open: Callable[[], bool]
     ) -> Usage:
-        await choose_scoring(state)
+        await self._choose_scoring(state)
         study = open_study(state, study_name, self._storage)
         await propose(state, self._deps.embedder)
         checkpoint(state)

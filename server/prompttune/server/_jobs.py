@@ -52,6 +52,7 @@ from prompttune.search import (
     label_request,
     label_task,
     resolve_scoring,
+    usage_since,
 )
 from prompttune.search import InvalidArgument as InvalidArgumentError
 from prompttune.server._auth import DEFAULT_TENANT
@@ -260,13 +261,18 @@ class JobService:
             if task.judge is not None:
                 judge_endpoint = await asyncio.to_thread(resolver.resolve, task.judge, "task.judge")
             judge = self._gateway(gateways, judge_endpoint, None)
+        before = gateway.usage()
         settings = CallSettings(
             max_tokens=answer_max_tokens(request.prompt, endpoint.max_tokens),
             embedder=self._deps.embedder,
             scorer=build_scorer(task, judge, self._deps.embedder),
             scoring=await self._scoring(gateway, request),
         )
-        return await evaluate_prompt(gateway, task, request.prompt, request.examples, settings)
+        evaluation = await evaluate_prompt(
+            gateway, task, request.prompt, request.examples, settings
+        )
+        # the usage includes the scoring probe
+        return replace(evaluation, usage=usage_since(before, gateway.usage()))
 
     async def _scoring(self, gateway: LLMGateway, request: EvaluationRequest) -> Scoring:
         """AUTO scoring of an evaluation: label probabilities when the task and the endpoint

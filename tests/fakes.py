@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import ipaddress
 import json
+import math
 import re
 import socket
 import sys
@@ -33,6 +34,7 @@ from prompttune.contract import (
 from prompttune.search import ChatRequest, ChatResponse, DatasetSplits, LLMCallFailed
 
 Responder = Callable[[ChatRequest], str]
+LogprobResponder = Callable[[ChatRequest], tuple[tuple[str, float], ...]]
 EventT = TypeVar("EventT")
 
 
@@ -52,7 +54,8 @@ class FakeChatModel:
     `fail_if(request)` True makes the call raise `LLMCallFailed` (with `status`), as the real
     adapter does after its retries. `hang_if(request)` True makes the call hang until it is
     cancelled (counted in `hung` and `cancelled`). `delay` seconds are awaited per call so
-    calls genuinely overlap.
+    calls genuinely overlap. `logprobs(request)` gives the top log probabilities returned
+    when a request asks for them (without it the model, like many endpoints, returns none).
     """
 
     def __init__(
@@ -64,8 +67,10 @@ class FakeChatModel:
         *,
         hang_if: Callable[[ChatRequest], bool] | None = None,
         status: str = "",
+        logprobs: LogprobResponder | None = None,
     ) -> None:
         self._responder = responder
+        self._logprobs = logprobs
         self._identity = identity
         self._fail_if = fail_if
         self._hang_if = hang_if
@@ -99,7 +104,8 @@ class FakeChatModel:
         finally:
             self.in_flight -= 1
         prompt_tokens = sum(len(m.content.split()) for m in request.messages)
-        return ChatResponse(text, prompt_tokens, len(text.split()))
+        top = self._logprobs(request) if self._logprobs and request.top_logprobs else ()
+        return ChatResponse(text, prompt_tokens, len(text.split()), top[: request.top_logprobs])
 
     async def _hang(self) -> None:
         self.hung += 1
@@ -199,6 +205,24 @@ PROPOSALS = (
     "1. Read the sentence carefully and reply with one word: positive or negative.",
     "{{junk}} ```",
 )
+
+
+def biased_sentiment_logprobs(request: ChatRequest) -> tuple[tuple[str, float], ...]:
+    """First-token log probabilities of a model biased towards "positive": its raw argmax is
+    always positive (P = 0.8 on positive inputs, 0.6 on negative ones, 0.7 on content-free
+    ones), so uncalibrated accuracy is the share of positive examples and calibration on the
+    content-free inputs makes every answer right. Inputs whose text is "no label" get tokens
+    that name no label."""
+    final = request.messages[-1].content
+    text = final.rsplit("\n\n", 1)[-1]
+    if "no label" in text:
+        return (("Hmm", math.log(0.6)), ("The", math.log(0.3)))
+    positive = {"positive": 0.8, "negative": 0.6}.get(_gold(text) or "", 0.7)
+    return (
+        ("Positive", math.log(positive * 0.9)),
+        (" neg", math.log((1 - positive) * 0.9)),
+        ("The", math.log(0.1)),
+    )
 
 
 def proposer_responder(request: ChatRequest) -> str:

@@ -57,7 +57,7 @@ def test_caller_urls_to_forbidden_addresses_get_one_generic_error(
     # A permitted address is called: the refusals above are the guard's, not the network's.
     allowed = stub.EvaluatePrompt(evaluate_request(caller(listener.url)))
     assert isinstance(allowed, pb.EvaluatePromptResponse)
-    assert len(listener.received) == 6
+    assert len(listener.received) == 6 + 1  # six examples and the log-probability probe
 
 
 def test_unknown_and_forbidden_endpoints_answer_identically(

@@ -32,13 +32,14 @@ def evaluate(stub: Any) -> pb.EvaluatePromptResponse:
 def test_no_cache_hit_crosses_tenants(hostile_factory: Any, listener: Listener) -> None:
     hostile = hostile_factory(registry(listener, shared=False), auth=True)
     alpha, beta = hostile.stub("token-alpha"), hostile.stub("token-beta")
+    calls = 6 + 1  # six examples, and the probe for log probabilities of a label task
     first = evaluate(alpha)
-    assert (first.usage.llm_calls, first.usage.cache_hits) == (6, 0)
+    assert (first.usage.llm_calls, first.usage.cache_hits) == (calls, 0)
     again = evaluate(alpha)  # the cache works within a tenant
-    assert (again.usage.llm_calls, again.usage.cache_hits) == (0, 6)
+    assert (again.usage.llm_calls, again.usage.cache_hits) == (0, calls)
     other = evaluate(beta)
-    assert (other.usage.llm_calls, other.usage.cache_hits) == (6, 0)
-    assert len(listener.received) == 12
+    assert (other.usage.llm_calls, other.usage.cache_hits) == (calls, 0)
+    assert len(listener.received) == 2 * calls
 
 
 def run_job(stub: Any) -> pb.Job:
@@ -72,7 +73,7 @@ def test_the_operator_may_share_the_cache(hostile_factory: Any, listener: Listen
     hostile = hostile_factory(registry(listener, shared=True), auth=True)
     evaluate(hostile.stub("token-alpha"))
     shared = evaluate(hostile.stub("token-beta"))
-    assert (shared.usage.llm_calls, shared.usage.cache_hits) == (0, 6)
+    assert (shared.usage.llm_calls, shared.usage.cache_hits) == (0, 6 + 1)
 
 
 def test_an_unauthenticated_30_mb_request_is_refused_unparsed(

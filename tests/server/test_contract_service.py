@@ -304,7 +304,7 @@ def test_stream_evaluation_sends_progress_then_the_result(
         assert reply.progress.total == 40 and reply.progress.done <= 40
     result = replies[-1].result
     assert result.score.examples == 40 and len(result.results) == 40
-    assert result.usage.llm_calls == 40
+    assert result.usage.llm_calls == 40 + 1  # and the probe for log probabilities
     unary = stub.EvaluatePrompt(evaluation, timeout=60)
     assert unary.score.mean == pytest.approx(result.score.mean)
 

@@ -154,7 +154,7 @@ def test_evaluate_and_render_prompt(client: Client) -> None:
     assert evaluation.score.examples == 12
     assert len(evaluation.results) == 12
     assert 0.0 <= evaluation.score.mean <= 1.0
-    assert evaluation.usage.llm_calls == 12
+    assert evaluation.usage.llm_calls == 12 + 1  # and the probe for log probabilities
 
     messages = client.render_prompt(prompt, "a {0} {name} %s review")
     assert messages[0].role == "system"

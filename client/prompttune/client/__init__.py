@@ -13,6 +13,8 @@ subclasses.
 
 `render(prompt, inputs, embedder=None)` gives the messages `Client.render_prompt` returns,
 without a call; a kNN prompt needs an `Embedder`, else it raises `MissingEmbedder`.
+`predict_label(prompt, top_logprobs)` reads the label of a model's answer from its first
+token's top log probabilities, applying the prompt's calibration, as the engine scores it.
 """
 
 from prompttune.client._async_client import AsyncClient
@@ -38,6 +40,7 @@ from prompttune.client._requests import ProgressHandler
 from prompttune.contract import (
     Budget,
     BudgetUsed,
+    Calibration,
     ChatMessage,
     Comparison,
     ContractError,
@@ -70,6 +73,7 @@ from prompttune.contract import (
     PromptFormat,
     PromptScores,
     Score,
+    Scoring,
     SearchSpec,
     SplitRatio,
     StateChanged,
@@ -77,6 +81,8 @@ from prompttune.contract import (
     TrialFinished,
     Usage,
     from_document,
+    label_probabilities,
+    predict_label,
     render,
     to_document,
     to_openai_messages,
@@ -88,6 +94,7 @@ __all__ = [
     "BatchRequest",
     "Budget",
     "BudgetUsed",
+    "Calibration",
     "CancelledError",
     "ChatMessage",
     "CheckVerdict",
@@ -137,6 +144,7 @@ __all__ = [
     "ResourceExhaustedError",
     "RetryPolicy",
     "Score",
+    "Scoring",
     "SearchSpec",
     "SplitRatio",
     "StateChanged",
@@ -147,6 +155,8 @@ __all__ = [
     "Usage",
     "batch_request_id",
     "from_document",
+    "label_probabilities",
+    "predict_label",
     "render",
     "task_for_prompt",
     "to_document",

@@ -8,6 +8,16 @@ task, result and export files.
 
 from prompttune.contract._documents import from_document, preview, to_document
 from prompttune.contract._fields import ContractError
+from prompttune.contract._labels import (
+    CONTENT_FREE_INPUTS,
+    MAX_CALIBRATION_WEIGHT,
+    apply_calibration,
+    calibrated_prediction,
+    calibration_from,
+    label_probabilities,
+    labels_distinguishable,
+    predict_label,
+)
 from prompttune.contract._render import (
     REASONING_CUE,
     Embedder,
@@ -74,6 +84,8 @@ from prompttune.contract._types import (
 )
 
 __all__ = [
+    "CONTENT_FREE_INPUTS",
+    "MAX_CALIBRATION_WEIGHT",
     "REASONING_CUE",
     "Budget",
     "BudgetUsed",
@@ -127,10 +139,16 @@ __all__ = [
     "TrialFinished",
     "Usage",
     "answer_max_tokens",
+    "apply_calibration",
+    "calibrated_prediction",
+    "calibration_from",
     "field_title",
     "final_answer",
     "format_inputs",
     "from_document",
+    "label_probabilities",
+    "labels_distinguishable",
+    "predict_label",
     "preview",
     "prompt_token_count",
     "render",

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from prompttune.contract import (
+    CONTENT_FREE_INPUTS,
     Estimate,
     Metric,
     Prompt,
     PromptFormat,
+    Scoring,
     SearchSpec,
     TaskSpec,
+    labels_distinguishable,
     render,
 )
 from prompttune.search._budget import estimate_call_tokens
 from prompttune.search._demos import bootstrap_candidates
+from prompttune.search._labelprobs import label_task
 from prompttune.search._objective import objective_for
 from prompttune.search._proposer import MAX_INSTRUCTION_CHARS
 from prompttune.search._scorers import calls_per_example
@@ -70,6 +74,16 @@ def _proposer_calls(spec: SearchSpec, train: int) -> int:
     return proposals + summary + max(0, spec.num_reflection_candidates)
 
 
+def _scoring_calls(task: TaskSpec, spec: SearchSpec) -> int:
+    """Calls label-probability scoring may add: the probe that decides it, and the
+    content-free calls of calibration (`CONTENT_FREE_INPUTS` per calibrated trial)."""
+    if spec.scoring is Scoring.GENERATION or not label_task(task):
+        return 0
+    if not labels_distinguishable(task.labels) or spec.calibrate is False:
+        return 1
+    return 1 + len(CONTENT_FREE_INPUTS) * spec.budget.max_trials
+
+
 def estimate(
     task: TaskSpec,
     splits: DatasetSplits,
@@ -90,6 +104,7 @@ def estimate(
     calls = _proposer_calls(spec, len(splits.train)) + final_calls(task, splits, spec)
     searched = n_val - selection_size(spec, n_val)
     calls += calls_per_example(task) * (budget.max_trials * searched + bootstrap)
+    calls += _scoring_calls(task, spec)
     if budget.max_llm_calls:
         calls = min(calls, budget.max_llm_calls)
     widest = Prompt(

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prompttune.contract import (
     Evaluation,
     Example,
     ExampleResult,
+    Metric,
     Prompt,
+    Scoring,
     TaskSpec,
+    apply_calibration,
+    calibrated_prediction,
     final_answer,
     render,
 )
 from prompttune.search._errors import LLMCallFailed
 from prompttune.search._gateway import LLMGateway, usage_since
+from prompttune.search._labelprobs import (
+    ScoringTally,
+    raw_label_probabilities,
+    scores_by_label_probabilities,
+)
+from prompttune.search._metrics import extract_prediction
 from prompttune.search._protocols import ChatRequest, Embedder
 from prompttune.search._scorers import AnswerScorer, MetricScorer
 from prompttune.search._stats import make_score
@@ -35,13 +45,49 @@ class CallSettings:
     embedder: Embedder | None = None
     # Scores answers; None: the task's text metric (metrics that need a model must pass one).
     scorer: AnswerScorer | None = None
+    # Resolved scoring (never AUTO): LABEL_PROBABILITIES scores label tasks from 1-token calls.
+    scoring: Scoring = Scoring.GENERATION
+    # Counts label-probability scoring and its fallbacks to generation; None: not counted.
+    tally: ScoringTally | None = None
 
 
 async def score_example(
     gateway: LLMGateway, task: TaskSpec, prompt: Prompt, example: Example, settings: CallSettings
 ) -> ExampleResult:
     """One example's result; a failed call (task or judge) gives a result with `error` set,
-    never a 0 score."""
+    never a 0 score. Under label-probability scoring the answer is the calibrated argmax
+    label; an example with no label among the top tokens is generated instead."""
+    if scores_by_label_probabilities(task, prompt, settings.scoring):
+        try:
+            found = await _label_result(gateway, task, prompt, example, settings)
+        except LLMCallFailed as error:
+            return ExampleResult(example.id, "", 0.0, error=str(error) or "llm call failed")
+        if found is not None:
+            return found
+        if settings.tally is not None:
+            settings.tally.fallbacks += 1
+    return await _generated_result(gateway, task, prompt, example, settings)
+
+
+async def _label_result(
+    gateway: LLMGateway, task: TaskSpec, prompt: Prompt, example: Example, settings: CallSettings
+) -> ExampleResult | None:
+    raw = await raw_label_probabilities(gateway, prompt, example.inputs, settings.embedder)
+    if raw is None:
+        return None
+    if settings.tally is not None:
+        settings.tally.label_scored += 1
+    probabilities = apply_calibration(prompt.calibration, raw)
+    predicted = calibrated_prediction(prompt.calibration, raw)
+    score = await (settings.scorer or MetricScorer(task)).score(example, predicted)
+    return ExampleResult(
+        example.id, predicted, score, prediction=predicted, label_probabilities=probabilities
+    )
+
+
+async def _generated_result(
+    gateway: LLMGateway, task: TaskSpec, prompt: Prompt, example: Example, settings: CallSettings
+) -> ExampleResult:
     request = ChatRequest(
         render(prompt, example.inputs, settings.embedder),
         settings.temperature,
@@ -54,7 +100,10 @@ async def score_example(
         score = await scorer.score(example, final_answer(prompt, answer))
     except LLMCallFailed as error:
         return ExampleResult(example.id, answer, 0.0, error=str(error) or "llm call failed")
-    return ExampleResult(example.id, answer, score)
+    prediction = ""
+    if task.metric is Metric.LABEL_CHOICE:
+        prediction = extract_prediction(task, final_answer(prompt, answer))
+    return ExampleResult(example.id, answer, score, prediction=prediction)
 
 
 async def score_examples(
@@ -95,4 +144,10 @@ async def evaluate_prompt(
     before = gateway.usage()
     results = await score_examples(gateway, task, prompt, examples, settings)
     usage = usage_since(before, gateway.usage())
-    return Evaluation(make_score(task, examples, results, settings.seed), results, usage)
+    scoring = (
+        Scoring.LABEL_PROBABILITIES
+        if scores_by_label_probabilities(task, prompt, settings.scoring)
+        else Scoring.GENERATION
+    )
+    score = replace(make_score(task, examples, results, settings.seed), scoring=scoring)
+    return Evaluation(score, results, usage)

@@ -42,7 +42,8 @@ def cache_key(identity: str, request: ChatRequest) -> str:
     """sha256 of the canonical JSON of model identity, messages and sampling settings.
 
     Everything that changes the answer is in it: endpoint and model (`identity`), every
-    message's role and text, temperature, the answer cap and the sample index.
+    message's role and text, temperature, the answer cap, the sample index and, when asked
+    for, the number of top log probabilities (absent when 0, so older keys stay valid).
     """
     payload = {
         "identity": identity,
@@ -51,6 +52,8 @@ def cache_key(identity: str, request: ChatRequest) -> str:
         "max_tokens": request.max_tokens,
         "sample": request.sample,
     }
+    if request.top_logprobs:
+        payload["top_logprobs"] = request.top_logprobs
     canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import os
 import random
 import threading
@@ -35,6 +36,9 @@ _TRANSIENT_STATUS = frozenset({408, 409, 429})
 _MAX_BACKOFF_SECONDS = 30.0
 # Token counts above this (per call) are nonsense from the endpoint, not usage.
 MAX_REPORTED_TOKENS = 1_000_000
+# Bounds of the log probabilities kept from an answer: alternatives, and characters a token.
+MAX_TOP_LOGPROBS = 20
+MAX_LOGPROB_TOKEN_CHARS = 64
 
 
 def _retry_after_seconds(error: Exception) -> float | None:
@@ -225,6 +229,8 @@ class OpenAIChatModel:
                 max_tokens=request.max_tokens,
                 timeout=self._endpoint.timeout_seconds,
                 n=n if n != 1 else openai.omit,
+                logprobs=True if request.top_logprobs else openai.omit,
+                top_logprobs=request.top_logprobs or openai.omit,
             )
         return _responses(raw.http_response.content, n, self.identity)
 
@@ -249,12 +255,41 @@ def _token_count(value: object, name: str, identity: str) -> int:
     return 0 if count < 0 else MAX_REPORTED_TOKENS
 
 
+def _logprob_entry(entry: object) -> tuple[str, float] | None:
+    """One top-logprob alternative, or None when it is not a string token with a finite
+    logprob <= 0. The token text is cut to `MAX_LOGPROB_TOKEN_CHARS`."""
+    if not isinstance(entry, dict):
+        return None
+    token, logprob = entry.get("token"), entry.get("logprob")
+    if not isinstance(token, str) or isinstance(logprob, bool):
+        return None
+    if not isinstance(logprob, int | float) or not math.isfinite(logprob) or logprob > 0:
+        return None
+    return token[:MAX_LOGPROB_TOKEN_CHARS], float(logprob)
+
+
+def _top_logprobs(choice: object) -> tuple[tuple[str, float], ...]:
+    """The first generated position's alternatives of a choice, at most `MAX_TOP_LOGPROBS`;
+    () when the endpoint sent none (it may ignore the request) or sent something else."""
+    logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list) or not content or not isinstance(content[0], dict):
+        return ()
+    alternatives = content[0].get("top_logprobs")
+    if not isinstance(alternatives, list):
+        return ()
+    entries = (_logprob_entry(entry) for entry in alternatives[:MAX_TOP_LOGPROBS])
+    return tuple(entry for entry in entries if entry is not None)
+
+
 def _responses(body: bytes, n: int, identity: str = "") -> list[ChatResponse]:
-    """The `n` answers of a chat completion body; usage is carried by the first."""
+    """The `n` answers of a chat completion body; usage is carried by the first, and the
+    first answer's top log probabilities by the first response."""
     try:
         completion = json.loads(body)
         choices = completion.get("choices") or []
         texts = [str((choice.get("message") or {}).get("content") or "") for choice in choices]
+        top = _top_logprobs(choices[0]) if choices else ()
         usage = completion.get("usage") or {}
         if not isinstance(usage, dict):
             log.warning("llm.usage.clamped", endpoint=identity, reported=repr(usage)[:40])
@@ -266,7 +301,7 @@ def _responses(body: bytes, n: int, identity: str = "") -> list[ChatResponse]:
             f"malformed chat completion: {error}", transient=False, status="malformed response"
         ) from error
     texts = (texts + [""] * n)[:n]
-    first = ChatResponse(texts[0], prompt, answer)
+    first = ChatResponse(texts[0], prompt, answer, top)
     return [first, *(ChatResponse(text, 0, 0) for text in texts[1:])]
 
 

@@ -18,19 +18,26 @@ from prompttune.contract import ChatMessage, SearchEvent
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One chat completion call. `sample` distinguishes repeated samples of one prompt."""
+    """One chat completion call. `sample` distinguishes repeated samples of one prompt.
+    `top_logprobs` > 0 asks for that many alternatives (with log probabilities) of the first
+    generated token; 0 asks for none."""
 
     messages: tuple[ChatMessage, ...]
     temperature: float
     max_tokens: int
     sample: int = 0
+    top_logprobs: int = 0
 
 
 @dataclass(frozen=True)
 class ChatResponse:
+    """A model's answer. `top_logprobs`: the first generated position's alternatives as
+    (token text, natural-log probability), when asked for and the endpoint returned them."""
+
     text: str
     prompt_tokens: int
     completion_tokens: int
+    top_logprobs: tuple[tuple[str, float], ...] = ()
 
 
 class ChatModel(Protocol):

@@ -18,6 +18,7 @@ promotion and testing at all of it, and the result says stop_reason "max_wall_se
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import overload
 
 import optuna
 import structlog
@@ -44,9 +45,16 @@ from prompttune.search._errors import (
 )
 from prompttune.search._estimate import estimate
 from prompttune.search._finalize import conclude, partial_result, validate_finalists
+from prompttune.search._labelprobs import calibrate_records, scoring_note, with_scoring
 from prompttune.search._loops import LocalSearch, SearchLoop
 from prompttune.search._reflect import Reflection
-from prompttune.search._setup import RunnerDeps, new_state, runner_caps, total_caps
+from prompttune.search._setup import (
+    RunnerDeps,
+    choose_scoring,
+    new_state,
+    runner_caps,
+    total_caps,
+)
 from prompttune.search._shared import SharedSearch
 from prompttune.search._state import SearchState
 from prompttune.search._trials import SEARCH_WALL_SHARE, Trials, checkpoint
@@ -101,13 +109,17 @@ class Runner:
         try:
             return await state.guard.watch(self._phases(state, study_name))
         except SearchCancelled as error:
-            raise SearchCancelled(partial=partial_result(state, "cancelled")) from error
+            partial = _with_scoring(state, partial_result(state, "cancelled"))
+            raise SearchCancelled(partial=partial) from error
         except UpstreamUnavailable as error:
             cause = str(error)
             self._emit(Notice("endpoint_failing", cause))
-            raise SearchFailed(cause, partial_result(state, "failed")) from error
+            raise SearchFailed(
+                cause, _with_scoring(state, partial_result(state, "failed"))
+            ) from error
 
     async def _phases(self, state: SearchState, study_name: str) -> JobResult:
+        await self._choose_scoring(state)
         study = open_study(state, study_name, self._storage)
         self._emit(PhaseChanged("proposing"))
         await self._propose(state)
@@ -117,13 +129,22 @@ class Runner:
         loop = self._search_loop(state.spec, Trials(self._emit), Reflection(self._emit))
         await loop.search(state, study)
         state.budget.release_held_calls()
+        await calibrate_records(state.task_gateway, state.by_key.values(), self._deps.embedder)
         self._emit(PhaseChanged("validating"))
         await validate_finalists(state)
         self._emit(PhaseChanged("testing"))
-        result = await conclude(state)
+        result = _with_scoring(state, await conclude(state))
         self._emit(BudgetUsed(result.usage))
         log.info("search.done", stop_reason=result.stop_reason, improved=result.improved)
         return result
+
+    async def _choose_scoring(self, state: SearchState) -> None:
+        """The scoring decision within the search's share of the wall time: an endpoint that
+        hangs on the probe leaves generation scoring, and the search stops at once."""
+        try:
+            await state.guard.within(choose_scoring(state), SEARCH_WALL_SHARE)
+        except BudgetExceeded as error:
+            state.stop_reason = error.limit
 
     async def _propose(self, state: SearchState) -> None:
         """Proposing within the search's share of the wall time; when it runs out, the
@@ -166,6 +187,7 @@ class Runner:
     async def _assist(
         self, state: SearchState, study_name: str, search_open: Callable[[], bool]
     ) -> Usage:
+        await self._choose_scoring(state)
         study = open_study(state, study_name, self._storage)
         await propose(state, self._deps.embedder)
         checkpoint(state)
@@ -183,3 +205,21 @@ class Runner:
 
     def _emit(self, event: SearchEvent) -> None:
         self._deps.observer.on_event(event)
+
+
+@overload
+def _with_scoring(state: SearchState, result: JobResult) -> JobResult: ...
+@overload
+def _with_scoring(state: SearchState, result: None) -> None: ...
+def _with_scoring(state: SearchState, result: JobResult | None) -> JobResult | None:
+    """The result with the run's scoring and its note, and each score's scoring."""
+    if result is None:
+        return None
+    note = scoring_note(state.scoring, state.tally)
+    log.info(
+        "search.scoring.tally",
+        scoring=state.scoring.scoring.value,
+        label_scored=state.tally.label_scored,
+        fallbacks=state.tally.fallbacks,
+    )
+    return with_scoring(result, state.task, state.scoring, note)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import structlog
 
 from prompttune.contract import Evaluation, Prompt, SearchSpec, TaskSpec
 from prompttune.search._budget import BudgetCaps, CallBudget, shared_caps
@@ -20,6 +22,12 @@ from prompttune.search._failures import FailureTally
 from prompttune.search._flow import GatewayRegistry
 from prompttune.search._gateway import EndpointPolicy, LLMGateway, UsageLedger
 from prompttune.search._guard import StopGuard
+from prompttune.search._labelprobs import (
+    ScoringTally,
+    calibrate_choices,
+    label_request,
+    resolve_scoring,
+)
 from prompttune.search._objective import objective_for
 from prompttune.search._proposer import InstructionProposer, ProposerSettings
 from prompttune.search._protocols import ChatModel, Embedder, ResponseCache, SearchObserver
@@ -27,6 +35,8 @@ from prompttune.search._scorers import build_scorer
 from prompttune.search._space import SearchSpace
 from prompttune.search._state import SearchState, minibatch_rungs
 from prompttune.search._types import DatasetSplits
+
+log = structlog.get_logger(__name__)
 
 # How often a running job asks its observer whether it was cancelled.
 STOP_POLL_SECONDS = 0.2
@@ -147,6 +157,7 @@ def new_state(
     guard = StopGuard(
         deps.observer, budget.elapsed, spec.budget.max_wall_seconds, deps.stop_poll_seconds
     )
+    tally = ScoringTally()
     return SearchState(
         task=task,
         splits=splits,
@@ -157,7 +168,12 @@ def new_state(
         ledger=gateways.ledger,
         proposer=InstructionProposer(gateways.proposer, proposer_settings, deps.embedder),
         settings=CallSettings(
-            deps.task_temperature, deps.task_max_tokens, spec.seed, deps.embedder, scorer
+            deps.task_temperature,
+            deps.task_max_tokens,
+            spec.seed,
+            deps.embedder,
+            scorer,
+            tally=tally,
         ),
         val_order=tuple(val_order[:searched]),
         selection_order=tuple(val_order[searched:]),
@@ -175,4 +191,22 @@ def new_state(
         objective=objective_for(spec),
         guard=guard,
         test_listener=deps.test_listener,
+        tally=tally,
     )
+
+
+async def choose_scoring(state: SearchState) -> None:
+    """Decides once how the run scores answers (`SearchSpec.scoring`; AUTO probes the
+    baseline prompt on the first validation example) and records it on `state`: the call
+    settings, and the "calibrate" choices of the search space. Raises `FailedPrecondition`
+    when label probabilities were asked for and cannot be used."""
+    _, baseline = state.space.baseline_for(state.task)
+    embedder = state.settings.embedder
+    probe = (
+        label_request(baseline, state.val_order[0].inputs, embedder) if state.val_order else None
+    )
+    choice = await resolve_scoring(state.task_gateway, state.task, probe, state.spec.scoring)
+    state.scoring = choice
+    state.settings = replace(state.settings, scoring=choice.scoring)
+    state.space.calibrate_choices = calibrate_choices(state.spec, choice.scoring)
+    log.info("search.scoring", scoring=choice.scoring.value, note=choice.note)

@@ -33,8 +33,8 @@ SHOWN_INSTRUCTION_CHARS = 500
 # Answer cap of reasoning prompts: the model writes its steps before "Answer: ...".
 REASONING_MAX_TOKENS = 256
 
-# (instruction index, demo key, layout, placement, answer prefix, reasoning)
-PromptKey = tuple[int, tuple[str, ...], str, str, str, bool]
+# (instruction index, demo key, layout, placement, answer prefix, reasoning, calibrate)
+PromptKey = tuple[int, tuple[str, ...], str, str, str, bool, bool]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class TrialConfig:
     layout: DemoLayout = DemoLayout.CHAT_TURNS
     answer_prefix: str = ""
     reasoning: bool = False
+    # Contextual calibration of label probabilities (applied by the trial, see _labelprobs).
+    calibrate: bool = False
 
     def params(self) -> dict[str, Any]:
         return {
@@ -58,6 +60,7 @@ class TrialConfig:
             "layout": self.layout.value,
             "answer_prefix": self.answer_prefix,
             "reasoning": self.reasoning,
+            "calibrate": self.calibrate,
         }
 
     @classmethod
@@ -70,6 +73,7 @@ class TrialConfig:
             layout=DemoLayout(params["layout"]),
             answer_prefix=str(params["answer_prefix"]),
             reasoning=bool(params.get("reasoning", False)),
+            calibrate=bool(params.get("calibrate", False)),
         )
 
     def describe(self) -> str:
@@ -93,6 +97,8 @@ class SearchSpace:
     answer_prefix: str
     reasoning: bool = False
     reasoning_max_tokens: int = REASONING_MAX_TOKENS
+    # Values of "calibrate" the search tries; (False,): not a search dimension.
+    calibrate_choices: tuple[bool, ...] = (False,)
 
     def baseline(self) -> TrialConfig:
         """The generated baseline's configuration: `BASELINE` with this space's answer cue."""
@@ -112,6 +118,7 @@ class SearchSpace:
             prompt.format.instruction_placement.value,
             prompt.format.answer_prefix,
             prompt.format.reasoning,
+            prompt.calibration is not None,
         )
         return key, prompt
 
@@ -127,12 +134,22 @@ class SearchSpace:
         }
         if self.reasoning:
             found["reasoning"] = CategoricalDistribution([False, True])
+        if self.calibrate_choices != (False,):
+            found["calibrate"] = CategoricalDistribution(list(self.calibrate_choices))
         return found
 
     def params(self, config: TrialConfig) -> dict[str, Any]:
-        """`config` as Optuna parameters of this space (no "reasoning" when it is off)."""
+        """`config` as Optuna parameters of this space (no "reasoning" when it is off; a
+        forced "calibrate" takes its one value)."""
         names = self.distributions()
-        return {name: value for name, value in config.params().items() if name in names}
+        found = {name: value for name, value in config.params().items() if name in names}
+        if "calibrate" in found and found["calibrate"] not in self.calibrate_choices:
+            found["calibrate"] = self.calibrate_choices[0]
+        return found
+
+    def calibrated(self, config: TrialConfig) -> bool:
+        """Whether the trial's prompt is calibrated: asked for, and a value this space tries."""
+        return config.calibrate and True in self.calibrate_choices
 
     def size(self) -> int:
         """Number of distinct prompts (keys) in the space; the search stops when all ran."""
@@ -142,10 +159,13 @@ class SearchSpace:
                 demo_keys.add(_demo_key(demo_set, k))
         # two answer prefixes, plus one reasoning variant (which ignores the prefix)
         formats = len(InstructionPlacement) * (3 if self.reasoning else 2)
+        formats *= len(self.calibrate_choices)
         return len(self.instructions) * formats * (1 + len(DemoLayout) * len(demo_keys))
 
     def prompt_for(self, task: TaskSpec, config: TrialConfig) -> tuple[PromptKey, Prompt]:
-        """The prompt of a trial and its identity key (equal keys render equal prompts)."""
+        """The prompt of a trial and its identity key (equal keys render equal prompts). A
+        calibrated trial's prompt still lacks its `Calibration`: estimating it takes calls
+        (`_labelprobs.calibrate`)."""
         demo_set = self.demo_sets[config.demo_set] if self.demo_sets and config.n_demos else None
         demos: tuple[Example, ...] = ()
         pool: tuple[Example, ...] = ()
@@ -175,6 +195,7 @@ class SearchSpace:
             config.placement.value,
             prefix,
             reasoning,
+            self.calibrated(config),
         )
         return key, prompt
 
@@ -194,10 +215,11 @@ class SearchSpace:
         prefix = "" if reasoning else config.answer_prefix
         layout = config.layout.value if demo_set is not None else DemoLayout.CHAT_TURNS.value
         shape = f"placement={config.placement.value} layout={layout} answer_prefix={prefix!r}"
+        calibrate = self.calibrated(config)
         return {
             "instruction": instruction[:SHOWN_INSTRUCTION_CHARS],
             "demos": demos,
-            "format": f"{shape} reasoning={reasoning}",
+            "format": f"{shape} reasoning={reasoning} calibrate={calibrate}",
         }
 
     def call_settings(self, prompt: Prompt, base: CallSettings) -> CallSettings:

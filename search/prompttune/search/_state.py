@@ -17,6 +17,7 @@ from prompttune.contract import (
     Example,
     ExampleResult,
     Prompt,
+    Scoring,
     SearchSpec,
     TaskSpec,
     Usage,
@@ -25,6 +26,7 @@ from prompttune.search._budget import CallBudget
 from prompttune.search._demos import DemoSet
 from prompttune.search._evaluate import CallSettings
 from prompttune.search._gateway import LLMGateway, UsageLedger, add_usage
+from prompttune.search._labelprobs import ScoringChoice, ScoringTally
 from prompttune.search._proposer import InstructionProposer
 from prompttune.search._space import PromptKey, SearchSpace, TrialConfig
 from prompttune.search._types import DatasetSplits
@@ -108,6 +110,10 @@ class SearchState:
     helper_usage: Usage = field(default_factory=Usage)
     # Told of each test scoring (see `RunnerDeps.test_listener`).
     test_listener: Callable[[Prompt, Evaluation, float], None] | None = None
+    # How answers are scored, decided once at the start (`choose_scoring`); `settings.scoring`
+    # holds the same value. The tally counts label-probability scoring and its fallbacks.
+    scoring: ScoringChoice = field(default_factory=lambda: ScoringChoice(Scoring.GENERATION))
+    tally: ScoringTally = field(default_factory=ScoringTally)
 
     @property
     def instructions(self) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ from optuna.trial import Trial, TrialState
 from prompttune.contract import BudgetUsed, NewBest, SearchEvent, TrialFinished
 from prompttune.search._errors import BudgetExceeded
 from prompttune.search._evaluate import score_examples
+from prompttune.search._labelprobs import calibrate
 from prompttune.search._resume import save_record, save_usage, usage_attr
 from prompttune.search._space import TrialConfig
 from prompttune.search._state import COMPLETE, FAILED, PRUNED, SearchState, TrialRecord
@@ -67,6 +68,8 @@ class Trials:
         previous = state.by_key.get(key)
         if previous is not None:
             return _duplicate(trial.number, config, previous)
+        if state.space.calibrated(config):
+            prompt = await calibrate(state.task_gateway, prompt, state.settings.embedder)
         record = TrialRecord(trial.number, config, key, prompt)
         state.by_key[key] = record
         total = len(state.val_order)

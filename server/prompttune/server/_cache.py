@@ -8,7 +8,9 @@ tenant's answers are never served to another unless the operator shares the cach
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -17,6 +19,22 @@ from sqlalchemy.orm import sessionmaker
 
 from prompttune.search import ChatResponse, ResponseCache
 from prompttune.server._db import CacheRow
+
+
+def encode_top_logprobs(top_logprobs: Sequence[tuple[str, float]]) -> str:
+    """A JSON list of [token, logprob] pairs; "" for none (most answers)."""
+    return json.dumps([[token, logprob] for token, logprob in top_logprobs]) if top_logprobs else ""
+
+
+def decode_top_logprobs(stored: str) -> tuple[tuple[str, float], ...]:
+    """The pairs `encode_top_logprobs` wrote; () for "" or anything that is not such a list."""
+    if not stored:
+        return ()
+    try:
+        pairs = json.loads(stored)
+        return tuple((str(token), float(logprob)) for token, logprob in pairs)
+    except (ValueError, TypeError):
+        return ()
 
 
 class SqlResponseCache:
@@ -34,6 +52,7 @@ class SqlResponseCache:
                 text=row.text,
                 prompt_tokens=row.prompt_tokens,
                 completion_tokens=row.completion_tokens,
+                top_logprobs=decode_top_logprobs(row.top_logprobs),
             )
 
     def put(self, key: str, response: ChatResponse) -> None:
@@ -43,6 +62,7 @@ class SqlResponseCache:
             prompt_tokens=response.prompt_tokens,
             completion_tokens=response.completion_tokens,
             created_at=time.time(),
+            top_logprobs=encode_top_logprobs(response.top_logprobs),
         )
         try:
             with self._sessions.begin() as session:

@@ -96,6 +96,8 @@ class CacheRow(Base):
     prompt_tokens: Mapped[int] = mapped_column(sa.Integer)
     completion_tokens: Mapped[int] = mapped_column(sa.Integer)
     created_at: Mapped[float] = mapped_column(sa.Float)
+    # The answer's first-token alternatives: a JSON list of [token, logprob]; "" for none.
+    top_logprobs: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -29,6 +29,7 @@ from prompttune.contract import (
     JobSpec,
     Metric,
     ModelSpec,
+    Scoring,
     SearchSpec,
     answer_max_tokens,
     render,
@@ -51,6 +52,11 @@ from prompttune.search import (
     compare_evaluations,
     estimate,
     evaluate_prompt,
+    evaluation_calls,
+    label_request,
+    label_task,
+    resolve_scoring,
+    usage_since,
 )
 from prompttune.search import InvalidArgument as InvalidArgumentError
 from prompttune.server._auth import DEFAULT_TENANT
@@ -311,7 +317,7 @@ class JobService:
         """`model_field` names the request's model in errors."""
         resolver, task = self._deps.endpoints.for_tenant(tenant), request.task
         endpoint = await asyncio.to_thread(resolver.resolve, request.model, model_field)
-        calls = min(len(request.examples) * calls_per_example(task), _EVALUATE_CALL_CAP)
+        calls = min(evaluation_calls(task, len(request.examples)), _EVALUATE_CALL_CAP)
         cache = self._deps.caches.for_tenant(tenant)
         gateways = GatewayFactory(CallBudget(max_llm_calls=calls), cache, self._deps.registry)
         gateway = self._gateway(gateways, endpoint, counters)
@@ -321,12 +327,29 @@ class JobService:
             if task.judge is not None:
                 judge_endpoint = await asyncio.to_thread(resolver.resolve, task.judge, "task.judge")
             judge = self._gateway(gateways, judge_endpoint, None)
+        before = gateway.usage()
         settings = CallSettings(
             max_tokens=answer_max_tokens(request.prompt, endpoint.max_tokens),
             embedder=self._deps.embedder,
             scorer=build_scorer(task, judge, self._deps.embedder),
+            scoring=await self._scoring(gateway, request),
         )
-        return await evaluate_prompt(gateway, task, request.prompt, request.examples, settings)
+        evaluation = await evaluate_prompt(
+            gateway, task, request.prompt, request.examples, settings
+        )
+        # the usage includes the scoring probe
+        return replace(evaluation, usage=usage_since(before, gateway.usage()))
+
+    async def _scoring(self, gateway: LLMGateway, request: EvaluationRequest) -> Scoring:
+        """AUTO scoring of an evaluation: label probabilities when the task and the endpoint
+        allow them (probed on the first example; the call is reused), else generation."""
+        prompt, task = request.prompt, request.task
+        if prompt.format.reasoning or not label_task(task) or not request.examples:
+            return Scoring.GENERATION
+        probe = await asyncio.to_thread(
+            label_request, prompt, request.examples[0].inputs, self._deps.embedder
+        )
+        return (await resolve_scoring(gateway, task, probe, Scoring.AUTO)).scoring
 
     def _gateway(
         self,

@@ -114,7 +114,11 @@ class OptimizerServicer(pb_grpc.OptimizerServiceServicer):
     ) -> pb.RenderPromptResponse:
         render = await asyncio.to_thread(self._decode, RenderRequest, request)
         messages = await asyncio.to_thread(self._jobs.render, render)
-        return pb.RenderPromptResponse(messages=[wire.to_message(m) for m in messages])
+        calibration = render.prompt.calibration
+        return pb.RenderPromptResponse(
+            messages=[wire.to_message(m) for m in messages],
+            calibration=None if calibration is None else wire.to_message(calibration),
+        )
 
     async def ComparePrompts(
         self, request: pb.ComparePromptsRequest, context: Context

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from prompttune.contract import (
+    Calibration,
     ContractError,
     Dataset,
     Example,
     JobSpec,
     JobState,
+    Metric,
     ModelKind,
     ModelSpec,
     Prompt,
@@ -30,6 +32,7 @@ from prompttune.contract import (
     SearchSpec,
     SplitRatio,
     TaskSpec,
+    labels_distinguishable,
     preview,
     wire,
 )
@@ -176,6 +179,7 @@ def validate_job_spec(spec: JobSpec, limits: Limits) -> JobSpec:
     for index, model in enumerate(spec.models):
         validate_model(model, f"models[{index}]", limits)
     validate_search(spec.search, limits)
+    check_scoring(task, spec.search)
     splits = _splits(spec.dataset, limits)
     _check_examples(splits, task, limits)
     _engine_check(validate_splits, task, splits)
@@ -347,6 +351,22 @@ def validate_search(search: SearchSpec, limits: Limits) -> None:
         raise _fail("search.selection_fraction", "must be in [0, 0.9]")
 
 
+def check_scoring(task: TaskSpec, search: SearchSpec) -> None:
+    """`search.scoring` is a known mode, and label probabilities are only asked for a
+    label_choice task whose labels differ in their first words."""
+    if not isinstance(search.scoring, Scoring):
+        raise _fail("search.scoring", "is not a known scoring mode")
+    if search.scoring is not Scoring.LABEL_PROBABILITIES:
+        return
+    if task.metric is not Metric.LABEL_CHOICE or not task.labels:
+        raise _fail("search.scoring", "label_probabilities needs metric label_choice with labels")
+    if not labels_distinguishable(task.labels):
+        raise _fail(
+            "search.scoring",
+            "label_probabilities needs labels whose first words differ; use generation",
+        )
+
+
 def _splits(dataset: Dataset, limits: Limits) -> DatasetSplits:
     """Explicit splits as given (missing ids filled in), or the pool cut by `dataset.split`."""
     if dataset.size == 0:
@@ -414,6 +434,26 @@ def validate_prompt(prompt: Prompt, limits: Limits, field: str = "prompt") -> No
         check_example(demo, f"{field}.demos[{index}]", limits)
     for index, demo in enumerate(prompt.demo_pool):
         check_example(demo, f"{field}.demo_pool[{index}]", limits)
+    if prompt.calibration is not None:
+        _check_calibration(prompt.calibration, f"{field}.calibration", limits)
+
+
+# Content-free inputs a calibration may name (the engine uses 3).
+_MAX_CONTENT_FREE_INPUTS = 8
+
+
+def _check_calibration(calibration: Calibration, field: str, limits: Limits) -> None:
+    """At most max_labels weights, each named like a label and finite and > 0."""
+    check_count(calibration.weights, f"{field}.weights", limits.max_labels)
+    for label, weight in calibration.weights.items():
+        check_text(label, f"{field}.weights", limits.max_label_chars)
+        if not (math.isfinite(weight) and weight > 0):
+            raise _fail(f"{field}.weights", "must be finite and positive")
+    check_count(
+        calibration.content_free_inputs, f"{field}.content_free_inputs", _MAX_CONTENT_FREE_INPUTS
+    )
+    for text in calibration.content_free_inputs:
+        check_text(text, f"{field}.content_free_inputs", limits.max_label_chars)
 
 
 def validate_inputs(inputs: Mapping[str, str], prompt: Prompt, limits: Limits) -> None:

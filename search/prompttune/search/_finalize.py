@@ -26,7 +26,7 @@ from prompttune.search._errors import BudgetExceeded, SearchFailed
 from prompttune.search._evaluate import score_examples
 from prompttune.search._space import BASELINE, PromptKey
 from prompttune.search._state import COMPLETE, FAILED, PRUNED, SearchState, TrialRecord
-from prompttune.search._stats import make_score, paired_bootstrap_lower_bound
+from prompttune.search._stats import make_score, objective_value, paired_bootstrap_lower_bound
 
 
 @dataclass(frozen=True)
@@ -146,12 +146,17 @@ def prompt_scores(finalist: Finalist, test: Evaluation | None) -> PromptScores:
 
 
 async def conclude(state: SearchState) -> JobResult:
-    """Pick the winner on validation, test baseline and winner, and build the result."""
+    """Pick the winner on validation (by the search objective), test baseline and winner,
+    and build the result."""
     finalists = state.finalists
     baseline = finalists[0]
     winner = max(
         finalists,
-        key=lambda f: (f.evaluation.score.mean, f is baseline, -prompt_token_count(f.prompt)),
+        key=lambda f: (
+            objective_value(state.spec, f.evaluation.score),
+            f is baseline,
+            -prompt_token_count(f.prompt),
+        ),
     )
     improved, summary = improvement(state, winner, baseline)
     best = winner if improved else baseline

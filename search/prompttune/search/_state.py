@@ -7,6 +7,7 @@ per-example results live here, owned by the `Runner` for the duration of one `ru
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import optuna
@@ -18,6 +19,7 @@ from prompttune.search._evaluate import CallSettings
 from prompttune.search._gateway import LLMGateway, UsageLedger, add_usage
 from prompttune.search._proposer import InstructionProposer
 from prompttune.search._space import PromptKey, SearchSpace, TrialConfig
+from prompttune.search._stats import TrialObjective, mean_score
 from prompttune.search._types import DatasetSplits
 
 if TYPE_CHECKING:
@@ -40,6 +42,10 @@ class TrialRecord:
     intermediate: list[tuple[int, float]] = field(default_factory=list)
     state: str = COMPLETE
     duplicate_of: int | None = None
+    # How `score` is computed; None: the plain mean of the results.
+    objective: TrialObjective | None = None
+    # (results scored, score) of the last `score` computed: results only ever grow.
+    _cached: tuple[int, float] = field(default=(-1, 0.0), repr=False, compare=False)
 
     @property
     def scored(self) -> int:
@@ -52,8 +58,12 @@ class TrialRecord:
 
     @property
     def score(self) -> float:
-        values = [r.score for r in self.results if not r.error]
-        return sum(values) / len(values) if values else 0.0
+        """The search objective's value over the results so far (what Optuna, pruning and
+        finalist ranking see); computed once per number of results."""
+        if self._cached[0] != len(self.results):
+            value = self.objective.value if self.objective is not None else mean_score
+            self._cached = (len(self.results), value(self.results))
+        return self._cached[1]
 
     def failed_share(self) -> float:
         failed = sum(1 for r in self.results if r.error)
@@ -94,6 +104,11 @@ class SearchState:
     runner_index: int = 0
     # What the helpers of a distributed search spent, as they checkpointed it.
     helper_usage: Usage = field(default_factory=Usage)
+
+    @cached_property
+    def trial_objective(self) -> TrialObjective:
+        """How the trials of this run are scored: the objective over `val_order` examples."""
+        return TrialObjective(self.task, self.spec, self.val_order)
 
     @property
     def instructions(self) -> tuple[str, ...]:

@@ -67,7 +67,7 @@ class Trials:
         previous = state.by_key.get(key)
         if previous is not None:
             return _duplicate(trial.number, config, previous)
-        record = TrialRecord(trial.number, config, key, prompt)
+        record = TrialRecord(trial.number, config, key, prompt, objective=state.trial_objective)
         state.by_key[key] = record
         total = len(state.val_order)
         for size in state.objective.rungs(state.rungs):
@@ -133,4 +133,5 @@ def _duplicate(number: int, config: TrialConfig, previous: TrialRecord) -> Trial
         list(previous.intermediate),
         previous.state,
         duplicate_of=previous.number,
+        objective=previous.objective,
     )

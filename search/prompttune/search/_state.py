@@ -43,7 +43,7 @@ class TrialRecord:
     state: str = COMPLETE
     duplicate_of: int | None = None
     # How `score` is computed; None: the plain mean of the results.
-    objective: TrialObjective | None = None
+    objective: TrialObjective | None = field(default=None, repr=False, compare=False)
     # (results scored, score) of the last `score` computed: results only ever grow.
     _cached: tuple[int, float] = field(default=(-1, 0.0), repr=False, compare=False)
 

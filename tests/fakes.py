@@ -475,3 +475,65 @@ class FakeResolver:
             return (ipaddress.ip_address(host),)
         except ValueError:
             return ()
+
+
+# ---- an imbalanced label task: SMS spam (about 13% spam) --------------------------------
+
+SMS_SPAM = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sms_spam"
+SPAM_TASK = TaskSpec(
+    description="Decide whether an SMS message is spam or ham (a normal message).",
+    labels=("ham", "spam"),
+    metric=Metric.LABEL_CHOICE,
+    output_name="label",
+)
+
+
+def sms_spam_examples(split: str, count: int) -> tuple[Example, ...]:
+    """The first `count` examples of an SMS spam split ("train", "dev" or "test")."""
+    lines = (SMS_SPAM / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()[:count]
+    rows = [json.loads(line) for line in lines]
+    return tuple(Example(row["input"], row["output"], id=row["id"]) for row in rows)
+
+
+@dataclass(frozen=True)
+class SpamHabits:
+    """How often the fake spam model answers right, by what its prompt shows it."""
+
+    spam_recall: float
+    ham_recall: float
+
+
+# No demos: it guesses. Fewer than two spam demos: it hardly dares to say spam (high mean on
+# an imbalanced task, poor spam recall). Two or more: it catches spam but flags some ham.
+GUESSING = SpamHabits(0.5, 0.5)
+MAJORITY_BIASED = SpamHabits(0.1, 1.0)
+BALANCED = SpamHabits(0.9, 0.8)
+
+
+def spam_habits(request: ChatRequest) -> SpamHabits:
+    """The behaviour a prompt elicits: demos are assistant turns or inline "Label: x" lines."""
+    final = request.messages[-1].content
+    answers = [m.content.strip() for m in request.messages[:-1] if m.role == "assistant"]
+    answers += re.findall(r"^Label: (\w+)$", final, re.MULTILINE)
+    if not answers:
+        return GUESSING
+    return BALANCED if answers.count("spam") >= 2 else MAJORITY_BIASED
+
+
+def spam_responder(gold: Mapping[str, str]) -> Responder:
+    """A deterministic task model for `SPAM_TASK` whose answers follow `spam_habits`; `gold`
+    maps each message text it may see to its label."""
+    texts = sorted(gold, key=len, reverse=True)  # the longest text found is the input
+
+    def respond(request: ChatRequest) -> str:
+        final = request.messages[-1].content
+        # the input follows the last blank line (inline demos come before it)
+        text = next((t for t in texts if t in final.rsplit("\n\n", 1)[-1]), None)
+        text = text or next(t for t in texts if t in final)
+        habits = spam_habits(request)
+        recall = habits.spam_recall if gold[text] == "spam" else habits.ham_recall
+        right = unit_hash(text, str(habits)) < recall
+        other = "ham" if gold[text] == "spam" else "spam"
+        return gold[text] if right else other
+
+    return respond

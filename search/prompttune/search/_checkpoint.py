@@ -50,7 +50,7 @@ async def resume(
     by_number: dict[int, TrialRecord] = {}
     for frozen in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         await reflection.maybe(state, study, enqueue=False)
-        record = load_record(frozen, state.space, state.task, by_number)
+        record = load_record(frozen, state.space, state.task, by_number, state.trial_objective)
         if record is not None:
             by_number[record.number] = record
             state.by_key.setdefault(record.key, record)

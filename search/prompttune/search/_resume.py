@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from prompttune.contract import ExampleResult, TaskSpec, Usage
 from prompttune.search._space import SearchSpace, TrialConfig
 from prompttune.search._state import COMPLETE, FAILED, PRUNED, TrialRecord
+from prompttune.search._stats import TrialObjective
 
 RESULTS_ATTR = "prompttune.results"
 DUPLICATE_ATTR = "prompttune.duplicate_of"
@@ -46,9 +47,14 @@ def save_record(trial: Trial, record: TrialRecord) -> None:
 
 
 def load_record(
-    frozen: FrozenTrial, space: SearchSpace, task: TaskSpec, by_number: dict[int, TrialRecord]
+    frozen: FrozenTrial,
+    space: SearchSpace,
+    task: TaskSpec,
+    by_number: dict[int, TrialRecord],
+    objective: TrialObjective | None = None,
 ) -> TrialRecord | None:
-    """The record of a finished trial, or None for a trial that never finished."""
+    """The record of a finished trial, or None for a trial that never finished; `objective`
+    scores it (None: the mean)."""
     state = frozen.user_attrs.get(STATE_ATTR)
     if state not in _STATES or frozen.state not in (
         TrialState.COMPLETE,
@@ -77,6 +83,7 @@ def load_record(
         intermediate,
         _STATES[state],
         duplicate_of=None if duplicate_of is None else int(duplicate_of),
+        objective=objective,
     )
 
 

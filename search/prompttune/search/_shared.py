@@ -95,7 +95,9 @@ class SharedSearch:
             if frozen.number in by_number:
                 continue
             try:
-                record = load_record(frozen, state.space, state.task, by_number)
+                record = load_record(
+                    frozen, state.space, state.task, by_number, state.trial_objective
+                )
             except (KeyError, IndexError):
                 continue  # its original or its instruction is not known here yet
             if record is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import optuna
@@ -29,6 +30,7 @@ from prompttune.search._gateway import LLMGateway, UsageLedger, add_usage
 from prompttune.search._labelprobs import ScoringChoice, ScoringTally
 from prompttune.search._proposer import InstructionProposer
 from prompttune.search._space import PromptKey, SearchSpace, TrialConfig
+from prompttune.search._stats import TrialObjective, mean_score
 from prompttune.search._types import DatasetSplits
 
 if TYPE_CHECKING:
@@ -51,6 +53,10 @@ class TrialRecord:
     intermediate: list[tuple[int, float]] = field(default_factory=list)
     state: str = COMPLETE
     duplicate_of: int | None = None
+    # How `score` is computed; None: the plain mean of the results.
+    objective: TrialObjective | None = field(default=None, repr=False, compare=False)
+    # (results scored, score) of the last `score` computed: results only ever grow.
+    _cached: tuple[int, float] = field(default=(-1, 0.0), repr=False, compare=False)
 
     @property
     def scored(self) -> int:
@@ -63,8 +69,12 @@ class TrialRecord:
 
     @property
     def score(self) -> float:
-        values = [r.score for r in self.results if not r.error]
-        return sum(values) / len(values) if values else 0.0
+        """The search objective's value over the results so far (what Optuna, pruning and
+        finalist ranking see); computed once per number of results."""
+        if self._cached[0] != len(self.results):
+            value = self.objective.value if self.objective is not None else mean_score
+            self._cached = (len(self.results), value(self.results))
+        return self._cached[1]
 
     def failed_share(self) -> float:
         failed = sum(1 for r in self.results if r.error)
@@ -114,6 +124,11 @@ class SearchState:
     # holds the same value. The tally counts label-probability scoring and its fallbacks.
     scoring: ScoringChoice = field(default_factory=lambda: ScoringChoice(Scoring.GENERATION))
     tally: ScoringTally = field(default_factory=ScoringTally)
+
+    @cached_property
+    def trial_objective(self) -> TrialObjective:
+        """How the trials of this run are scored: the objective over `val_order` examples."""
+        return TrialObjective(self.task, self.spec, self.val_order)
 
     @property
     def instructions(self) -> tuple[str, ...]:

@@ -70,7 +70,7 @@ class Trials:
             return _duplicate(trial.number, config, previous)
         if state.space.calibrated(config):
             prompt = await calibrate(state.task_gateway, prompt, state.settings.embedder)
-        record = TrialRecord(trial.number, config, key, prompt)
+        record = TrialRecord(trial.number, config, key, prompt, objective=state.trial_objective)
         state.by_key[key] = record
         total = len(state.val_order)
         for size in state.objective.rungs(state.rungs):
@@ -136,4 +136,5 @@ def _duplicate(number: int, config: TrialConfig, previous: TrialRecord) -> Trial
         list(previous.intermediate),
         previous.state,
         duplicate_of=previous.number,
+        objective=previous.objective,
     )

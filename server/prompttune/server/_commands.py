@@ -28,6 +28,7 @@ from prompttune.contract import (
     ModelSpec,
     Prompt,
     PromptScores,
+    Score,
     SearchSpec,
     TaskSpec,
     render,
@@ -216,7 +217,8 @@ class JobFollower:
 
 
 def write_summary(job: Job, stream: TextIO) -> None:
-    """The human-readable outcome of a job."""
+    """The human-readable outcome of a job: scores with intervals, then the per-label and
+    per-slice breakdowns of the best prompt (on test when scored, else validation)."""
     lines = [f"job {job.id}: {job.state.value}"]
     if job.error:
         lines.append(f"error: {job.error}")
@@ -237,6 +239,11 @@ def write_summary(job: Job, stream: TextIO) -> None:
             f"wall {result.wall_seconds:.1f}s, stopped by {result.stop_reason}",
         ]
         lines += model_lines(result)
+        best = result.best
+        split, score = (
+            ("test", best.test) if best.test is not None else ("validation", best.validation)
+        )
+        lines += score_breakdown(score, f"best on {split}")
     stream.write("\n".join(lines) + "\n")
     stream.flush()
 
@@ -312,6 +319,33 @@ def write_demo_report(result: JobResult, stream: TextIO) -> None:
     stream.flush()
 
 
+def score_breakdown(score: Score, title: str) -> list[str]:
+    """Lines for a score's per-label metrics (macro-F1, the worst label) and per-tag slices
+    (the worst slice); none when the score has neither."""
+    lines: list[str] = []
+    if score.label_metrics:
+        lines.append(f"  {title}: per label (precision / recall / F1, support)")
+        for label, m in score.label_metrics.items():
+            lines.append(
+                f"    {label:<16} {m.precision:.3f} / {m.recall:.3f} / {m.f1:.3f}  ({m.support})"
+            )
+        supported = [(m.recall, label) for label, m in score.label_metrics.items() if m.support]
+        worst = min(supported, default=None)
+        text = f"    macro-F1 {score.macro_f1:.3f}"
+        lines.append(text + (f", worst label {worst[1]} (recall {worst[0]:.3f})" if worst else ""))
+    if score.slices:
+        lines.append(f"  {title}: per slice (mean [95% CI], examples)")
+        for s in score.slices:
+            lines.append(
+                f"    {s.tag}={s.value:<16} {s.mean:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}]"
+                f"  ({s.examples})"
+            )
+    if score.worst_slice is not None:
+        w = score.worst_slice
+        lines.append(f"    worst slice {w.tag}={w.value} ({w.mean:.3f} on {w.examples})")
+    return lines
+
+
 # ---- jobs -------------------------------------------------------------------------------
 
 
@@ -323,7 +357,9 @@ def cmd_jobs(args: argparse.Namespace, connect: Connect) -> int:
                 best = job.progress.best_score
                 print(f"{job.id}  {job.state.value:<10} {job.progress.phase:<11} best {best:.3f}")
         elif args.jobs_command == "get":
-            sys.stdout.write(dump_json(to_document(client.get_job(args.job_id))))
+            job = client.get_job(args.job_id)
+            sys.stdout.write(dump_json(to_document(job)))
+            write_summary(job, sys.stderr)
         elif args.jobs_command == "cancel":
             print(f"{args.job_id}: {client.cancel_job(args.job_id).state.value}")
         elif args.jobs_command == "delete":
@@ -332,6 +368,9 @@ def cmd_jobs(args: argparse.Namespace, connect: Connect) -> int:
         else:
             for event in client.watch_job(args.job_id, after_sequence=args.after):
                 print(json.dumps(to_document(event)), flush=True)
+            job = client.get_job(args.job_id)
+            if job.done:
+                write_summary(job, sys.stderr)
     return 0
 
 

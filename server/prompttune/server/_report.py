@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prompttune.contract import Job, JobEvent, to_document
+from prompttune.contract import ConfusionMatrix, Job, JobEvent, to_document
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,55 @@ def plot_png(job: Job, points: list[TrialPoint]) -> bytes:
     return buffer.getvalue()
 
 
+def confusion_panels(job: Job) -> list[tuple[str, ConfusionMatrix]]:
+    """The confusion matrices the report draws: baseline and best, on test (validation when
+    the job had no test split)."""
+    result = job.result
+    if result is None:
+        return []
+    panels = []
+    for name, scores in (("baseline", result.baseline), ("best", result.best)):
+        split, score = ("test", scores.test) if scores.test else ("validation", scores.validation)
+        if score.confusion is not None and score.confusion.labels:
+            panels.append((f"{name} on {split}", score.confusion))
+    return panels
+
+
+def confusion_png(panels: list[tuple[str, ConfusionMatrix]]) -> bytes:
+    """Heatmaps of confusion matrices side by side, expected label (rows) x predicted
+    (columns), the count written in every cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    size = max(len(matrix.labels) for _, matrix in panels)
+    side = min(12.0, 2.0 + 0.6 * size)
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(side * len(panels), side), dpi=100, squeeze=False
+    )
+    for axis, (title, matrix) in zip(axes[0], panels, strict=True):
+        n = len(matrix.labels)
+        grid = [list(matrix.counts[row * n : (row + 1) * n]) for row in range(n)]
+        axis.imshow(grid, cmap="Blues")
+        most = max(matrix.counts, default=0)
+        for row in range(n):
+            for column in range(n):
+                count = grid[row][column]
+                axis.text(column, row, str(count), ha="center", va="center",
+                          color="white" if count > most / 2 else "black", fontsize=8)  # fmt: skip
+        axis.set_xticks(range(n), matrix.labels, rotation=45, ha="right", fontsize=8)
+        axis.set_yticks(range(n), matrix.labels, fontsize=8)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("expected")
+        axis.set_title(title)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
 def _summary_rows(job: Job) -> list[tuple[str, str]]:
     rows = [("job", job.id), ("state", job.state.value)]
     result = job.result
@@ -112,13 +161,22 @@ def _summary_rows(job: Job) -> list[tuple[str, str]]:
     return rows
 
 
-def report(job: Job, events: list[JobEvent], fmt: str) -> str:
-    """A self-contained report (the plot is an inline data: URI) in "html" or "md". Without
-    matplotlib (the ``report`` extra) the report says so in place of the plot."""
+def _images(job: Job, events: list[JobEvent]) -> tuple[str, str]:
+    """The score plot and the confusion matrices as base64 PNGs ("" when not drawn)."""
     try:
         png = base64.b64encode(plot_png(job, trial_points(events))).decode()
+        panels = confusion_panels(job)
+        confusion = base64.b64encode(confusion_png(panels)).decode() if panels else ""
     except ImportError:
-        png = ""
+        return "", ""
+    return png, confusion
+
+
+def report(job: Job, events: list[JobEvent], fmt: str) -> str:
+    """A self-contained report (the plots are inline data: URIs) in "html" or "md": scores,
+    the score plot, and for label tasks the confusion matrices of baseline and best. Without
+    matplotlib (the ``report`` extra) the report says so in place of the plots."""
+    png, confusion = _images(job, events)
     rows = _summary_rows(job)
     if not png:
         rows.append(("plot", "not drawn: install matplotlib (pip install 'prompttune[report]')"))
@@ -128,6 +186,7 @@ def report(job: Job, events: list[JobEvent], fmt: str) -> str:
         return (
             f"# prompttune report: {job.id}\n\n| | |\n|---|---|\n{table}\n\n"
             + (f"![score plot](data:image/png;base64,{png})\n\n" if png else "")
+            + (f"![confusion matrices](data:image/png;base64,{confusion})\n\n" if confusion else "")
             + f"## Best prompt\n\n```json\n{best}\n```\n"
         )
     cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
@@ -136,5 +195,10 @@ def report(job: Job, events: list[JobEvent], fmt: str) -> str:
         f"<title>prompttune report {html.escape(job.id)}</title></head><body>"
         f"<h1>prompttune report: {html.escape(job.id)}</h1><table>{cells}</table>"
         + (f"<img alt='score plot' src='data:image/png;base64,{png}'>" if png else "")
+        + (
+            f"<img alt='confusion matrices' src='data:image/png;base64,{confusion}'>"
+            if confusion
+            else ""
+        )
         + f"<h2>Best prompt</h2><pre>{html.escape(best)}</pre></body></html>\n"
     )

@@ -149,7 +149,8 @@ def data_path(base: Path, name: str, what: str, allow_outside: bool = False) -> 
 
 
 def load_examples(path: Path, input_fields: Sequence[str]) -> tuple[Example, ...]:
-    """Reads JSONL (``{"id", "input" | "inputs": {...} | <input fields>, "output"}``) or CSV
+    """Reads JSONL (``{"id", "input" | "inputs": {...} | <input fields>, "output", "tags"}``,
+    ``tags`` optional: ``{"dialect": "en-GB"}``) or CSV
     (a header naming the input columns and ``output``; ``id`` optional)."""
     rows = _csv_rows(path, input_fields) if path.suffix == ".csv" else _jsonl_rows(path)
     examples = tuple(_example(row, input_fields, f"{path}:{line}") for line, row in rows)
@@ -217,4 +218,14 @@ def _example(row: Mapping[str, Any], input_fields: Sequence[str], where: str) ->
         inputs={str(name): _text(value, where, str(name)) for name, value in inputs.items()},
         output=_text(row["output"], where, "output"),
         id=_text(row["id"], where, "id") if "id" in row else Path(where).name,
+        tags=_tags(row.get("tags"), where),
     )
+
+
+def _tags(value: Any, where: str) -> dict[str, str]:
+    """A row's ``tags`` object (name -> text); the service bounds their number and size."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TaskFileError(f"{where}: tags: expected an object, got {preview(value)}")
+    return {str(name): _text(text, where, f"tags.{name}") for name, text in value.items()}

@@ -27,6 +27,7 @@ from prompttune.contract import (
     Metric,
     ModelKind,
     ModelSpec,
+    Objective,
     Prompt,
     Scoring,
     SearchSpec,
@@ -52,6 +53,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Names and labels are single-line: no tabs or line breaks either.
 _NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_SEQUENCE = 2**31 - 1
+# Example.tags (optimizer.proto): at most 8 per example, names and values of 64 characters.
+MAX_TAGS = 8
+MAX_TAG_CHARS = 64
+_TAG_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,7 @@ def validate_job_spec(spec: JobSpec, limits: Limits) -> JobSpec:
     splits = _splits(spec.dataset, limits)
     _check_examples(splits, task, limits)
     _engine_check(validate_splits, task, splits)
+    check_objective(spec.search, task, splits)
     dataset = Dataset(train=splits.train, validation=splits.validation, test=splits.test)
     return dataclasses.replace(spec, task=task, dataset=dataset)
 
@@ -349,6 +355,10 @@ def validate_search(search: SearchSpec, limits: Limits) -> None:
     fraction = search.selection_fraction
     if fraction is not None and not (math.isfinite(fraction) and 0.0 <= fraction <= 0.9):
         raise _fail("search.selection_fraction", "must be in [0, 0.9]")
+    if search.slice_tag:
+        check_tag_name(search.slice_tag, "search.slice_tag")
+    if search.objective is Objective.WORST_SLICE and not search.slice_tag:
+        raise _fail("search.slice_tag", "is required for the worst_slice objective")
 
 
 def check_scoring(task: TaskSpec, search: SearchSpec) -> None:
@@ -365,6 +375,35 @@ def check_scoring(task: TaskSpec, search: SearchSpec) -> None:
             "search.scoring",
             "label_probabilities needs labels whose first words differ; use generation",
         )
+
+
+def check_objective(search: SearchSpec, task: TaskSpec, splits: DatasetSplits) -> None:
+    """The objective must be computable: label objectives need a label task, the worst
+    slice a validation example carrying `slice_tag`."""
+    if search.objective in (Objective.MACRO_F1, Objective.WORST_LABEL) and not task.labels:
+        raise _fail("search.objective", f"{search.objective.value} needs a task with labels")
+    if search.objective is Objective.WORST_SLICE and not any(
+        search.slice_tag in example.tags for example in splits.validation
+    ):
+        raise _fail(
+            "search.slice_tag",
+            f"no validation example carries the tag {preview(search.slice_tag)}",
+        )
+
+
+def check_tag_name(name: str, field: str) -> None:
+    if len(name) > MAX_TAG_CHARS or not _TAG_NAME.fullmatch(name):
+        raise _fail(
+            field, f"must be 1..{MAX_TAG_CHARS} of letters, digits and '_.-': {preview(name)}"
+        )
+
+
+def check_tags(tags: Mapping[str, str], field: str) -> None:
+    """At most `MAX_TAGS` tags; names like ``dialect`` or ``region.v2``, short values."""
+    check_count(tags, field, MAX_TAGS)
+    for name, value in tags.items():
+        check_tag_name(name, field)
+        check_name(value, f"{field}.{name}", MAX_TAG_CHARS)
 
 
 def _splits(dataset: Dataset, limits: Limits) -> DatasetSplits:
@@ -391,7 +430,9 @@ def _splits(dataset: Dataset, limits: Limits) -> DatasetSplits:
 
 def _with_ids(examples: tuple[Example, ...], field: str) -> tuple[Example, ...]:
     return tuple(
-        example if example.id else Example(example.inputs, example.output, f"{field}:{index}")
+        example
+        if example.id
+        else Example(example.inputs, example.output, f"{field}:{index}", example.tags)
         for index, example in enumerate(examples)
     )
 
@@ -403,7 +444,7 @@ def _check_examples(splits: DatasetSplits, task: TaskSpec, limits: Limits) -> No
 
 
 def check_example(example: Example, field: str, limits: Limits) -> None:
-    """Bounds of one example: its id, input names and texts, and output."""
+    """Bounds of one example: its id, input names and texts, output and tags."""
     if example.id:
         check_id(example.id, f"{field}.id", limits.max_id_chars)
     check_count(example.inputs, f"{field}.inputs", limits.max_input_fields)
@@ -413,6 +454,7 @@ def check_example(example: Example, field: str, limits: Limits) -> None:
             text, f"{field}.inputs.{name[: limits.max_name_chars]}", limits.max_chars_per_field
         )
     check_text(example.output, f"{field}.output", limits.max_chars_per_field)
+    check_tags(example.tags, f"{field}.tags")
 
 
 def validate_prompt(prompt: Prompt, limits: Limits, field: str = "prompt") -> None:

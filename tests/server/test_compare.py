@@ -80,7 +80,9 @@ def test_compare_prompts_pairs_two_prompts_on_the_same_examples(client: Client) 
     # The same prompt on the same model twice: answers come from the cache, no difference.
     same = client.compare(TASK, examples, HELPED, HELPED, FAKE_MODEL, FAKE_MODEL)
     assert same.comparison.difference == 0.0 and same.comparison.verdict == "no_difference"
-    assert same.b.usage.cache_hits == 60 or same.a.usage.cache_hits == 60
+    # one side is answered wholly from the cache (its 60 examples and the scoring probe)
+    cached = [side.usage for side in (same.a, same.b) if side.usage.llm_calls == 0]
+    assert cached and cached[0].cache_hits >= 60
 
 
 @pytest.mark.parametrize(

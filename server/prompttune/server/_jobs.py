@@ -269,12 +269,14 @@ class JobService:
     async def compare(self, request: ComparisonRequest, tenant: str = DEFAULT_TENANT) -> Comparison:
         """Scores prompt a on model_a and prompt b on model_b, each exactly as EvaluatePrompt
         would (`tenant`'s endpoints and cache), and compares them paired on the examples both
-        scored. Both sides are scored the way EvaluatePrompt scores, so `request.scoring` takes
-        effect where EvaluatePrompt's scoring does. When one side fails, the other is cancelled."""
+        scored, both in `request.scoring`'s mode (AUTO: label probabilities where the task and
+        the endpoint allow them). When one side fails, the other is cancelled."""
         request = await asyncio.to_thread(validate_comparison, request, self._limits)
         sides = [
             asyncio.ensure_future(
-                self._evaluate(request.evaluation(side), tenant, None, f"model_{side}")
+                self._evaluate(
+                    request.evaluation(side), tenant, None, f"model_{side}", request.scoring
+                )
             )
             for side in ("a", "b")
         ]
@@ -313,8 +315,9 @@ class JobService:
         tenant: str,
         counters: list[_CountingChatModel] | None,
         model_field: str = "model",
+        scoring: Scoring = Scoring.AUTO,
     ) -> Evaluation:
-        """`model_field` names the request's model in errors."""
+        """`model_field` names the request's model in errors; `scoring` is the mode asked for."""
         resolver, task = self._deps.endpoints.for_tenant(tenant), request.task
         endpoint = await asyncio.to_thread(resolver.resolve, request.model, model_field)
         calls = min(evaluation_calls(task, len(request.examples)), _EVALUATE_CALL_CAP)
@@ -332,7 +335,7 @@ class JobService:
             max_tokens=answer_max_tokens(request.prompt, endpoint.max_tokens),
             embedder=self._deps.embedder,
             scorer=build_scorer(task, judge, self._deps.embedder),
-            scoring=await self._scoring(gateway, request),
+            scoring=await self._scoring(gateway, request, scoring),
         )
         evaluation = await evaluate_prompt(
             gateway, task, request.prompt, request.examples, settings
@@ -340,16 +343,21 @@ class JobService:
         # the usage includes the scoring probe
         return replace(evaluation, usage=usage_since(before, gateway.usage()))
 
-    async def _scoring(self, gateway: LLMGateway, request: EvaluationRequest) -> Scoring:
-        """AUTO scoring of an evaluation: label probabilities when the task and the endpoint
-        allow them (probed on the first example; the call is reused), else generation."""
+    async def _scoring(
+        self, gateway: LLMGateway, request: EvaluationRequest, asked: Scoring
+    ) -> Scoring:
+        """How an evaluation scores: under AUTO, label probabilities when the task and the
+        endpoint allow them (probed on the first example; the call is reused), else generation;
+        LABEL_PROBABILITIES raises `FailedPrecondition` where they cannot be used."""
         prompt, task = request.prompt, request.task
-        if prompt.format.reasoning or not label_task(task) or not request.examples:
+        if asked is Scoring.GENERATION or not request.examples:
+            return Scoring.GENERATION
+        if asked is Scoring.AUTO and (prompt.format.reasoning or not label_task(task)):
             return Scoring.GENERATION
         probe = await asyncio.to_thread(
             label_request, prompt, request.examples[0].inputs, self._deps.embedder
         )
-        return (await resolve_scoring(gateway, task, probe, Scoring.AUTO)).scoring
+        return (await resolve_scoring(gateway, task, probe, asked)).scoring
 
     def _gateway(
         self,

@@ -82,3 +82,13 @@ def test_recommendation_is_the_cheapest_model_within_noise_of_the_best() -> None
     assert far is not None and far.model_index == 0
     assert far.reason.startswith("big: the best test score, 0.95; no cheaper model")
     assert recommend([ModelOutcome("a", failed=True)]) is None
+
+
+def test_a_model_without_a_test_score_is_not_compared_on_validation() -> None:
+    tested = outcome("local", 20, seconds=0.4)
+    untested = ModelOutcome("gemma", 0.9, {}, 0.0, 0.0, untested=True)
+
+    assert on_frontier([tested, untested]) == (True, False)
+    chosen = recommend([tested, untested])
+    assert chosen is not None and chosen.model_index == 0
+    assert "not compared: gemma (test scoring did not finish" in chosen.reason

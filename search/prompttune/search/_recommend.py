@@ -19,8 +19,9 @@ class ModelOutcome:
     ``score``: its best prompt's test mean (validation mean when the job has no test split).
     ``example_scores``: example id -> that prompt's score on each test example it answered.
     ``usd_per_call``: task-model cost per call sent; ``seconds_per_example``: task-model wall
-    seconds per scored test example. ``failed`` models are never on the frontier nor
-    recommended.
+    seconds per scored test example. ``failed`` models, and models ``untested`` where others
+    were tested (their test scoring did not finish), are never on the frontier nor
+    recommended: a validation score is not comparable with test scores.
     """
 
     name: str
@@ -29,12 +30,17 @@ class ModelOutcome:
     usd_per_call: float = 0.0
     seconds_per_example: float = 0.0
     failed: bool = False
+    untested: bool = False
+
+    @property
+    def comparable(self) -> bool:
+        return not self.failed and not self.untested
 
 
 def model_costs(outcomes: Sequence[ModelOutcome]) -> tuple[tuple[float, ...], str]:
     """Each model's cost and its unit: USD per call when any model has a price, else wall
     seconds per example."""
-    if any(o.usd_per_call > 0 for o in outcomes if not o.failed):
+    if any(o.usd_per_call > 0 for o in outcomes if o.comparable):
         return tuple(o.usd_per_call for o in outcomes), "USD per call"
     return tuple(o.seconds_per_example for o in outcomes), "s per example"
 
@@ -46,14 +52,14 @@ def on_frontier(outcomes: Sequence[ModelOutcome]) -> tuple[bool, ...]:
     flags = []
     for i, mine in enumerate(outcomes):
         dominated = any(
-            not other.failed
+            other.comparable
             and other.score >= mine.score
             and costs[j] <= costs[i]
             and (other.score > mine.score or costs[j] < costs[i])
             for j, other in enumerate(outcomes)
             if j != i
         )
-        flags.append(not mine.failed and not dominated)
+        flags.append(mine.comparable and not dominated)
     return tuple(flags)
 
 
@@ -69,8 +75,8 @@ def recommend(outcomes: Sequence[ModelOutcome], seed: int = 0) -> Recommendation
     """The cheapest model whose test score is not worse than the best model's beyond noise
     (paired bootstrap 95% interval of the difference reaching 0), with the reason in plain
     words. A model that shares no scored test example with the best one is not a candidate.
-    None when every model failed."""
-    alive = [i for i, o in enumerate(outcomes) if not o.failed]
+    None when no model is comparable (every model failed or went untested)."""
+    alive = [i for i, o in enumerate(outcomes) if o.comparable]
     if not alive:
         return None
     costs, unit = model_costs(outcomes)
@@ -83,11 +89,17 @@ def recommend(outcomes: Sequence[ModelOutcome], seed: int = 0) -> Recommendation
     ]
     chosen = min(candidates, key=lambda i: (costs[i], -outcomes[i].score, i))
     if len(alive) == 1:
-        reason = f"{outcomes[chosen].name}: the only model whose search succeeded"
+        reason = f"{outcomes[chosen].name}: the only model whose search succeeded and was tested"
     elif chosen == best:
         reason = _best_reason(outcomes, best, comparisons, costs)
     else:
         reason = _cheaper_reason(outcomes, (best, chosen), comparisons[chosen], costs, unit)
+    untested = [o.name for o in outcomes if o.untested and not o.failed]
+    if untested:
+        reason += (
+            f"; not compared: {', '.join(untested)} (test scoring did not finish within the "
+            "budget; a validation score is not comparable with test scores)"
+        )
     return Recommendation(model_index=chosen, reason=reason)
 
 

@@ -171,6 +171,8 @@ def model_lines(result: JobResult) -> list[str]:
         score = best.test or best.validation
         mark = "*" if entry.on_frontier else " "
         state = "  FAILED" if entry.result.stop_reason == "failed" else ""
+        if best.test is None and not state:
+            state = "  (validation: not tested)"
         lines.append(
             f"  {mark} {index}: {entry.model.label:<24} {score.mean:.3f} "
             f"[{score.ci_low:.3f}, {score.ci_high:.3f}]  ${usage.cost_usd:.4f}  "

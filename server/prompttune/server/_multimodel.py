@@ -172,7 +172,7 @@ def _failed_result(task: TaskSpec, run: ModelRun) -> JobResult:
     return JobResult(nothing, nothing, False, summary, Usage(), 0, 0, 0.0, "failed", partial=True)
 
 
-def _outcome(run: ModelRun) -> ModelOutcome:
+def _outcome(run: ModelRun, job_tested: bool) -> ModelOutcome:
     name = run.model.label
     if run.error or run.result is None:
         return ModelOutcome(name, failed=True)
@@ -187,13 +187,15 @@ def _outcome(run: ModelRun) -> ModelOutcome:
         seconds = wall / len(evaluation.results) if evaluation.results else 0.0
     task_usage = run.result.usage_by_role.get("task", Usage())
     per_call = task_usage.cost_usd / task_usage.llm_calls if task_usage.llm_calls else 0.0
-    return ModelOutcome(name, score, scores, per_call, seconds)
+    untested = job_tested and best.test is None
+    return ModelOutcome(name, score, scores, per_call, seconds, untested=untested)
 
 
 def combine(task: TaskSpec, runs: Sequence[ModelRun], seed: int) -> JobResult:
     """The job's result: one entry per model, the frontier and the recommendation; baseline
     and best are the recommended model's, usage the whole job's."""
-    outcomes = [_outcome(run) for run in runs]
+    job_tested = any(run.result is not None and run.result.best.test for run in runs)
+    outcomes = [_outcome(run, job_tested) for run in runs]
     frontier = on_frontier(outcomes)
     recommendation = recommend(outcomes, seed)
     entries = tuple(

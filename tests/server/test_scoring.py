@@ -119,6 +119,10 @@ def test_invalid_calibration_weights_are_refused(logprob_client: Client) -> None
     with pytest.raises(InvalidArgumentError) as refused:
         logprob_client.evaluate_prompt(bad, TASK, client_examples(2, "x"), FAKE_MODEL)
     assert refused.value.field == "prompt.calibration.weights"
+    huge = dataclasses.replace(PROMPT, calibration=Calibration({"positive": 1e300}))
+    with pytest.raises(InvalidArgumentError) as refused:
+        logprob_client.evaluate_prompt(huge, TASK, client_examples(2, "x"), FAKE_MODEL)
+    assert refused.value.field == "prompt.calibration.weights"
 
 
 def test_response_cache_keeps_top_logprobs(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from prompttune.contract import (
+    MAX_CALIBRATION_WEIGHT,
     Calibration,
     ContractError,
     Dataset,
@@ -485,12 +486,13 @@ _MAX_CONTENT_FREE_INPUTS = 8
 
 
 def _check_calibration(calibration: Calibration, field: str, limits: Limits) -> None:
-    """At most max_labels weights, each named like a label and finite and > 0."""
+    """At most max_labels weights, each named like a label, in (0, MAX_CALIBRATION_WEIGHT]
+    (the cap the engine itself applies, so products of probabilities stay finite)."""
     check_count(calibration.weights, f"{field}.weights", limits.max_labels)
     for label, weight in calibration.weights.items():
         check_text(label, f"{field}.weights", limits.max_label_chars)
-        if not (math.isfinite(weight) and weight > 0):
-            raise _fail(f"{field}.weights", "must be finite and positive")
+        if not (math.isfinite(weight) and 0 < weight <= MAX_CALIBRATION_WEIGHT):
+            raise _fail(f"{field}.weights", f"must be in (0, {MAX_CALIBRATION_WEIGHT:g}]")
     check_count(
         calibration.content_free_inputs, f"{field}.content_free_inputs", _MAX_CONTENT_FREE_INPUTS
     )

@@ -32,12 +32,14 @@ from prompttune.client import (
     ModelSpec,
     NotFoundError,
     SearchSpec,
+    Usage,
     from_document,
 )
 from prompttune.search import ChatModel, ModelEndpoint
 from prompttune.server import Adapters, EmbeddedServer, ServerConfig, WorkerConfig
 from prompttune.server._auth import TokenRegistry
 from prompttune.server._endpoints import EndpointConfig, EndpointEntry
+from prompttune.server._multimodel import remaining_share
 from prompttune.server.cli import main
 
 # Endpoint name -> (how its fake model answers, USD per million prompt tokens).
@@ -189,16 +191,31 @@ def test_a_clearly_better_model_is_recommended_over_a_cheaper_one(alpha: Client)
     assert (flat.on_frontier, gold.on_frontier) == (True, True)  # cheaper, or better
 
 
-def test_the_budget_is_split_evenly_between_models(alpha: Client) -> None:
+def test_the_budget_is_split_between_models_and_leftovers_go_to_the_next(alpha: Client) -> None:
     budget = Budget(max_trials=6, max_llm_calls=300)
     # Without the cache: earlier tests' answers would otherwise cost nothing.
     search = replace(SMALL_SEARCH, budget=budget, disable_cache=True)
     job = run(alpha, "pricey", "gold", search=search)
     assert job.state is JobState.SUCCEEDED and job.result is not None
-    calls = [entry.result.usage.llm_calls for entry in job.result.models]
-    assert all(0 < share <= 150 for share in calls), calls
-    assert sum(calls) > 150  # the job as a whole spent more than one share
-    assert job.result.usage.llm_calls == sum(calls)
+    first, second = (entry.result.usage.llm_calls for entry in job.result.models)
+    assert 0 < first <= 150 and 0 < second <= 300 - first, (first, second)
+    assert first + second > 150  # the job as a whole spent more than one share
+    assert job.result.usage.llm_calls == first + second
+
+
+def test_what_a_model_leaves_unused_goes_to_the_models_after_it() -> None:
+    budget = Budget(max_trials=6, max_llm_calls=300, max_wall_seconds=900.0, max_cost_usd=1.0)
+    first = remaining_share(budget, Usage(), 0.0, 2)
+    assert (first.max_llm_calls, first.max_wall_seconds, first.max_cost_usd) == (150, 450.0, 0.5)
+    second = remaining_share(budget, Usage(llm_calls=100, cost_usd=0.25), 300.0, 1)
+    assert (second.max_llm_calls, second.max_wall_seconds) == (200, 600.0)
+    assert second.max_cost_usd == pytest.approx(0.75)
+    # a spent budget leaves the next model the smallest limit, never an unlimited one
+    spent = remaining_share(budget, Usage(llm_calls=300, cost_usd=1.0), 950.0, 1)
+    assert (spent.max_llm_calls, spent.max_wall_seconds) == (1, 1.0)
+    assert 0 < spent.max_cost_usd < 1e-6
+    unlimited = remaining_share(Budget(max_tokens=0), Usage(prompt_tokens=50), 10.0, 2)
+    assert unlimited.max_tokens == 0 and unlimited.max_cost_usd == 0.0
 
 
 def test_a_failing_model_keeps_the_other_models_result(alpha: Client) -> None:

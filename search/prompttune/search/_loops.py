@@ -36,8 +36,9 @@ def stop_reason(state: SearchState) -> str:
         return state.stop_reason
     if trials_taken(state) >= spec.budget.max_trials:
         return "max_trials"
-    if state.guard.remaining(SEARCH_WALL_SHARE) == 0.0:
-        return "max_wall_seconds"
+    state.final_seconds = state.pace.seconds_for(final_reserve(state))
+    if state.guard.remaining(SEARCH_WALL_SHARE, state.final_seconds) == 0.0:
+        return "max_wall_seconds"  # the final phase needs the rest
     available = budget.calls_available()
     if available is not None and available < calls_per_example(state.task) * state.rungs[0]:
         return "max_llm_calls"  # not even the first minibatch of another trial fits

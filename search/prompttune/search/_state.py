@@ -27,6 +27,7 @@ from prompttune.search._budget import CallBudget
 from prompttune.search._demos import DemoSet
 from prompttune.search._evaluate import CallSettings
 from prompttune.search._gateway import LLMGateway, UsageLedger, add_usage
+from prompttune.search._guard import Pace, StopGuard
 from prompttune.search._labelprobs import ScoringChoice, ScoringTally
 from prompttune.search._proposer import InstructionProposer
 from prompttune.search._space import PromptKey, SearchSpace, TrialConfig
@@ -35,7 +36,6 @@ from prompttune.search._types import DatasetSplits
 
 if TYPE_CHECKING:
     from prompttune.search._finalize import Finalist
-    from prompttune.search._guard import StopGuard
     from prompttune.search._objective import Objective
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
@@ -124,6 +124,10 @@ class SearchState:
     # holds the same value. The tally counts label-probability scoring and its fallbacks.
     scoring: ScoringChoice = field(default_factory=lambda: ScoringChoice(Scoring.GENERATION))
     tally: ScoringTally = field(default_factory=ScoringTally)
+    # The task model's measured wall time per call, and the wall seconds the final phase
+    # needs at that pace as the search stands (`stop_reason` updates it before each trial).
+    pace: Pace = field(default_factory=Pace)
+    final_seconds: float = 0.0
 
     @cached_property
     def trial_objective(self) -> TrialObjective:

@@ -15,7 +15,7 @@ from optuna.trial import Trial, TrialState
 
 from prompttune.contract import BudgetUsed, NewBest, SearchEvent, TrialFinished
 from prompttune.search._errors import BudgetExceeded
-from prompttune.search._evaluate import score_examples
+from prompttune.search._evaluate import TASK_ROLE, score_examples
 from prompttune.search._labelprobs import calibrate
 from prompttune.search._resume import save_record, save_usage, usage_attr
 from prompttune.search._space import TrialConfig
@@ -25,7 +25,8 @@ log = structlog.get_logger(__name__)
 
 # A trial with more than this share of failed examples fails.
 MAX_FAILED_SHARE = 0.5
-# The search phase may use this share of the wall budget; the rest is kept for promotion.
+# The search phase may use at most this share of the wall budget, and stops earlier when the
+# final phase (promotion, selection, test) needs more at the measured pace (`Pace`).
 SEARCH_WALL_SHARE = 0.75
 TRIAL_ATTR_PREFIX = "prompttune.trial."
 
@@ -47,7 +48,9 @@ class Trials:
         included) fails and ends the search; cancellation and errors fail it and propagate,
         so no live process leaves a trial RUNNING (only a killed one does: see `resume`)."""
         try:
-            record = await state.guard.within(self._run(state, trial), SEARCH_WALL_SHARE)
+            record = await state.guard.within(
+                self._run(state, trial), SEARCH_WALL_SHARE, state.final_seconds
+            )
         except BudgetExceeded as error:
             study.tell(trial, state=TrialState.FAIL)
             state.stop_reason = error.limit
@@ -88,9 +91,12 @@ class Trials:
         state.guard.check()
         batch = state.val_order[record.scored : size]
         settings = state.space.call_settings(record.prompt, state.settings)
+        started, sent = state.guard.elapsed(), state.task_gateway.usage(TASK_ROLE).llm_calls
         results = await score_examples(
             state.task_gateway, state.task, record.prompt, batch, settings
         )
+        sent = state.task_gateway.usage(TASK_ROLE).llm_calls - sent
+        state.pace.add(state.guard.elapsed() - started, sent)
         record.results.extend(results)
         checkpoint(state)  # a crash loses at most one rung's accounting
 

@@ -3,7 +3,9 @@ recommendation.
 
 The models run one after another in request order on the job's splits, response cache and
 proposer (unset: the first model proposes for all, so every model's instruction proposals
-after the first come from the cache). Each budget cap is split evenly between the models. A
+after the first come from the cache). Each budget cap is split evenly between the models
+still to run: what a model leaves unused (calls, tokens, cost, wall time) goes to the models
+after it. A
 model whose search fails keeps its entry, marked (stop_reason "failed", the cause in its
 summary); the job fails only when every model failed. Cancelling stops them all.
 """
@@ -11,6 +13,7 @@ summary); the job fails only when every model failed. Cancelling stops them all.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -60,6 +63,21 @@ def share_budget(budget: Budget, count: int) -> Budget:
         max_cost_usd=budget.max_cost_usd / count,
         max_wall_seconds=budget.max_wall_seconds / count,
     )
+
+
+def remaining_share(budget: Budget, used: Usage, wall_used: float, models_left: int) -> Budget:
+    """The budget of the next of `models_left` models: what the models before it left of
+    each cap (`used`, `wall_used` seconds), split evenly (unlimited caps stay unlimited)."""
+    left = dataclasses.replace(
+        budget,
+        max_llm_calls=max(1, budget.max_llm_calls - used.llm_calls) if budget.max_llm_calls else 0,
+        max_tokens=max(1, budget.max_tokens - used.tokens) if budget.max_tokens else 0,
+        max_cost_usd=max(1e-9, budget.max_cost_usd - used.cost_usd) if budget.max_cost_usd else 0.0,
+        max_wall_seconds=max(1.0, budget.max_wall_seconds - wall_used)
+        if budget.max_wall_seconds
+        else 0.0,
+    )
+    return share_budget(left, models_left)
 
 
 def model_search(spec: JobSpec) -> SearchSpec:
@@ -129,10 +147,16 @@ async def run_models(
     model failed."""
     models, search = spec.target_models, model_search(spec)
     runs = [ModelRun(model) for model in models]
+    started = time.monotonic()
     for index, run in enumerate(runs):
         position = f"model {index + 1}/{len(models)} ({run.model.label})"
         before = add_usage(*(r.result.usage for r in runs if r.result is not None))
-        one = dataclasses.replace(spec, model=run.model, models=(), search=search)
+        budget = remaining_share(
+            spec.search.budget, before, time.monotonic() - started, len(models) - index
+        )
+        one = dataclasses.replace(
+            spec, model=run.model, models=(), search=dataclasses.replace(search, budget=budget)
+        )
         watcher = ModelObserver(observer, position, before)
         try:
             study = study_name(job_id, index)

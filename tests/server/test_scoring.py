@@ -88,6 +88,17 @@ def test_evaluate_prompt_scores_by_label_probabilities_with_the_calibration(
     assert all(r.label_probabilities for r in fixed.results)
 
 
+def test_compare_scores_both_sides_in_the_mode_the_caller_asks(logprob_client: Client) -> None:
+    examples = client_examples(12, "cmpmode")
+    auto = logprob_client.compare(TASK, examples, PROMPT, PROMPT, FAKE_MODEL, FAKE_MODEL)
+    generated = logprob_client.compare(
+        TASK, examples, PROMPT, PROMPT, FAKE_MODEL, FAKE_MODEL, scoring=Scoring.GENERATION
+    )
+    assert {auto.a.score.scoring, auto.b.score.scoring} == {Scoring.LABEL_PROBABILITIES}
+    assert {generated.a.score.scoring, generated.b.score.scoring} == {Scoring.GENERATION}
+    assert all(not r.label_probabilities for r in generated.a.results)
+
+
 def test_render_prompt_returns_the_calibration(logprob_server: EmbeddedServer) -> None:
     calibrated = dataclasses.replace(PROMPT, calibration=CALIBRATION)
     request = pb.RenderPromptRequest(prompt=wire.to_message(calibrated), inputs={"input": "dull"})

@@ -40,6 +40,7 @@ from prompttune.contract import (
     JobState,
     ModelSpec,
     Prompt,
+    Scoring,
     SearchSpec,
     TaskSpec,
     render,
@@ -203,9 +204,10 @@ class AsyncClient:
         model_b: ModelSpec | None = None,
         *,
         seed: int = 0,
+        scoring: Scoring = Scoring.AUTO,
     ) -> Comparison:
         """See :meth:`Client.compare`: no deadline."""
-        request = rpc.compare(task, examples, (a, model_a), (b, model_b), seed)
+        request = rpc.compare(task, examples, (a, model_a), (b, model_b), seed, scoring)
         try:
             reply = await self._stub.ComparePrompts(request, metadata=self._metadata)
         except grpc.RpcError as error:
@@ -221,13 +223,21 @@ class AsyncClient:
         against: Job | str | Contender | None = None,
         task: TaskSpec | None = None,
         seed: int = 0,
+        scoring: Scoring = Scoring.AUTO,
     ) -> CheckVerdict:
         """See :meth:`Client.check`."""
         if isinstance(against, str):
             against = await self.get_job(against)
         baseline, task = reference(prompt, against, task)
         comparison = await self.compare(
-            task, examples, baseline.prompt, prompt, baseline.model, model, seed=seed
+            task,
+            examples,
+            baseline.prompt,
+            prompt,
+            baseline.model,
+            model,
+            seed=seed,
+            scoring=scoring,
         )
         return CheckVerdict(task, baseline, Contender(prompt, model), comparison)
 

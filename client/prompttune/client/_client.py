@@ -36,6 +36,7 @@ from prompttune.contract import (
     JobState,
     ModelSpec,
     Prompt,
+    Scoring,
     SearchSpec,
     TaskSpec,
     render,
@@ -288,14 +289,17 @@ class Client:
         model_b: ModelSpec | None = None,
         *,
         seed: int = 0,
+        scoring: Scoring = Scoring.AUTO,
     ) -> Comparison:
         """Score ``a`` on ``model_a`` and ``b`` on ``model_b`` (None: the local model) on the
         same 1 to 5000 ``examples``, each as :meth:`evaluate_prompt` would, and compare them
         paired: ``comparison.difference`` is b - a with its 95% interval, p-value, per-label
         recall differences and verdict ("b_better", "b_worse" or "no_difference"; ``seed``
-        seeds the bootstrap). No deadline, like :meth:`evaluate_prompt`. Raises
+        seeds the bootstrap). ``scoring`` AUTO scores by label probabilities where the task and
+        both endpoints allow it (calibrated prompts always), GENERATION by the parsed answer
+        text. No deadline, like :meth:`evaluate_prompt`. Raises
         InvalidArgumentError naming the field (``a``, ``model_b``, ``examples[3]``, ...)."""
-        request = rpc.compare(task, examples, (a, model_a), (b, model_b), seed)
+        request = rpc.compare(task, examples, (a, model_a), (b, model_b), seed, scoring)
         try:
             reply = self._stub.ComparePrompts(request, metadata=self._metadata)
         except grpc.RpcError as error:
@@ -311,6 +315,7 @@ class Client:
         against: Job | str | Contender | None = None,
         task: TaskSpec | None = None,
         seed: int = 0,
+        scoring: Scoring = Scoring.AUTO,
     ) -> CheckVerdict:
         """The regression gate: ``prompt`` on ``model`` against a reference, on ``examples``.
 
@@ -324,7 +329,14 @@ class Client:
         baseline, task = reference(prompt, against, task)
         candidate = Contender(prompt, model)
         comparison = self.compare(
-            task, examples, baseline.prompt, prompt, baseline.model, model, seed=seed
+            task,
+            examples,
+            baseline.prompt,
+            prompt,
+            baseline.model,
+            model,
+            seed=seed,
+            scoring=scoring,
         )
         return CheckVerdict(task, baseline, candidate, comparison)
 

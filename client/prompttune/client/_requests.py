@@ -24,6 +24,7 @@ from prompttune.contract import (
     JobState,
     ModelSpec,
     Prompt,
+    Scoring,
     SearchSpec,
     TaskSpec,
 )
@@ -138,6 +139,7 @@ def compare(
     a: tuple[Prompt, ModelSpec | None],
     b: tuple[Prompt, ModelSpec | None],
     seed: int,
+    scoring: Scoring = Scoring.AUTO,
 ) -> pb.ComparePromptsRequest:
     """A model None is left unset: the server reads it as `ModelSpec()`."""
     return pb.ComparePromptsRequest(
@@ -148,6 +150,7 @@ def compare(
         b=to_message(b[0]),
         model_b=None if b[1] is None else to_message(b[1]),
         seed=seed,
+        scoring=pb.Scoring.Value(f"SCORING_{scoring.name}"),
     )
 
 

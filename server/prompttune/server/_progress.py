@@ -1,7 +1,11 @@
-"""The CLI's live progress line: phase, trials, best score so far and LLM calls."""
+"""The CLI's live progress line: phase, trials, best score so far and LLM calls.
+
+In a multi-model job the trials and best score are those of the model being searched (the
+phase names it, as in "searching model 2/2 (gemma)"); LLM calls are the job's."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TextIO
 
@@ -25,10 +29,12 @@ class ProgressLine:
         self._hits = 0
         self._started = time.monotonic()
         self._last_print = 0.0
+        self._model = ""
 
     def update(self, event: JobEvent) -> None:
         if event.phase_changed is not None:
             self._phase = event.phase_changed.phase
+            self._next_model(self._phase)
         elif event.trial_finished is not None:
             self._trials += 1
         elif event.new_best is not None:
@@ -39,6 +45,14 @@ class ProgressLine:
         elif event.state_changed is not None:
             self._phase = event.state_changed.state.value
         self._render(force=event.phase_changed is not None or event.state_changed is not None)
+
+    def _next_model(self, phase: str) -> None:
+        """A phase naming another model starts that model's trial count and best score."""
+        model = re.search(r"model \d+/\d+", phase)
+        if model is not None and model.group() != self._model:
+            if self._model:
+                self._trials, self._best = 0, None
+            self._model = model.group()
 
     def _render(self, force: bool) -> None:
         if not self._enabled:

@@ -135,6 +135,16 @@ def test_bad_model_lists_are_refused_naming_the_field(alpha: Client) -> None:
     assert refused.value.field == "models[1].max_tokens"
 
 
+def test_a_call_budget_too_small_for_every_model_to_search_is_refused(alpha: Client) -> None:
+    tiny = replace(SMALL_SEARCH, budget=replace(SMALL_SEARCH.budget, max_llm_calls=60))
+    with pytest.raises(InvalidArgumentError) as refused:
+        alpha.create_job(TASK, small_dataset(), named("cheap"), tiny, models=[named("flat")])
+    assert refused.value.field == "search.budget.max_llm_calls"
+    assert "gives each of the 2 models 30 calls" in str(refused.value)
+    # the same budget for one model is its own choice: the job runs (and reports its stop)
+    alpha.create_job(TASK, small_dataset(), named("cheap"), tiny, dry_run=True)
+
+
 def test_the_estimate_covers_every_model(alpha: Client) -> None:
     half = replace(SMALL_SEARCH, budget=replace(SMALL_SEARCH.budget, max_llm_calls=1000))
     one = alpha.create_job(TASK, small_dataset(), named("cheap"), half, dry_run=True)

@@ -25,7 +25,7 @@ from prompttune.search._errors import (
     SearchFailed,
     UpstreamUnavailable,
 )
-from prompttune.search._estimate import estimate
+from prompttune.search._estimate import estimate, final_calls
 from prompttune.search._evaluate import CallSettings, evaluate_prompt, score_examples
 from prompttune.search._failures import MAX_FAILURES_WITHOUT_SUCCESS, FailureTally
 from prompttune.search._flow import (
@@ -171,6 +171,7 @@ __all__ = [
     "evaluate_prompt",
     "evaluation_calls",
     "extract_prediction",
+    "final_calls",
     "label_request",
     "label_task",
     "last_number",

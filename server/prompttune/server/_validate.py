@@ -38,9 +38,17 @@ from prompttune.contract import (
     preview,
     wire,
 )
-from prompttune.search import DatasetSplits, split_examples, validate_splits, validate_task
+from prompttune.search import (
+    DatasetSplits,
+    calls_per_example,
+    final_calls,
+    split_examples,
+    validate_splits,
+    validate_task,
+)
 from prompttune.search import InvalidArgument as InvalidArgumentError
 from prompttune.server._limits import Limits
+from prompttune.server._multimodel import model_search
 
 T = TypeVar("T")
 
@@ -190,6 +198,7 @@ def validate_job_spec(spec: JobSpec, limits: Limits) -> JobSpec:
     _check_examples(splits, task, limits)
     _engine_check(validate_splits, task, splits)
     check_objective(spec.search, task, splits)
+    check_model_shares(spec, task, splits)
     dataset = Dataset(train=splits.train, validation=splits.validation, test=splits.test)
     return dataclasses.replace(spec, task=task, dataset=dataset)
 
@@ -212,6 +221,24 @@ def validate_target_models(spec: JobSpec) -> None:
         if _model_key(model) in seen:
             raise _fail(field, f"names the same endpoint and model as {seen[_model_key(model)]}")
         seen[_model_key(model)] = field
+
+
+def check_model_shares(spec: JobSpec, task: TaskSpec, splits: DatasetSplits) -> None:
+    """Each model of a multi-model job gets an even share of ``max_llm_calls``; a share that
+    cannot pay for that model's final phase (baseline and finalists on the validation split,
+    two prompts on test) and one minibatch of trials is refused, not run without a search."""
+    count = len(spec.target_models)
+    if count < 2:
+        return
+    one = model_search(spec)
+    need = final_calls(task, splits, one) + calls_per_example(task) * one.minibatch_size
+    if one.budget.max_llm_calls < need:
+        raise _fail(
+            "search.budget.max_llm_calls",
+            f"gives each of the {count} models {one.budget.max_llm_calls} calls; each needs at "
+            f"least {need} (validation and test of the baseline and finalists, and one "
+            f"minibatch of trials): raise it to {need * count} or more",
+        )
 
 
 def _model_key(model: ModelSpec) -> tuple[str, str]:

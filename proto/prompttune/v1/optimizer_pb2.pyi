@@ -548,7 +548,10 @@ class Budget(_message.Message):
     max_llm_calls: _builtins.int
     """Hard cap on LLM calls sent (task + proposer + judge), cache hits excluded. Default 2000."""
     max_wall_seconds: _builtins.float
-    """Hard cap on wall time of the search, in seconds. Default 1800."""
+    """Hard cap on wall time of the search, in seconds. Default 1800. The search phase stops
+    at 3/4 of it, or earlier when the final phase (validation, selection and test of the
+    finalists and baseline) needs the rest at the task model's measured pace.
+    """
     max_tokens: _builtins.int
     """Hard cap on prompt + completion tokens of calls sent. 0 = unlimited."""
     max_cost_usd: _builtins.float
@@ -1554,8 +1557,9 @@ class CreateJobRequest(_message.Message):
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelSpec]:
         """More target models, searched in the same job after `model` with the same proposer,
-        splits, cache and budget (split evenly between models). At most 4. The result has one
-        entry per model and a recommendation.
+        splits, cache and budget (each cap split evenly between the models still to run: what
+        one leaves unused goes to the next; a call share that cannot pay for a model's final
+        phase is refused). At most 4. The result has one entry per model and a recommendation.
         """
 
     def __init__(

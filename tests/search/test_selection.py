@@ -125,10 +125,12 @@ def finalist(
     selection: Sequence[float],
     demos: int = 0,
 ) -> Finalist:
-    """A finalist scoring `validation` on every search example and `selection` per example."""
+    """A finalist answering the first `validation` share of the search examples right (every
+    finalist the same ones, as prompts of one search mostly do) and `selection` per example."""
     shown = DATA.train[:demos]
     prompt = Prompt(instruction, shown, format=PromptFormat(InstructionPlacement.USER))
-    searched = evaluation(state, [validation] * len(state.val_order), selection=False)
+    right = round(validation * len(state.val_order))
+    searched = evaluation(state, share(right, len(state.val_order)), selection=False)
     held = evaluation(state, selection, selection=True)
     return Finalist((len(state.finalists), (name,), "", "", "", False), prompt, searched, held)
 
@@ -173,6 +175,18 @@ def test_parsimony_prefers_fewer_prompt_tokens_within_noise() -> None:
     state.finalists.append(finalist(state, "short", PROPOSAL, 0.8, share(16)))
     winner, rule = choose_winner(state)
     assert winner.prompt.instruction == PROPOSAL and "it is shorter" in rule
+
+
+def test_parsimony_needs_the_simpler_prompt_within_noise_on_the_whole_validation() -> None:
+    """Close on 20 held-back examples (17 against 15) but far behind on the search's 20 (18
+    against 8): the shorter prompt is worse, not simpler at no cost."""
+    state = state_for()
+    wordy = PROPOSAL + " Think about the tone, the adjectives and the overall verdict first."
+    state.finalists = [finalist(state, "baseline", SEED, 0.4, share(6))]
+    state.finalists.append(finalist(state, "wordy", wordy, 0.9, share(17)))
+    state.finalists.append(finalist(state, "short", PROPOSAL, 0.4, share(15)))
+    winner, rule = choose_winner(state)
+    assert winner.prompt.instruction == wordy and rule.startswith("winner: the best of 2")
 
 
 def test_a_clearly_better_proposal_beats_the_simpler_seed() -> None:

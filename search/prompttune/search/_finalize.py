@@ -46,6 +46,11 @@ class Finalist:
         """The evaluation the winner is picked on."""
         return self.selection if on_selection else self.evaluation
 
+    def validation_results(self) -> tuple[ExampleResult, ...]:
+        """Its results on the whole validation split: the search's part and selection."""
+        held = self.selection.results if self.selection is not None else ()
+        return (*self.evaluation.results, *held)
+
 
 def pareto_front(scores: list[PromptScores]) -> tuple[PromptScores, ...]:
     """Prompts not dominated on (validation mean up, prompt tokens down), shortest first."""
@@ -173,15 +178,28 @@ def improvement(state: SearchState, winner: Finalist, baseline: Finalist) -> tup
     return True, f"{split} {gain:+.3f} over the baseline (95% lower bound {lower:+.3f})"
 
 
-def _within_noise(state: SearchState, best: Evaluation, other: Evaluation) -> bool:
-    """True when `other` is not significantly worse than `best`: the one-sided 95% lower
-    bound of best - other (paired bootstrap) is not above 0."""
-    return paired_bootstrap_lower_bound(*_paired(best, other), state.spec.seed) <= 0
+def _within_noise(state: SearchState, best: Finalist, other: Finalist, on_selection: bool) -> bool:
+    """True when `other` is not significantly worse than `best` (the one-sided 95% lower
+    bound of best - other, paired bootstrap, is not above 0) on the picking split and on
+    the whole validation split: a few held-back examples alone would call nearly any gap
+    noise, and the search's part alone flatters the prompts the search picked there."""
+    picked = best.judged(on_selection), other.judged(on_selection)
+    if picked[0] is None or picked[1] is None:
+        return False
+    whole = (
+        Evaluation(best.evaluation.score, best.validation_results()),
+        Evaluation(other.evaluation.score, other.validation_results()),
+    )
+    return all(
+        paired_bootstrap_lower_bound(*_paired(*pair), state.spec.seed) <= 0
+        for pair in (picked, whole)
+    )
 
 
 def choose_winner(state: SearchState) -> tuple[Finalist, str]:
-    """Parsimony: among the finalists (baseline excluded) not significantly worse than the
-    best one on the picking split, the simplest: the seed instruction before a proposal,
+    """Parsimony: the best finalist (baseline excluded) on the picking split; among the
+    finalists not significantly worse than it there and on the whole validation split, the
+    simplest: the seed instruction before a proposal,
     then fewer prompt tokens. Returns the winner (the baseline when no other finalist was
     scored) and the rule that chose it, in plain words."""
     on_selection = _on_selection(state.finalists)
@@ -196,7 +214,7 @@ def choose_winner(state: SearchState) -> tuple[Finalist, str]:
         return objective_value(state.spec, evaluation.score)
 
     best, best_eval = max(scored, key=lambda p: (value(p[1]), -prompt_token_count(p[0].prompt)))
-    close = [(f, e) for f, e in scored if f is best or _within_noise(state, best_eval, e)]
+    close = [(f, e) for f, e in scored if f is best or _within_noise(state, best, f, on_selection)]
     winner, winner_eval = min(
         close,
         key=lambda p: (

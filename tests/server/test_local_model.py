@@ -36,13 +36,14 @@ def test_plain_text_keeps_a_lone_user_message_as_it_is() -> None:
     )
 
 
-def test_every_managed_server_returns_log_probabilities_and_gemma_reads_plain_text() -> None:
+def test_every_managed_server_runs_without_logits_all_and_gemma_reads_plain_text() -> None:
     commands = {
         model.alias: server_command(model, Path("m.gguf"), 1234, LocalModelConfig())
         for model in EMBEDDED_MODELS
     }
     for alias, command in commands.items():
-        assert command[command.index("--logits_all") + 1] == "true"
+        assert command[command.index("--model") + 1] == "m.gguf"
+        assert "--logits_all" not in command
         assert command[command.index("--model_alias") + 1] == alias
     gemma = commands[GEMMA_MODEL_NAME]
     assert gemma[gemma.index("--chat_format") + 1] == "prompttune-plain"

@@ -107,10 +107,10 @@ def _free_port() -> int:
 def server_command(
     model: EmbeddedModel, gguf: Path, port: int, config: LocalModelConfig
 ) -> list[str]:
-    # `--logits_all true`: chat completions may then return logprobs / top_logprobs, which
-    # label-probability scoring reads (llama-cpp-python refuses logprobs without it). It costs
-    # generation 16% more CPU per call on SmolLM2 and 5% on Gemma (benchmarks/logits_bench.py,
-    # 20 SST-2 calls of up to 32 tokens).
+    # No `--logits_all`: `_llama_serve` answers the one-token calls of label-probability
+    # scoring with their top log probabilities itself, and every other call is spared the
+    # cost of keeping every position's logits (16% more CPU per generation call on SmolLM2,
+    # 5% on Gemma: benchmarks/logits_bench.py).
     command = [
         sys.executable, "-m", "prompttune.server._llama_serve",
         "--model", str(gguf),
@@ -119,7 +119,6 @@ def server_command(
         "--port", str(port),
         "--n_ctx", str(config.n_ctx),
         "--n_threads", str(config.n_threads),
-        "--logits_all", "true",
         "--verbose", "False",
     ]  # fmt: skip
     if model.chat_format:

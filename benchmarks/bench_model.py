@@ -1,6 +1,6 @@
 """The benchmark's task models: the service's own embedded models (SmolLM2-135M-Instruct and
 Gemma 3 270M), each on the managed llama.cpp server the service runs (`LocalModelServer`:
-started with `--logits_all true`, so label-probability scoring can read log probabilities).
+its one-token calls return the top log probabilities label-probability scoring reads).
 
 There is no cache across runs: a response served from a cache would make the task-model
 seconds per scored example meaningless. Resuming works per (model, task, method) result file.

@@ -305,12 +305,16 @@ async def test_indistinguishable_labels_use_generation_with_a_reason() -> None:
     assert "first words" in result.scoring_note
 
 
-def test_the_estimate_counts_the_probe_and_the_calibration_calls() -> None:
+def test_the_estimate_counts_the_probe_fallbacks_and_calibration_calls() -> None:
+    """An upper bound: the probe, a generation fallback for every example the label
+    probabilities might not answer, and the content-free calls of every calibrated trial."""
     big = search_spec(CONFIG, max_llm_calls=0)
     generation = estimate(
         SENTIMENT_TASK, DATA, dataclasses.replace(big, scoring=Scoring.GENERATION)
     )
     auto = estimate(SENTIMENT_TASK, DATA, big)
     never = estimate(SENTIMENT_TASK, DATA, dataclasses.replace(big, calibrate=False))
-    assert auto.llm_calls - generation.llm_calls == 1 + 3 * big.budget.max_trials
-    assert never.llm_calls - generation.llm_calls == 1
+    assert big.num_instruction_candidates == big.num_reflection_candidates == 0
+    scored = generation.llm_calls  # no proposer calls: every call scores one example
+    assert auto.llm_calls - generation.llm_calls == 1 + scored + 3 * big.budget.max_trials
+    assert never.llm_calls - generation.llm_calls == 1 + scored

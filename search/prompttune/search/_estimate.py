@@ -74,14 +74,18 @@ def _proposer_calls(spec: SearchSpec, train: int) -> int:
     return proposals + summary + max(0, spec.num_reflection_candidates)
 
 
-def _scoring_calls(task: TaskSpec, spec: SearchSpec) -> int:
-    """Calls label-probability scoring may add: the probe that decides it, and the
-    content-free calls of calibration (`CONTENT_FREE_INPUTS` per calibrated trial)."""
+def _scoring_calls(task: TaskSpec, spec: SearchSpec, scored_examples: int) -> int:
+    """Calls label-probability scoring may add: the probe that decides it, a generation
+    fallback for each of the `scored_examples` whose label probabilities name no label, and
+    the content-free calls of calibration (`CONTENT_FREE_INPUTS` per calibrated trial)."""
     if spec.scoring is Scoring.GENERATION or not label_task(task):
         return 0
-    if not labels_distinguishable(task.labels) or spec.calibrate is False:
+    if not labels_distinguishable(task.labels):
         return 1
-    return 1 + len(CONTENT_FREE_INPUTS) * spec.budget.max_trials
+    fallbacks = scored_examples
+    if spec.calibrate is False:
+        return 1 + fallbacks
+    return 1 + fallbacks + len(CONTENT_FREE_INPUTS) * spec.budget.max_trials
 
 
 def estimate(
@@ -101,10 +105,11 @@ def estimate(
     budget = spec.budget
     n_val = len(splits.validation)
     bootstrap = len(bootstrap_candidates(splits.train, spec.max_demos, spec.seed))
-    calls = _proposer_calls(spec, len(splits.train)) + final_calls(task, splits, spec)
+    finals = final_calls(task, splits, spec)
     searched = n_val - selection_size(spec, n_val)
-    calls += calls_per_example(task) * (budget.max_trials * searched + bootstrap)
-    calls += _scoring_calls(task, spec)
+    scoring = calls_per_example(task) * (budget.max_trials * searched + bootstrap)
+    calls = _proposer_calls(spec, len(splits.train)) + finals + scoring
+    calls += _scoring_calls(task, spec, (finals + scoring) // calls_per_example(task))
     if budget.max_llm_calls:
         calls = min(calls, budget.max_llm_calls)
     widest = Prompt(

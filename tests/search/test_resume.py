@@ -3,12 +3,13 @@ not re-run, no LLM call is paid twice, and the result equals an uninterrupted ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import optuna
 import pytest
 
-from prompttune.contract import JobResult, SearchEvent
+from prompttune.contract import JobResult, Scoring, SearchEvent
 from prompttune.search import Runner, RunnerDeps
 from prompttune.search._resume import interrupted_trials
 from tests.fakes import (
@@ -16,6 +17,7 @@ from tests.fakes import (
     FakeChatModel,
     FakeEmbedder,
     InMemoryResponseCache,
+    biased_sentiment_logprobs,
     fixed_clock,
     routing_responder,
 )
@@ -60,8 +62,19 @@ def runner(
     return Runner(deps, storage)
 
 
-async def uninterrupted() -> tuple[JobResult, int]:
-    model = FakeChatModel(routing_responder)
+def generating() -> FakeChatModel:
+    return FakeChatModel(routing_responder)
+
+
+def label_scoring() -> FakeChatModel:
+    """Scored by label probabilities and calibrated: predictions differ from answer texts."""
+    return FakeChatModel(routing_responder, logprobs=biased_sentiment_logprobs)
+
+
+async def uninterrupted(
+    make_model: Callable[[], FakeChatModel] = generating,
+) -> tuple[JobResult, int]:
+    model = make_model()
     storage = optuna.storages.InMemoryStorage()
     result = await runner(model, InMemoryResponseCache(), storage).run(
         SENTIMENT_TASK, DATA, CONFIG, "job"
@@ -77,9 +90,24 @@ async def test_resumed_search_equals_an_uninterrupted_one() -> None:
     assert mid_trial >= 3, "some interruptions should land inside a trial"
 
 
-async def interrupt_and_resume(die_at: int, reference: JobResult, reference_calls: int) -> int:
+async def test_a_resumed_label_probability_search_equals_an_uninterrupted_one() -> None:
+    """Scored by calibrated label probabilities, a resumed run's scores (confusion matrices
+    included) and calls equal an uninterrupted run's."""
+    reference, reference_calls = await uninterrupted(label_scoring)
+    assert reference.scoring is Scoring.LABEL_PROBABILITIES
+    assert reference.best.prompt.calibration is not None
+    for die_at in (9, 18, 27):
+        await interrupt_and_resume(die_at, reference, reference_calls, label_scoring)
+
+
+async def interrupt_and_resume(
+    die_at: int,
+    reference: JobResult,
+    reference_calls: int,
+    make_model: Callable[[], FakeChatModel] = generating,
+) -> int:
     """Returns 1 when the interruption left a trial RUNNING (mid-trial), else 0."""
-    model = FakeChatModel(routing_responder)
+    model = make_model()
     cache = InMemoryResponseCache()
     storage = optuna.storages.InMemoryStorage()
 

@@ -41,9 +41,19 @@ def save_record(trial: Trial, record: TrialRecord) -> None:
     if record.duplicate_of is not None:
         trial.set_user_attr(DUPLICATE_ATTR, record.duplicate_of)
     else:
-        rows: list[list[Any]] = [[r.id, r.score, r.error, r.answer] for r in record.results]
+        rows: list[list[Any]] = [
+            [r.id, r.score, r.error, r.answer, r.prediction] for r in record.results
+        ]
         trial.set_user_attr(RESULTS_ATTR, rows)
     trial.set_user_attr(STATE_ATTR, record.state)
+
+
+def _result(row: list[Any]) -> ExampleResult:
+    """A stored row: id, score, error, answer and (stored since label-probability scoring)
+    the prediction."""
+    example_id, score, error, answer, *rest = row
+    prediction = str(rest[0]) if rest else ""
+    return ExampleResult(str(example_id), str(answer), float(score), str(error), prediction)
 
 
 def load_record(
@@ -69,10 +79,7 @@ def load_record(
         original = by_number[int(duplicate_of)]
         results = list(original.results)
     else:
-        results = [
-            ExampleResult(str(i), str(answer), float(score), str(error))
-            for i, score, error, answer in frozen.user_attrs.get(RESULTS_ATTR, [])
-        ]
+        results = [_result(row) for row in frozen.user_attrs.get(RESULTS_ATTR, [])]
     intermediate = sorted((int(step), float(v)) for step, v in frozen.intermediate_values.items())
     return TrialRecord(
         frozen.number,

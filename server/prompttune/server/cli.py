@@ -35,6 +35,7 @@ from prompttune.server._commands import (
     write_summary,
 )
 from prompttune.server._comparing import add_comparison_commands
+from prompttune.server._limits import Limits
 from prompttune.server._taskfile import TaskFileError, load_task_file
 
 if TYPE_CHECKING:
@@ -126,6 +127,7 @@ def cmd_serve(args: argparse.Namespace, connect: Connect) -> int:
         metrics_host=args.metrics_host,
         endpoints=endpoint_defaults(args),
         endpoint_config=endpoint_config(args),
+        limits=Limits(max_job_attempts=args.max_attempts),
     )
     asyncio.run(serve(config))
     return 0
@@ -211,6 +213,7 @@ def cmd_worker(args: argparse.Namespace, connect: Connect) -> int:
         worker=WorkerConfig(slots=args.slots, lease_seconds=args.lease_seconds),
         endpoints=endpoint_defaults(args),
         endpoint_config=endpoint_config(args),
+        limits=Limits(max_job_attempts=args.max_attempts),
     )
     asyncio.run(_run_workers_only(config))
     return 0
@@ -282,8 +285,26 @@ def _add_serve(commands: Commands) -> None:
         "--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = any)"
     )
     serve_cmd.add_argument("--metrics-host", default="127.0.0.1")
+    add_attempts_option(serve_cmd)
     add_endpoint_options(serve_cmd)
     serve_cmd.set_defaults(handler=cmd_serve)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def add_attempts_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=Limits().max_job_attempts,
+        help="a job whose worker stopped this many times (killed, crashed) is failed, not "
+        "claimed again (default %(default)s)",
+    )
 
 
 def _add_worker(commands: Commands) -> None:
@@ -298,6 +319,7 @@ def _add_worker(commands: Commands) -> None:
         help="a job whose worker stops renewing its lease is reclaimed after this long",
     )
     worker_cmd.add_argument("--log-level", default="INFO")
+    add_attempts_option(worker_cmd)
     add_endpoint_options(worker_cmd)
     worker_cmd.set_defaults(handler=cmd_worker)
 

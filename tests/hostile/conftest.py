@@ -190,9 +190,11 @@ def start_server(
     *,
     auth: bool,
     db_url: str = "",
+    host_resolver: Any = None,
     **config: Any,
 ) -> EmbeddedServer:
-    """A real server with the real OpenAI-compatible client (only the embedder is fake)."""
+    """A real server with the real OpenAI-compatible client (only the embedder is fake, and
+    with `host_resolver` the DNS)."""
     settings = ServerConfig(
         db_url=db_url or f"sqlite:///{tmp_path / 'hostile.db'}",
         workers=1,
@@ -200,7 +202,10 @@ def start_server(
         auth=TokenRegistry.from_mapping(TOKENS) if auth else None,
         endpoint_config=endpoints,
     )
-    return EmbeddedServer(replace(settings, **config), Adapters(embedder_factory=FakeEmbedder))
+    adapters = Adapters(embedder_factory=FakeEmbedder)
+    if host_resolver is not None:
+        adapters = replace(adapters, host_resolver=host_resolver)
+    return EmbeddedServer(replace(settings, **config), adapters)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ and redirects from an endpoint are not followed."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import grpc
@@ -12,6 +13,7 @@ import grpc
 from prompttune.contract import ModelKind
 from prompttune.server._endpoints import EndpointConfig, EndpointEntry
 from prompttune.v1 import optimizer_pb2 as pb
+from tests.fakes import FakeResolver
 from tests.hostile.conftest import Listener, create_request, evaluate_request, model
 
 GENERIC = (
@@ -58,6 +60,51 @@ def test_caller_urls_to_forbidden_addresses_get_one_generic_error(
     allowed = stub.EvaluatePrompt(evaluate_request(caller(listener.url)))
     assert isinstance(allowed, pb.EvaluatePromptResponse)
     assert len(listener.received) == 6 + 1  # six examples and the log-probability probe
+
+
+class Rebinding:
+    """DNS for `rebind.example` that answers the listener's address to the first `honest`
+    lookups (the job's checks), then the cloud metadata address; other hosts as FakeResolver
+    answers them."""
+
+    def __init__(self, honest: int) -> None:
+        self.honest = honest
+        self.lookups = 0
+        self._others = FakeResolver()
+
+    def addresses(self, host: str, port: int) -> tuple[Any, ...]:
+        if host != "rebind.example":
+            return self._others.addresses(host, port)
+        self.lookups += 1
+        answer = "127.0.0.1" if self.lookups <= self.honest else "169.254.169.254"
+        return (ipaddress.ip_address(answer),)
+
+
+def test_a_name_rebound_after_the_check_is_not_called(
+    hostile_factory: Any, listener: Listener
+) -> None:
+    """The name passes EvaluatePrompt's check, then resolves to the metadata address: every
+    connection resolves it again through the guard and is refused, so nothing is sent (the
+    listener on the honest address proves where calls would have gone otherwise)."""
+    port = listener.url.rsplit(":", 1)[1].split("/")[0]
+    url = f"http://rebind.example:{port}/v1"
+    honest = Rebinding(honest=10_000)
+    config = EndpointConfig(allow_caller_endpoints=True)
+    hostile = hostile_factory(config, auth=False, host_resolver=honest)
+    reply = hostile.stub().EvaluatePrompt(evaluate_request(caller(url)))
+    assert isinstance(reply, pb.EvaluatePromptResponse) and listener.completions() == 7
+    sent = listener.completions()
+    rebinding = Rebinding(honest=1)  # the check; every connection after it is rebound
+    hostile = hostile_factory(config, auth=False, host_resolver=rebinding)
+    reply = hostile.stub().EvaluatePrompt(evaluate_request(caller(url)))
+    assert listener.completions() == sent  # nothing reached the honest address either
+    assert rebinding.lookups > 1
+    if isinstance(reply, pb.EvaluatePromptResponse):  # every call failed, none was answered
+        assert reply.results and all(result.error for result in reply.results)
+        assert reply.usage.failed_calls == reply.usage.llm_calls > 0
+    else:
+        assert isinstance(reply, grpc.RpcError)
+        assert "169.254" not in (reply.details() or "")
 
 
 def test_unknown_and_forbidden_endpoints_answer_identically(

@@ -57,6 +57,28 @@ async def test_redirects_are_not_followed() -> None:
     assert bouncer.requests == 1 and internal.requests == 0
 
 
+async def test_a_pinned_endpoint_connects_only_to_the_addresses_its_pin_returns() -> None:
+    """The URL's host is never looked up in DNS: `rebound.invalid` does not resolve, yet the
+    call reaches the address the pin checked; a pin that refuses fails the call unsent."""
+    asked: list[tuple[str, int]] = []
+
+    def pin(host: str, port: int) -> tuple[str, ...]:
+        asked.append((host, port))
+        return ("127.0.0.1",)
+
+    def refuse(host: str, port: int) -> tuple[str, ...]:
+        raise OSError(f"{host} is not an address this server may call")
+
+    async with ScriptedEndpoint(lambda: Reply(body=completion_body("negative"))) as server:
+        url = f"http://rebound.invalid:{server.port}/v1"
+        answer = await model(url, connect_addresses=pin).complete(REQUEST)
+        assert answer.text == "negative" and server.requests == 1
+        assert asked == [("rebound.invalid", server.port)]
+        with pytest.raises(LLMCallFailed) as failed:
+            await model(url, connect_addresses=refuse, max_retries=0).complete(REQUEST)
+    assert server.requests == 1 and "connection" in failed.value.status.lower()
+
+
 async def test_a_dripping_answer_is_cut_at_the_attempt_deadline() -> None:
     drip = Reply(body=completion_body("positive " * 20), drip_seconds=0.2)
     async with ScriptedEndpoint(lambda: drip) as endpoint:

@@ -183,9 +183,10 @@ def _within_noise(state: SearchState, best: Finalist, other: Finalist, on_select
     bound of best - other, paired bootstrap, is not above 0) on the picking split and on
     the whole validation split: a few held-back examples alone would call nearly any gap
     noise, and the search's part alone flatters the prompts the search picked there."""
-    picked = best.judged(on_selection), other.judged(on_selection)
-    if picked[0] is None or picked[1] is None:
+    ours, theirs = best.judged(on_selection), other.judged(on_selection)
+    if ours is None or theirs is None:
         return False
+    picked = (ours, theirs)
     whole = (
         Evaluation(best.evaluation.score, best.validation_results()),
         Evaluation(other.evaluation.score, other.validation_results()),

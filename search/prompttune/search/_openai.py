@@ -18,15 +18,16 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
 from prompttune.search._errors import FailedPrecondition, LLMCallFailed
 from prompttune.search._protocols import ChatModel, ChatRequest, ChatResponse
-from prompttune.search._types import ModelEndpoint
+from prompttune.search._types import AddressPin, ModelEndpoint
 
 if TYPE_CHECKING:
+    import httpcore2
     import httpx2
     import openai
 
@@ -59,11 +60,83 @@ def _retry_after_seconds(error: Exception) -> float | None:
         return max(0.0, when.timestamp() - time.time()) if when is not None else None
 
 
-def http_client(**options: Any) -> httpx2.AsyncClient:
-    """The HTTP client of every OpenAI client we make: it never follows redirects."""
+def http_client(pin: AddressPin | None = None, **options: Any) -> httpx2.AsyncClient:
+    """The HTTP client of every OpenAI client we make: it never follows redirects, and with
+    `pin` it connects only to the addresses `pin` returns for a host (see `PinnedBackend`)."""
     import openai
 
-    return openai.DefaultAsyncHttpxClient(follow_redirects=False, **options)
+    if pin is None:
+        return openai.DefaultAsyncHttpxClient(follow_redirects=False, **options)
+    import httpx2
+
+    limits = options.pop("limits", None) or httpx2.Limits(
+        max_connections=1000, max_keepalive_connections=100
+    )
+    transport = pinned_transport(pin, limits)
+    return openai.DefaultAsyncHttpxClient(follow_redirects=False, transport=transport, **options)
+
+
+def pinned_transport(pin: AddressPin, limits: httpx2.Limits) -> httpx2.AsyncHTTPTransport:
+    """An HTTP transport whose connections go through `PinnedBackend(pin)`. Environment
+    proxies are ignored: a proxy would resolve the host itself."""
+    import httpcore2
+    import httpx2
+
+    transport = httpx2.AsyncHTTPTransport(limits=limits, trust_env=False)
+    transport._pool = httpcore2.AsyncConnectionPool(
+        ssl_context=httpx2.create_ssl_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=cast("httpcore2.AsyncNetworkBackend", PinnedBackend(pin)),
+    )
+    return transport
+
+
+class PinnedBackend:
+    """An httpcore network backend that resolves each host with `pin` (which checks every
+    address and raises OSError when one may not be called) and connects to those addresses
+    in turn. TLS still verifies the URL's host name: only the TCP target is pinned."""
+
+    def __init__(self, pin: AddressPin) -> None:
+        import httpcore2
+
+        self._pin = pin
+        self._inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> Any:
+        import httpcore2
+
+        try:
+            addresses = await asyncio.to_thread(self._pin, host, port)
+        except OSError as error:
+            raise httpcore2.ConnectError(str(error)) from error
+        failure: Exception = httpcore2.ConnectError(f"{host} has no address to connect to")
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except httpcore2.ConnectError as error:
+                failure = error
+        raise failure
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> Any:
+        import httpcore2
+
+        raise httpcore2.ConnectError("unix sockets are not called")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
 
 
 class OpenAIClientPool:
@@ -78,7 +151,7 @@ class OpenAIClientPool:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._clients: dict[
-            asyncio.AbstractEventLoop, dict[tuple[str, str, float], openai.AsyncOpenAI]
+            asyncio.AbstractEventLoop, dict[tuple[str, str, float, bool], openai.AsyncOpenAI]
         ] = {}
 
     def client(self, endpoint: ModelEndpoint, api_key: str) -> openai.AsyncOpenAI:
@@ -86,7 +159,8 @@ class OpenAIClientPool:
         import httpx2
 
         loop = asyncio.get_running_loop()
-        key = (endpoint.base_url, endpoint.api_key_env, endpoint.timeout_seconds)
+        pinned = endpoint.connect_addresses is not None
+        key = (endpoint.base_url, endpoint.api_key_env, endpoint.timeout_seconds, pinned)
         with self._lock:
             for closed in [other for other in self._clients if other.is_closed()]:
                 del self._clients[closed]
@@ -95,7 +169,8 @@ class OpenAIClientPool:
                 # Keep every connection alive: with fewer kept than calls in flight, each
                 # call beyond the keep-alive cap opens a new TCP connection.
                 limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=1000)
-                clients[key] = _new_client(endpoint, api_key, http_client(limits=limits))
+                client = http_client(endpoint.connect_addresses, limits=limits)
+                clients[key] = _new_client(endpoint, api_key, client)
             return clients[key]
 
     async def aclose(self) -> None:
@@ -116,7 +191,7 @@ def _new_client(
         api_key=api_key,
         max_retries=0,
         timeout=endpoint.timeout_seconds,
-        http_client=client or http_client(),
+        http_client=client or http_client(endpoint.connect_addresses),
     )
 
 

@@ -6,9 +6,13 @@ Every API concept (tasks, examples, prompts, scores, results, events) is a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from prompttune.contract import Example
+
+# (host, port) -> the addresses a connection may use, checked; raises OSError when refused.
+AddressPin = Callable[[str, int], tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -48,3 +52,7 @@ class ModelEndpoint:
     usd_per_million_completion_tokens: float = 0.0
     # How messages and summaries name this endpoint (its registry name); empty: the URL.
     name: str = ""
+    # Caller-supplied URLs: every connection resolves its host through this and connects to
+    # an address it returned, so the address checked is the address called (a DNS answer
+    # that changes after the job's check cannot redirect calls). None: plain DNS.
+    connect_addresses: AddressPin | None = field(default=None, compare=False, repr=False)

@@ -1,7 +1,9 @@
 """Which network addresses a caller-supplied endpoint URL may reach.
 
 A caller URL is only ever called after its host has been resolved and every address it
-resolves to has passed `AddressGuard.check`: inside the operator's allowed networks, outside
+resolves to has passed `AddressGuard.check` (when the job is created and started), and every
+connection to it goes to an address `AddressGuard.connect_addresses` resolved and checked at
+that moment (no DNS rebinding in between): inside the operator's allowed networks, outside
 the networks no caller may reach (link-local, cloud metadata, unspecified, multicast), and not
 one of the service's own sockets (its database, its gRPC and metrics ports). Every refusal
 raises the same `InvalidArgument`, so the guard cannot be used to probe which hosts exist or
@@ -141,6 +143,18 @@ class AddressGuard:
         addresses = self._resolver.addresses(target.host, target.port)
         if not addresses or not all(self._may_call(a, target.port) for a in addresses):
             raise InvalidArgument(field, REFUSED)
+
+    def connect_addresses(self, host: str, port: int) -> tuple[str, ...]:
+        """The addresses a connection to `host`:`port` may use, resolved now and each
+        checked as `check` does; raises OSError(REFUSED) when any may not be called. The
+        HTTP client of a caller URL connects through this (`ModelEndpoint.connect_addresses`),
+        so a name that resolved to an allowed address when the job was checked cannot be
+        rebound to a forbidden one for the calls."""
+        name = host.strip("[]").rstrip(".").lower()
+        addresses = () if name in METADATA_HOST_NAMES else self._resolver.addresses(name, port)
+        if not addresses or not all(self._may_call(a, port) for a in addresses):
+            raise OSError(f"{name} {REFUSED}")
+        return tuple(str(address) for address in addresses)
 
     def _may_call(self, address: IPAddress, port: int) -> bool:
         if any(form in network for form in _forms(address) for network in DENIED_NETWORKS):

@@ -349,6 +349,7 @@ class EndpointRegistry:
             max_outage_seconds=defaults.max_outage_seconds,
             usd_per_million_prompt_tokens=spec.usd_per_million_prompt_tokens,
             usd_per_million_completion_tokens=spec.usd_per_million_completion_tokens,
+            connect_addresses=self._guard.connect_addresses,
         )
 
     def _key_allowed(self, name: str) -> bool:

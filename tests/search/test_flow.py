@@ -204,6 +204,30 @@ async def test_cost_budget_is_never_exceeded_by_concurrent_calls() -> None:
     )
 
 
+async def test_a_jobs_own_rate_limit_slows_only_that_job() -> None:
+    """Two jobs on one endpoint (one registry): the job whose spec asks for 60 requests a
+    minute waits for its second call; the other job, without such a limit, does not wait,
+    and neither does a third job after the slow one configured the endpoint."""
+    registry = GatewayRegistry()
+    model = FakeChatModel(lambda r: "ok")
+    shared = EndpointLimits(requests_per_minute=60_000)
+    slow_policy = EndpointPolicy(shared, job_limits=EndpointLimits(requests_per_minute=60))
+    slow = LLMGateway(model, CallBudget(), policy=slow_policy, registry=registry)
+    fast = LLMGateway(model, CallBudget(), policy=EndpointPolicy(shared), registry=registry)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.gather(*(fast.complete(request(f"f{i}"), "task") for i in range(20)))
+    assert loop.time() - started < 0.3
+    calls = asyncio.gather(*(slow.complete(request(f"s{i}"), "task") for i in range(2)))
+    with pytest.raises(TimeoutError):  # 1 per second, burst 1: the second call waits
+        await asyncio.wait_for(asyncio.shield(calls), timeout=0.3)
+    later = LLMGateway(model, CallBudget(), policy=EndpointPolicy(shared), registry=registry)
+    started = loop.time()
+    await asyncio.gather(*(later.complete(request(f"l{i}"), "task") for i in range(20)))
+    assert loop.time() - started < 0.3
+    await calls
+
+
 async def test_requests_per_minute_spaces_calls() -> None:
     registry = GatewayRegistry()
     model = FakeChatModel(lambda r: "ok")

@@ -128,7 +128,7 @@ def test_a_named_endpoint_takes_the_operators_url_key_and_default_model(
     assert caught.value.field == "model.model"
 
 
-def test_request_limits_only_tighten_and_prices_come_from_the_entry(
+def test_request_limits_stay_the_jobs_own_and_prices_come_from_the_entry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TEST_REGISTRY_KEY", "sk-registry")
@@ -144,12 +144,14 @@ def test_request_limits_only_tighten_and_prices_come_from_the_entry(
     endpoint = registry(tmp_path).resolve(loose, "model", "alpha")
     assert endpoint.max_concurrency == 8  # the entry's 8, not the request's 100
     assert endpoint.shared_max_concurrency == 8
-    assert endpoint.requests_per_minute == 600  # the request's 10,000 is looser
-    assert endpoint.tokens_per_minute == 5  # the entry has none: the request's stands
+    # the shared buckets keep the operator's rates; the request's apply to its own job only
+    assert endpoint.requests_per_minute == 600 and endpoint.job_requests_per_minute == 10_000
+    assert endpoint.tokens_per_minute == 0 and endpoint.job_tokens_per_minute == 5
     assert endpoint.usd_per_million_prompt_tokens == 0.5  # the entry's price wins
     assert endpoint.usd_per_million_completion_tokens == 2.0  # stands in for a missing one
     tight = ModelSpec(kind=ModelKind.OPENAI_COMPATIBLE, endpoint="openai", requests_per_minute=60)
-    assert registry(tmp_path).resolve(tight, "model", "alpha").requests_per_minute == 60
+    resolved = registry(tmp_path).resolve(tight, "model", "alpha")
+    assert (resolved.requests_per_minute, resolved.job_requests_per_minute) == (600, 60)
 
 
 def test_unknown_and_forbidden_endpoints_give_the_same_error(tmp_path: Path) -> None:

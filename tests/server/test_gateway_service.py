@@ -82,8 +82,8 @@ def test_judge_metric_job_reports_usage_by_role_and_cost(tmp_path: Path) -> None
     assert result.best.validation.mean > 0.5
     assert {e.model for e in models.endpoints} >= {"fake-model", "judge-model"}
     task_endpoint = next(e for e in models.endpoints if e.model == "fake-model")
-    assert task_endpoint.tokens_per_minute == 10_000_000
-    assert task_endpoint.requests_per_minute == 100_000  # the server default
+    assert task_endpoint.job_tokens_per_minute == 10_000_000  # the spec's, for its job
+    assert task_endpoint.requests_per_minute == 100_000  # the server default, shared
 
 
 def test_endpoint_down_longer_than_the_limit_fails_the_job(tmp_path: Path) -> None:

@@ -494,12 +494,13 @@ class ModelSpec(_message.Message):
     max_concurrency: _builtins.int
     """Concurrent calls to this endpoint from one job, in [1, 256]. Default 4 (1 for local)."""
     requests_per_minute: _builtins.int
-    """Requests per minute to this endpoint, shared by all jobs of a server process (token
-    bucket). 0 = the server's default (unlimited unless configured).
+    """This job's own requests per minute to this endpoint (token bucket), on top of the
+    endpoint's rate that all jobs of a server process share (the registry entry's or the
+    server's default). 0 = none of its own.
     """
     tokens_per_minute: _builtins.int
-    """Prompt + completion tokens per minute to this endpoint, shared like requests_per_minute.
-    0 = the server's default (unlimited unless configured).
+    """This job's own prompt + completion tokens per minute, like requests_per_minute.
+    0 = none of its own.
     """
     usd_per_million_prompt_tokens: _builtins.float
     """Price in USD per 1,000,000 prompt tokens, >= 0. 0 = free (no cost is computed)."""

@@ -220,6 +220,29 @@ class EndpointControl:
             await asyncio.sleep(wait)
 
 
+class JobRates:
+    """One job's own request and token rates per endpoint: the limits its model spec asks
+    for, applied to its calls only, on top of the endpoint's shared ones (so a caller's tight
+    limit slows its own job, never another job on the same endpoint). One loop uses it."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[str, tuple[TokenBucket, TokenBucket]] = {}
+
+    def take(self, identity: str, limits: EndpointLimits, tokens: int) -> float:
+        """Charges one call of about `tokens` to `identity`'s buckets (created at `limits`'
+        rates on first use); returns the seconds to wait before sending."""
+        buckets = self._buckets.get(identity)
+        if buckets is None:
+            buckets = (
+                TokenBucket(limits.requests_per_minute, self._clock),
+                TokenBucket(limits.tokens_per_minute, self._clock),
+            )
+            self._buckets[identity] = buckets
+        requests, token_bucket = buckets
+        return max(requests.take(1), token_bucket.take(tokens))
+
+
 class GatewayRegistry:
     """Process-wide registry: one `EndpointControl` per endpoint identity. Thread-safe.
 

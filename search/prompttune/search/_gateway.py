@@ -20,7 +20,7 @@ from prompttune.contract import Usage
 from prompttune.search._budget import CallBudget, Reservation, estimate_call_tokens
 from prompttune.search._errors import LLMCallFailed, UpstreamUnavailable
 from prompttune.search._failures import FailureTally
-from prompttune.search._flow import EndpointControl, EndpointLimits, GatewayRegistry
+from prompttune.search._flow import EndpointControl, EndpointLimits, GatewayRegistry, JobRates
 from prompttune.search._protocols import (
     ChatModel,
     ChatRequest,
@@ -145,6 +145,8 @@ class EndpointPolicy:
     pricing: Pricing = field(default_factory=Pricing)
     # How messages name the endpoint (a registry name); empty: the model's identity.
     name: str = ""
+    # The job's own request and token rates (its model spec's), for its calls only.
+    job_limits: EndpointLimits = field(default_factory=EndpointLimits)
 
     @classmethod
     def of(cls, endpoint: ModelEndpoint) -> EndpointPolicy:
@@ -160,6 +162,10 @@ class EndpointPolicy:
                 endpoint.usd_per_million_completion_tokens,
             ),
             endpoint.name,
+            EndpointLimits(
+                requests_per_minute=endpoint.job_requests_per_minute,
+                tokens_per_minute=endpoint.job_tokens_per_minute,
+            ),
         )
 
 
@@ -167,8 +173,10 @@ class LLMGateway:
     """One chat model behind the response cache, the job's budget and the flow limits.
 
     Order of a call: cache lookup (hits cost nothing) -> this job's concurrency limit ->
-    budget reservation -> the endpoint's shared request/token rate buckets and concurrency
-    limit (from `registry`, or private ones without it) -> the model. `complete` raises
+    budget reservation -> the job's own request/token rates (`policy.job_limits`, in
+    `job_rates`, shared by a job's gateways) -> the endpoint's shared request/token rate
+    buckets and concurrency limit (from `registry`, or private ones without it) -> the model.
+    `complete` raises
     `BudgetExceeded` before sending when a cap would be exceeded, `LLMCallFailed` when the
     model gave up, `EndpointFailing` when the endpoint has answered this job's first calls only
     with errors (see `FailureTally`), and `UpstreamUnavailable` when it has failed every call
@@ -190,6 +198,7 @@ class LLMGateway:
         registry: GatewayRegistry | None = None,
         ledger: UsageLedger | None = None,
         failures: FailureTally | None = None,
+        job_rates: JobRates | None = None,
     ) -> None:
         self._model = model
         self._budget = budget
@@ -202,6 +211,8 @@ class LLMGateway:
         self._ledger = ledger or UsageLedger()
         self._failures = failures or FailureTally()
         self._name = policy.name or model.identity
+        self._job_limits = policy.job_limits
+        self._job_rates = job_rates or JobRates()
 
     @property
     def identity(self) -> str:
@@ -274,6 +285,9 @@ class LLMGateway:
         )
         control = self._control
         try:
+            wait = self._job_rates.take(self.identity, self._job_limits, estimated)
+            if wait > 0:
+                await asyncio.sleep(wait)
             await control.admit(estimated)
         except BaseException:
             self._budget.release(reservation)

@@ -19,7 +19,7 @@ from prompttune.search._estimate import (
 )
 from prompttune.search._evaluate import CallSettings
 from prompttune.search._failures import FailureTally
-from prompttune.search._flow import GatewayRegistry
+from prompttune.search._flow import GatewayRegistry, JobRates
 from prompttune.search._gateway import EndpointPolicy, LLMGateway, UsageLedger
 from prompttune.search._guard import StopGuard
 from prompttune.search._labelprobs import (
@@ -86,8 +86,9 @@ class JobGateways:
 
 
 def job_gateways(deps: RunnerDeps, budget: CallBudget, use_cache: bool) -> JobGateways:
-    """Task, proposer and (for llm_judge) judge gateways sharing `budget` and one ledger."""
-    ledger, failures = UsageLedger(), FailureTally()
+    """Task, proposer and (for llm_judge) judge gateways sharing `budget`, one ledger, one
+    failure tally and the job's own rate limits."""
+    ledger, failures, rates = UsageLedger(), FailureTally(), JobRates(deps.clock)
     roles = [
         (deps.task_model, deps.task_max_concurrency, deps.task_policy),
         (deps.proposer_model, deps.proposer_max_concurrency, deps.proposer_policy),
@@ -106,6 +107,7 @@ def job_gateways(deps: RunnerDeps, budget: CallBudget, use_cache: bool) -> JobGa
             registry=deps.registry,
             ledger=ledger,
             failures=failures,
+            job_rates=rates,
         )
         for model, concurrency, policy in roles
     )

@@ -41,10 +41,13 @@ class ModelEndpoint:
     # Stable name for cache keys when base_url is not stable (a local server on a random port).
     cache_identity: str = ""
     # Shared by every job of the process (0 = unlimited): in-flight calls, requests and
-    # prompt + completion tokens per minute to this endpoint.
+    # prompt + completion tokens per minute to this endpoint (the operator's limits).
     shared_max_concurrency: int = 0
     requests_per_minute: float = 0.0
     tokens_per_minute: float = 0.0
+    # This job's own rates (its model spec's; 0 = none): they slow its calls only.
+    job_requests_per_minute: float = 0.0
+    job_tokens_per_minute: float = 0.0
     # An endpoint failing every call for longer than this fails the job (0 = never).
     max_outage_seconds: float = 300.0
     # Prices in USD per 1,000,000 tokens; 0 = free.

@@ -201,13 +201,6 @@ def _price(configured: float | None, requested: float) -> float:
     return requested if configured is None else configured
 
 
-def _tighter(requested: float, configured: float) -> float:
-    """The stricter of two rates where 0 means unlimited."""
-    if requested > 0 and (configured == 0 or requested < configured):
-        return requested
-    return configured
-
-
 @dataclass(frozen=True)
 class RegistrySettings:
     """How an `EndpointRegistry` treats callers: `multi_tenant` is True when authentication
@@ -307,8 +300,10 @@ class EndpointRegistry:
             timeout_seconds=entry.timeout_seconds,
             cache_identity=identity,
             shared_max_concurrency=entry.max_concurrency,
-            requests_per_minute=_tighter(spec.requests_per_minute, entry.requests_per_minute),
-            tokens_per_minute=_tighter(spec.tokens_per_minute, entry.tokens_per_minute),
+            requests_per_minute=entry.requests_per_minute,
+            tokens_per_minute=entry.tokens_per_minute,
+            job_requests_per_minute=spec.requests_per_minute,
+            job_tokens_per_minute=spec.tokens_per_minute,
             max_outage_seconds=entry.max_outage_seconds,
             usd_per_million_prompt_tokens=_price(
                 entry.usd_per_million_prompt_tokens, spec.usd_per_million_prompt_tokens
@@ -344,8 +339,10 @@ class EndpointRegistry:
             max_concurrency=spec.max_concurrency or _DEFAULT_JOB_CONCURRENCY,
             cache_identity=f"caller|{spec.model}|{spec.base_url}|{spec.api_key_env}",
             shared_max_concurrency=defaults.max_concurrency,
-            requests_per_minute=spec.requests_per_minute or defaults.requests_per_minute,
-            tokens_per_minute=spec.tokens_per_minute or defaults.tokens_per_minute,
+            requests_per_minute=defaults.requests_per_minute,
+            tokens_per_minute=defaults.tokens_per_minute,
+            job_requests_per_minute=spec.requests_per_minute,
+            job_tokens_per_minute=spec.tokens_per_minute,
             max_outage_seconds=defaults.max_outage_seconds,
             usd_per_million_prompt_tokens=spec.usd_per_million_prompt_tokens,
             usd_per_million_completion_tokens=spec.usd_per_million_completion_tokens,

@@ -43,7 +43,8 @@ def test_every_managed_server_runs_without_logits_all_and_gemma_reads_plain_text
     }
     for alias, command in commands.items():
         assert command[command.index("--model") + 1] == "m.gguf"
-        assert "--logits_all" not in command
+        # the server's own default keeps every position's logits; the fast path needs none
+        assert command[command.index("--logits_all") + 1] == "false"
         assert command[command.index("--model_alias") + 1] == alias
     gemma = commands[GEMMA_MODEL_NAME]
     assert gemma[gemma.index("--chat_format") + 1] == "prompttune-plain"

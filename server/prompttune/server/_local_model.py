@@ -107,10 +107,10 @@ def _free_port() -> int:
 def server_command(
     model: EmbeddedModel, gguf: Path, port: int, config: LocalModelConfig
 ) -> list[str]:
-    # No `--logits_all`: `_llama_serve` answers the one-token calls of label-probability
-    # scoring with their top log probabilities itself, and every other call is spared the
-    # cost of keeping every position's logits (16% more CPU per generation call on SmolLM2,
-    # 5% on Gemma: benchmarks/logits_bench.py).
+    # `--logits_all false` (llama_cpp.server's default is true): `_llama_serve` answers the
+    # one-token calls of label-probability scoring with their top log probabilities itself
+    # (llama-cpp-python would refuse them without logits_all), and every other call is spared
+    # the cost of keeping every position's logits (benchmarks/results/logits-2026-12-01.md).
     command = [
         sys.executable, "-m", "prompttune.server._llama_serve",
         "--model", str(gguf),
@@ -119,6 +119,7 @@ def server_command(
         "--port", str(port),
         "--n_ctx", str(config.n_ctx),
         "--n_threads", str(config.n_threads),
+        "--logits_all", "false",
         "--verbose", "False",
     ]  # fmt: skip
     if model.chat_format:

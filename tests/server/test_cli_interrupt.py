@@ -29,7 +29,8 @@ from prompttune.server._taskfile import load_task_file
 
 
 def slow_model(endpoint: ModelEndpoint) -> ChatModel:
-    return FakeChatModel(routing_responder, identity=f"{endpoint.base_url}|slow", delay=0.05)
+    # Slow enough that the job is still running when a loaded machine's poll first sees it.
+    return FakeChatModel(routing_responder, identity=f"{endpoint.base_url}|slow", delay=0.2)
 
 
 @pytest.fixture

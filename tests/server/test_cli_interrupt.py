@@ -33,6 +33,18 @@ def slow_model(endpoint: ModelEndpoint) -> ChatModel:
     return FakeChatModel(routing_responder, identity=f"{endpoint.base_url}|slow", delay=0.2)
 
 
+@pytest.fixture(autouse=True)
+def python_handles_sigint() -> Iterator[None]:
+    """Ctrl-C as a terminal delivers it: Python's own SIGINT handler in this process (an
+    ignored SIGINT makes `_thread.interrupt_main` do nothing, and is inherited by the CLI
+    processes these tests start), whatever earlier code in the session installed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def slow_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
     configure_logging("WARNING")

@@ -143,10 +143,13 @@ def failure_cause(state: SearchState) -> str:
     return state.task_gateway.failures.summary() or "no call of the search was answered"
 
 
-def _paired(a: Evaluation, b: Evaluation) -> tuple[list[float], list[float]]:
-    """Per-example scores of `a` and `b` on the examples both answered, in id order."""
-    ours = {r.id: r.score for r in a.results if not r.error}
-    theirs = {r.id: r.score for r in b.results if not r.error}
+def _paired(
+    a: Sequence[ExampleResult], b: Sequence[ExampleResult]
+) -> tuple[list[float], list[float]]:
+    """Per-example scores of results `a` and `b` on the examples both answered, in id
+    order."""
+    ours = {r.id: r.score for r in a if not r.error}
+    theirs = {r.id: r.score for r in b if not r.error}
     shared = sorted(set(ours) & set(theirs))
     return [ours[i] for i in shared], [theirs[i] for i in shared]
 
@@ -168,7 +171,7 @@ def improvement(state: SearchState, winner: Finalist, baseline: Finalist) -> tup
     ours, theirs = winner.judged(on_selection), baseline.judged(on_selection)
     if winner is baseline or ours is None or theirs is None:
         return False, f"no candidate beat the baseline on {split}"
-    lower = paired_bootstrap_lower_bound(*_paired(ours, theirs), state.spec.seed)
+    lower = paired_bootstrap_lower_bound(*_paired(ours.results, theirs.results), state.spec.seed)
     gain = ours.score.mean - theirs.score.mean
     if lower <= 0:
         return False, (
@@ -186,11 +189,8 @@ def _within_noise(state: SearchState, best: Finalist, other: Finalist, on_select
     ours, theirs = best.judged(on_selection), other.judged(on_selection)
     if ours is None or theirs is None:
         return False
-    picked = (ours, theirs)
-    whole = (
-        Evaluation(best.evaluation.score, best.validation_results()),
-        Evaluation(other.evaluation.score, other.validation_results()),
-    )
+    picked = (ours.results, theirs.results)
+    whole = (best.validation_results(), other.validation_results())
     return all(
         paired_bootstrap_lower_bound(*_paired(*pair), state.spec.seed) <= 0
         for pair in (picked, whole)

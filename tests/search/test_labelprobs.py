@@ -8,6 +8,7 @@ import json
 import math
 
 import httpx2
+import optuna
 import pytest
 
 from prompttune.contract import (
@@ -272,6 +273,31 @@ async def test_calibrate_true_puts_weights_on_every_searched_prompt() -> None:
     weights = result.best.prompt.calibration.weights if result.best.prompt.calibration else {}
     assert weights["negative"] > weights["positive"]
     assert result.baseline.prompt.calibration is None
+
+
+async def test_each_warm_start_demo_set_is_followed_by_its_calibrated_twin() -> None:
+    """Under label probabilities the warm start tries every demo set raw and then calibrated;
+    the twin's label calls are the raw trial's (answered by the cache), so it pays only the
+    content-free calls."""
+    model = _biased_model()
+    storage = optuna.storages.InMemoryStorage()
+    deps = RunnerDeps(
+        model, model, FakeEmbedder(), RecordingObserver(), InMemoryResponseCache(),
+        clock=fixed_clock(),
+    )  # fmt: skip
+    await Runner(deps, storage=storage).run(SENTIMENT_TASK, DATA, CONFIG, "twins")
+    trials = optuna.load_study(study_name="twins", storage=storage).trials
+    queued = [t for t in trials[1:] if "fixed_params" in t.system_attrs]
+    pairs = [(t.params["demo_set"], t.params["calibrate"]) for t in queued]
+    assert pairs[:4] == [(0, False), (0, True), (1, False), (1, True)]
+    first, twin = queued[0], queued[1]
+    assert {k: v for k, v in twin.params.items() if k != "calibrate"} == {
+        k: v for k, v in first.params.items() if k != "calibrate"
+    }
+    masked = [r for r in model.requests if any("[MASK]" in m.content for m in r.messages)]
+    assert masked  # the twins estimated their calibration ...
+    keys = [cache_key("fake", r) for r in model.requests]
+    assert len(keys) == len(set(keys))  # ... and no call was paid twice
 
 
 async def test_a_run_on_an_endpoint_without_logprobs_falls_back_with_a_note() -> None:

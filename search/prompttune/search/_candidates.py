@@ -63,11 +63,17 @@ async def _bootstrap(state: SearchState) -> DemoSet | None:
 def warm_start(state: SearchState, study: optuna.Study) -> None:
     """Queues the seed prompt with each demo set (all its demos) right after the baseline:
     demo-only candidates, the strongest lever for small models, are measured first and
-    the sampler learns from them. At most all but one of the startup trials, so random
-    exploration remains. Idempotent: a resumed run finds them in the study."""
+    the sampler learns from them. At most all but one of the startup trials' demo sets, so
+    random exploration remains. When calibration is searched, each is followed by its
+    calibrated twin: the same label calls, which the response cache answers, plus three
+    content-free calls; a small model's label bias is often what holds a demo set back.
+    Idempotent: a resumed run finds them in the study."""
     space = state.space
     count = len(space.demo_sets) if space.max_demos else 0
     seed = space.baseline()
     configs = [replace(seed, demo_set=i, n_demos=space.max_demos) for i in range(count)]
+    twins = True in space.calibrate_choices and False in space.calibrate_choices
     for config in configs[: startup_trials(state.spec.budget.max_trials) - 1]:
         study.enqueue_trial(space.params(config), skip_if_exists=True)
+        if twins:
+            study.enqueue_trial(space.params(replace(config, calibrate=True)), skip_if_exists=True)

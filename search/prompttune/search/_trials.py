@@ -73,6 +73,7 @@ class Trials:
             return _duplicate(trial.number, config, previous)
         if state.space.calibrated(config):
             prompt = await calibrate(state.task_gateway, prompt, state.settings.embedder)
+            checkpoint(state)  # its content-free calls are paid even if the first rung is not
         record = TrialRecord(trial.number, config, key, prompt, objective=state.trial_objective)
         state.by_key[key] = record
         total = len(state.val_order)

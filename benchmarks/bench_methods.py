@@ -31,12 +31,17 @@ from bench_tasks import BenchTask
 
 import prompttune.search as engine
 from prompttune.contract import (
+    CONTENT_FREE_INPUTS,
     Budget,
     BudgetUsed,
+    Calibration,
+    DemoLayout,
     Evaluation,
     Example,
     ExampleResult,
+    InstructionPlacement,
     Prompt,
+    PromptFormat,
     Scoring,
     SearchEvent,
     SearchSpec,
@@ -55,6 +60,8 @@ from prompttune.search import (
     evaluate_prompt,
     score_answer,
 )
+from prompttune.search._evaluate import score_example
+from prompttune.search._labelprobs import ScoringTally
 from prompttune.search._stats import make_score
 
 TASK_MAX_TOKENS = 32
@@ -130,6 +137,27 @@ def describe_prompt(prompt: Prompt) -> dict[str, Any]:
         "knn_k": prompt.knn_k,
         "calibration": dict(calibration.weights) if calibration is not None else None,
     }
+
+
+def prompt_from_description(task: BenchTask, described: dict[str, Any]) -> Prompt:
+    """The prompt `describe_prompt` described (fixed demonstrations only)."""
+    if described.get("knn_k"):
+        raise ValueError("a kNN prompt cannot be rebuilt from its description")
+    base = task.zero_shot_prompt()
+    form = described["format"]
+    weights = described.get("calibration")
+    return dataclasses.replace(
+        base,
+        instruction=described["instruction"],
+        demos=tuple(Example(dict(d["input"]), d["output"]) for d in described["demos"]),
+        format=PromptFormat(
+            InstructionPlacement(form["instruction_placement"]),
+            DemoLayout(form["demo_layout"]),
+            form["answer_prefix"],
+            form["reasoning"],
+        ),
+        calibration=Calibration(dict(weights), CONTENT_FREE_INPUTS) if weights else None,
+    )
 
 
 def call_settings(scoring: Scoring) -> CallSettings:
@@ -434,3 +462,49 @@ def run_dspy(
         result["test"]["parse_failures"] = sum(1 for a in answers if a.get("error"))
         result["test_answers"] = [{**asdict(r), **a} for r, a in zip(results, answers, strict=True)]
     return result
+
+
+async def run_scoring_cost(
+    model: ChatModel, task: BenchTask, prompts: dict[str, Prompt], test: Sequence[Example]
+) -> dict[str, Any]:
+    """Label-probability scoring and generation scoring side by side in one run: every test
+    example of each prompt is scored both ways, one call at a time (no cache), the two kinds
+    alternating per example and taking turns at going first, so the machine's load falls on
+    both alike. Seconds are the task model's wall time per scored example as the engine sees
+    it (a label example that falls back to generation pays both calls)."""
+    gateway = LLMGateway(model, engine.CallBudget(), None, max_concurrency=1)
+    spec = task.spec()
+    tally = ScoringTally()
+    kinds = {
+        "label": CallSettings(
+            max_tokens=TASK_MAX_TOKENS, scoring=Scoring.LABEL_PROBABILITIES, tally=tally
+        ),
+        "generation": CallSettings(max_tokens=TASK_MAX_TOKENS, scoring=Scoring.GENERATION),
+    }
+    warm_up = Example({"input": "An untimed warm-up input."}, spec.labels[0])
+    for settings in kinds.values():
+        await score_example(gateway, spec, next(iter(prompts.values())), warm_up, settings)
+    measured: dict[str, Any] = {}
+    for name, prompt in prompts.items():
+        seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
+        correct: dict[str, list[float | None]] = {kind: [] for kind in kinds}
+        tally.label_scored = tally.fallbacks = 0
+        for index, example in enumerate(test):
+            order = list(kinds.items())
+            for kind, settings in order if index % 2 == 0 else order[::-1]:
+                started = time.perf_counter()
+                result = await score_example(gateway, spec, prompt, example, settings)
+                seconds[kind].append(time.perf_counter() - started)
+                correct[kind].append(None if result.error else result.score)
+        label_s, gen_s = (sum(seconds[k]) / max(len(seconds[k]), 1) for k in kinds)
+        measured[name] = {
+            "prompt": describe_prompt(prompt),
+            "examples": len(test),
+            "label_seconds_per_example": label_s,
+            "generation_seconds_per_example": gen_s,
+            "time_ratio": label_s / gen_s if gen_s else None,
+            "label_correct": correct["label"],
+            "generation_correct": correct["generation"],
+            "label_fallbacks": tally.fallbacks,
+        }
+    return {"status": "ok", "usage": usage_fields(gateway.usage()), "prompts": measured}

@@ -37,17 +37,19 @@ from bench_methods import (
     TASK_MAX_TOKENS,
     DspySettings,
     PromptTuneRun,
+    prompt_from_description,
     run_dspy,
     run_fixed_prompt,
     run_prompttune,
     run_random_demos,
+    run_scoring_cost,
 )
 from bench_model import MODELS, ServerConfig, TaskModels
 from bench_report import write_report
 from bench_tasks import TASKS, BenchTask, SplitSizes, load_splits
 from dspy_worker import error_summary
 
-from prompttune.contract import Scoring
+from prompttune.contract import Scoring, labels_distinguishable
 from prompttune.search import DatasetSplits, SentenceTransformerEmbedder
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -63,6 +65,7 @@ METHODS: tuple[tuple[str, str], ...] = (
     ("prompttune", ""),
     ("random_demos", "prompttune"),
     ("prompttune_generation", "prompttune"),
+    ("scoring_cost", "prompttune"),
     ("dspy_bfsrs", ""),
     ("dspy_mipro", ""),
 )
@@ -72,6 +75,7 @@ DEFAULT_METHODS = (
     "prompttune",
     "random_demos",
     "prompttune_generation",
+    "scoring_cost",
 )
 BUDGETED = ("prompttune", "random_demos", "prompttune_generation")
 DEFAULT_TASKS = tuple(TASKS)
@@ -147,14 +151,20 @@ def resolve_budget(plan: Plan, model: str, task: str, method: str) -> dict[str, 
     return {"max_llm_calls": calls, "source": f"calls of {reference}"}
 
 
-def settings_key(plan: Plan, method: str, budget: dict[str, Any] | None) -> dict[str, Any]:
+def settings_key(
+    plan: Plan, model: str, task: str, method: str, budget: dict[str, Any] | None
+) -> dict[str, Any]:
     """The settings a result depends on; a stored result with other ones is redone."""
     config = asdict(plan.config)
     if not method.startswith("dspy_"):
         config.pop("dspy_candidates")
         config.pop("dspy_timeout_seconds")
     config.pop("fixed_budget")  # it reaches a method only through `budget`
-    return {"config": config, "budget": budget}
+    key: dict[str, Any] = {"config": config, "budget": budget}
+    if method == "scoring_cost":  # measures prompttune's winner: redone when that changes
+        winner = load_result(plan.result_path(model, task, "prompttune")) or {}
+        key["prompttune_finished_at"] = winner.get("finished_at")
+    return key
 
 
 class Session:
@@ -191,6 +201,8 @@ def run_method(
         base_url = session.models.base_url(model)
         return run_dspy(method, task, data, base_url, settings, log_path)
     chat = session.models.chat_model(model)
+    if method == "scoring_cost":
+        return asyncio.run(scoring_cost(session, model, chat, task, data))
     runners: dict[str, Callable[[], Any]] = {
         "zero_shot": lambda: run_fixed_prompt(chat, task, task.zero_shot_prompt(), data),
         "handwritten": lambda: run_fixed_prompt(chat, task, task.handwritten_prompt(), data),
@@ -207,11 +219,29 @@ def run_method(
     return outcome
 
 
+async def scoring_cost(
+    session: Session, model: str, chat: Any, task: BenchTask, data: DatasetSplits
+) -> dict[str, Any]:
+    """Label probabilities against generation, side by side, on prompttune's winner and on
+    the zero-shot seed prompt (label tasks whose labels a first token tells apart)."""
+    spec = task.spec()
+    if not spec.labels or not labels_distinguishable(spec.labels):
+        return {"status": "skipped", "reason": "no label set a first token tells apart"}
+    winner = load_result(session.plan.result_path(model, task.name, "prompttune"))
+    if winner is None or winner.get("status") != "ok":
+        return {"status": "skipped", "reason": "prompttune has no result"}
+    prompts = {
+        "prompttune winner": prompt_from_description(task, winner["prompt"]),
+        "zero-shot seed": task.zero_shot_prompt(),
+    }
+    return await run_scoring_cost(chat, task, prompts, data.test)
+
+
 def run_triple(session: Session, model: str, task_name: str, method: str) -> None:
     plan = session.plan
     path = plan.result_path(model, task_name, method)
     budget = resolve_budget(plan, model, task_name, method)
-    key = settings_key(plan, method, budget)
+    key = settings_key(plan, model, task_name, method, budget)
     stored = load_result(path)
     if stored is not None and not plan.force and stored.get("settings") == key:
         log.info("bench.triple.skipped", model=model, task=task_name, method=method)

@@ -216,23 +216,3 @@ def test_trial_record_score_is_the_objective_value_recomputed_only_when_results_
     assert len(calls) == 2
     plain = TrialRecord(1, None, (), None, results=list(results))  # type: ignore[arg-type]
     assert plain.score == 0.5
-
-
-def test_the_mean_objective_grades_label_scored_results_by_the_expected_label_probability() -> None:
-    """Each label-scored result counts (score + P(expected label)) / 2; a generated one its
-    score; failed results count nothing."""
-    examples = [Example(f"x{i}", label, id=f"g{i}") for i, label in enumerate(("red", "blue"))]
-    spec = SearchSpec()
-
-    def result(i: int, score: float, probabilities: dict[str, float]) -> ExampleResult:
-        return ExampleResult(f"g{i}", "", score, label_probabilities=probabilities)
-
-    objective = TrialObjective(TASK, spec, examples)
-    sure = [result(0, 1.0, {"red": 0.9, "blue": 0.1}), result(1, 0.0, {"red": 0.6, "blue": 0.4})]
-    unsure = [result(0, 1.0, {"red": 0.5, "blue": 0.5}), result(1, 0.0, {"red": 0.9})]
-    assert objective.value(sure) == pytest.approx(((1 + 0.9) / 2 + 0.4 / 2) / 2)
-    assert objective.value(unsure) == pytest.approx(((1 + 0.5) / 2 + 0.0) / 2)
-    generated = [result(0, 1.0, {}), result(1, 0.0, {})]
-    assert objective.value(generated) == 0.5
-    failed = ExampleResult("g1", "", 0.0, error="timeout", label_probabilities={"blue": 1.0})
-    assert objective.value([sure[0], failed]) == pytest.approx(0.95)

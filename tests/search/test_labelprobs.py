@@ -41,9 +41,6 @@ from prompttune.search import (
     estimate,
     evaluate_prompt,
 )
-from prompttune.search._resume import load_record
-from prompttune.search._setup import new_state
-from prompttune.search._state import TrialRecord
 from tests.fakes import (
     SENTIMENT_TASK,
     FakeChatModel,
@@ -347,29 +344,3 @@ def test_the_estimate_counts_the_probe_fallbacks_and_calibration_calls() -> None
     scored = generation.llm_calls  # no proposer calls: every call scores one example
     assert auto.llm_calls - generation.llm_calls == 1 + scored + 3 * big.budget.max_trials
     assert never.llm_calls - generation.llm_calls == 1 + scored
-
-
-async def test_a_rebuilt_trial_scores_what_the_live_trial_told_the_study() -> None:
-    """Label-scored trials are ranked by their graded score (score and expected-label
-    probability); the stored results keep the probabilities, so a record rebuilt on resume
-    has the score the live trial reported, not the plain accuracy."""
-    model = _biased_model()
-    storage = optuna.storages.InMemoryStorage()
-    deps = RunnerDeps(
-        model, model, FakeEmbedder(), RecordingObserver(), InMemoryResponseCache(),
-        clock=fixed_clock(),
-    )  # fmt: skip
-    await Runner(deps, storage=storage).run(SENTIMENT_TASK, DATA, CONFIG, "rebuilt")
-    state = new_state(deps, SENTIMENT_TASK, DATA, CONFIG, 0)
-    trials = optuna.load_study(study_name="rebuilt", storage=storage).trials
-    complete = [t for t in trials if t.state is optuna.trial.TrialState.COMPLETE]
-    by_number: dict[int, TrialRecord] = {}
-    graded = 0
-    for frozen in complete:
-        record = load_record(frozen, state.space, SENTIMENT_TASK, by_number, state.trial_objective)
-        assert record is not None
-        by_number[record.number] = record
-        assert record.score == pytest.approx(frozen.value)
-        accuracy = sum(r.score for r in record.results) / len(record.results)
-        graded += record.score != pytest.approx(accuracy)
-    assert graded  # the probabilities made a difference the rebuilt records kept

@@ -232,32 +232,3 @@ async def test_a_task_baseline_is_the_jobs_baseline_and_deterministic() -> None:
     key, prompt = state_for().space.baseline_for(task)
     assert prompt == WRITTEN and key == state_for().space.baseline_for(task)[0]
     assert key[0] == -1  # no trial's instruction index
-
-
-def sure(state: SearchState, right: int, probability: float) -> Evaluation:
-    """Selection results scored by label probabilities: the first `right` examples right,
-    each with `probability` on its expected label (the rest of the mass on the other)."""
-    results = []
-    for index, ex in enumerate(state.selection_order):
-        correct = index < right
-        expected = probability if correct else 1.0 - probability
-        other = next(label for label in SENTIMENT_TASK.labels if label != ex.output)
-        probabilities = {ex.output: expected, other: 1.0 - expected}
-        results.append(ExampleResult(ex.id, "", float(correct), label_probabilities=probabilities))
-    examples = state.selection_order
-    return Evaluation(make_score(state.task, examples, tuple(results)), tuple(results))
-
-
-def test_equally_accurate_finalists_are_told_apart_by_the_expected_labels_probability() -> None:
-    """Under label probabilities the winner is ranked by its graded score: of two finalists
-    right on the same 15 of 20 held-back examples, the one surer of the expected labels."""
-    state = state_for()
-    state.finalists = [finalist(state, "baseline", SEED, 0.4, share(6))]
-    unsure = finalist(state, "unsure", PROPOSAL, 0.8, share(15))
-    state.finalists.append(dataclasses.replace(unsure, selection=sure(state, 15, 0.55)))
-    confident = finalist(state, "confident", PROPOSAL, 0.8, share(15))
-    state.finalists.append(dataclasses.replace(confident, selection=sure(state, 15, 0.9)))
-    winner, rule = choose_winner(state)
-    assert winner is state.finalists[2]
-    # graded: 15 right at 0.9 and 5 wrong at 0.1 -> (15 * 1.9 + 5 * 0.1) / 2 / 20 = 0.725
-    assert rule == "winner: the best of 2 finalists on selection (0.725)"

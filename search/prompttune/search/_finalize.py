@@ -29,11 +29,7 @@ from prompttune.search._errors import BudgetExceeded, SearchFailed
 from prompttune.search._evaluate import score_examples
 from prompttune.search._space import PromptKey
 from prompttune.search._state import COMPLETE, FAILED, PRUNED, SearchState, TrialRecord
-from prompttune.search._stats import (
-    TrialObjective,
-    make_score,
-    paired_bootstrap_lower_bound,
-)
+from prompttune.search._stats import make_score, objective_value, paired_bootstrap_lower_bound
 
 
 @dataclass(frozen=True)
@@ -215,12 +211,8 @@ def choose_winner(state: SearchState) -> tuple[Finalist, str]:
     if not scored:
         return state.finalists[0], f"no finalist besides the baseline was scored on {split}"
 
-    objective = TrialObjective(
-        state.task, state.spec, state.selection_order if on_selection else state.val_order
-    )
-
     def value(evaluation: Evaluation) -> float:
-        return objective.value(evaluation.results)
+        return objective_value(state.spec, evaluation.score)
 
     best, best_eval = max(scored, key=lambda p: (value(p[1]), -prompt_token_count(p[0].prompt)))
     close = [(f, e) for f, e in scored if f is best or _within_noise(state, best, f, on_selection)]

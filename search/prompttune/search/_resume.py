@@ -41,29 +41,19 @@ def save_record(trial: Trial, record: TrialRecord) -> None:
     if record.duplicate_of is not None:
         trial.set_user_attr(DUPLICATE_ATTR, record.duplicate_of)
     else:
-        rows: list[list[Any]] = [_row(r) for r in record.results]
+        rows: list[list[Any]] = [
+            [r.id, r.score, r.error, r.answer, r.prediction] for r in record.results
+        ]
         trial.set_user_attr(RESULTS_ATTR, rows)
     trial.set_user_attr(STATE_ATTR, record.state)
 
 
-def _row(result: ExampleResult) -> list[Any]:
-    """A result as stored: id, score, error, answer, prediction and the labels it gave a
-    non-zero probability (what the graded objective reads; the others are 0)."""
-    probabilities = {label: p for label, p in result.label_probabilities.items() if p > 0.0}
-    row: list[Any] = [result.id, result.score, result.error, result.answer, result.prediction]
-    return [*row, probabilities] if probabilities else row
-
-
 def _result(row: list[Any]) -> ExampleResult:
     """A stored row: id, score, error, answer and (stored since label-probability scoring)
-    the prediction and the non-zero label probabilities."""
+    the prediction."""
     example_id, score, error, answer, *rest = row
     prediction = str(rest[0]) if rest else ""
-    stored = rest[1] if len(rest) > 1 and isinstance(rest[1], dict) else {}
-    probabilities = {str(label): float(p) for label, p in stored.items()}
-    return ExampleResult(
-        str(example_id), str(answer), float(score), str(error), prediction, probabilities
-    )
+    return ExampleResult(str(example_id), str(answer), float(score), str(error), prediction)
 
 
 def load_record(

@@ -3,19 +3,12 @@
 A label task's score is broken down by label (confusion matrix, precision, recall, F1,
 macro-F1), and any score by the examples' tags (slices). `objective_value` reads the search
 objective off such a score; `TrialObjective` computes it for a trial's results as they grow.
-
-Under label-probability scoring the mean objective is graded: each example counts the mean of
-its 0/1 score and the probability the prompt put on the expected label (`graded_score`). Two
-prompts that get the same examples right are then told apart by how sure they were, which
-makes the search's ranking on a few dozen examples less of a coin toss; every reported score
-stays the plain metric.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
@@ -69,35 +62,6 @@ def paired_bootstrap_lower_bound(
 def mean_score(results: Sequence[ExampleResult]) -> float:
     """Mean metric value of the non-failed results (0 when there are none)."""
     scored = [result.score for result in results if not result.error]
-    return sum(scored) / len(scored) if scored else 0.0
-
-
-def expected_label_probability(
-    task: TaskSpec, gold: Mapping[str, Example], result: ExampleResult
-) -> float | None:
-    """The probability `result` put on its example's expected label, or None when it was
-    not scored by label probabilities (or its expected output is no label)."""
-    if result.error or not result.label_probabilities or result.id not in gold:
-        return None
-    expected = _task_label(task, gold[result.id].output)
-    if expected is None:
-        return None
-    return float(result.label_probabilities.get(expected, 0.0))
-
-
-def graded_score(task: TaskSpec, gold: Mapping[str, Example], result: ExampleResult) -> float:
-    """A result's value to the search: the mean of its score and the probability it put on
-    the expected label when it has label probabilities, else its score."""
-    probability = expected_label_probability(task, gold, result)
-    return result.score if probability is None else (result.score + probability) / 2
-
-
-def graded_mean(
-    task: TaskSpec, gold: Mapping[str, Example], results: Sequence[ExampleResult]
-) -> float:
-    """Mean `graded_score` of the non-failed results (0 when there are none); the plain mean
-    when no result has label probabilities."""
-    scored = [graded_score(task, gold, result) for result in results if not result.error]
     return sum(scored) / len(scored) if scored else 0.0
 
 
@@ -260,12 +224,8 @@ class TrialObjective:
     spec: SearchSpec
     examples: Sequence[Example]
 
-    @cached_property
-    def _gold(self) -> dict[str, Example]:
-        return {example.id: example for example in self.examples}
-
     def value(self, results: Sequence[ExampleResult]) -> float:
         if self.spec.objective is Objective.MEAN:
-            return graded_mean(self.task, self._gold, results)
+            return mean_score(results)
         score = make_score(self.task, self.examples, results, intervals=False)
         return objective_value(self.spec, score)

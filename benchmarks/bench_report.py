@@ -20,6 +20,8 @@ from typing import Any
 
 from bench_tasks import TASKS
 
+from prompttune.search._proposer import instruction_problem
+
 METHOD_TITLES = {
     "zero_shot": "zero-shot seed instruction",
     "handwritten": "hand-written prompt",
@@ -279,8 +281,18 @@ def _winners_section(report: dict[str, Any]) -> list[str]:
             continue
         prompt = record["prompt"]
         fmt = prompt["format"]
+        bench_task = TASKS[task]
+        if prompt["instruction"] == bench_task.seed_instruction:
+            origin = "the seed instruction"
+        else:
+            problem = instruction_problem(prompt["instruction"], bench_task.spec())
+            origin = (
+                f"a proposal; the filter would drop it: {problem}"
+                if problem
+                else ("a proposal that passes the filter's text checks")
+            )
         lines.append(
-            f"- **{model} / {task} / {method}**: “{prompt['instruction']}” — "
+            f"- **{model} / {task} / {method}** ({origin}): “{prompt['instruction']}” — "
             f"{len(prompt['demos'])} demos, instruction in {fmt['instruction_placement']}, "
             f"cue “{fmt['answer_prefix']}”, "
             f"calibration {prompt.get('calibration')}; improved {record.get('improved')}"

@@ -4,7 +4,10 @@ Methods, on every (model, task): the seed instruction zero-shot (in the user mes
 answer cue, the engine's default baseline); a hand-written prompt per task (bench_tasks.py,
 also the engine's `TaskSpec.baseline` for prompttune); prompttune with its defaults (scoring
 AUTO); demo-only random search at the calls prompttune used; prompttune with
-`SearchSpec.scoring=GENERATION` at prompttune's budget. DSPy methods still run when named.
+`SearchSpec.scoring=GENERATION` at prompttune's budget; and "scoring_cost", which scores
+prompttune's winner and the zero-shot seed on the test split by label probabilities and by
+generation side by side (alternating per example, one call at a time), for the time ratio the
+report judges. DSPy methods still run when named.
 
 Models: SmolLM2-135M-Instruct ("smollm2") and Gemma 3 270M ("gemma"), each on the managed
 llama.cpp server the service itself runs. Results are stored per (model, task, method) in

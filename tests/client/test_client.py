@@ -597,3 +597,27 @@ def test_async_client_streams_evaluations_falls_back_and_deletes(
 
     assert asyncio.run(scenario()) == (2, 2)
     assert seen == [EvaluationProgress(1, 2), EvaluationProgress(2, 2)]
+
+
+class StuckChannel:
+    """A channel whose close never returns, as grpc's does when a Ctrl-C abandoned a
+    blocking call at the wrong moment (its close then waits for a completion nobody
+    collects; seen in the CLI's second-Ctrl-C path)."""
+
+    def __init__(self) -> None:
+        self.closing = threading.Event()
+
+    def close(self) -> None:
+        self.closing.set()
+        threading.Event().wait()
+
+
+def test_close_returns_within_its_bound_when_the_channel_close_hangs(target: str) -> None:
+    sdk = Client(target)
+    real, stuck = sdk._channel, StuckChannel()
+    sdk._channel = stuck  # type: ignore[assignment]
+    sdk.close_timeout_seconds = 0.5
+    started = time.monotonic()
+    sdk.close()
+    assert stuck.closing.is_set() and time.monotonic() - started < 2.0
+    real.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -88,6 +89,9 @@ class Client:
     ``grpc.RpcError``. The client is thread-safe; close it, or use it as a context manager.
     """
 
+    # The longest `close` waits for the channel to close.
+    close_timeout_seconds: float = 5.0
+
     def __init__(
         self,
         target: str = "127.0.0.1:50051",
@@ -108,7 +112,14 @@ class Client:
         self._retry = retry or RetryPolicy()
 
     def close(self) -> None:
-        self._channel.close()
+        """Closes the channel, waiting at most `close_timeout_seconds`. A blocking call that
+        a Ctrl-C abandoned mid-flight leaves grpc's close waiting for a completion nobody
+        will collect; the CLI must still exit, so the close is left to a daemon thread."""
+        closer = threading.Thread(
+            target=self._channel.close, name="prompttune-channel-close", daemon=True
+        )
+        closer.start()
+        closer.join(self.close_timeout_seconds)
 
     def __enter__(self) -> Self:
         return self

@@ -232,3 +232,20 @@ async def test_a_task_baseline_is_the_jobs_baseline_and_deterministic() -> None:
     key, prompt = state_for().space.baseline_for(task)
     assert prompt == WRITTEN and key == state_for().space.baseline_for(task)[0]
     assert key[0] == -1  # no trial's instruction index
+
+
+def test_a_simpler_finalist_that_does_not_beat_the_baseline_cannot_replace_one_that_does() -> None:
+    """The best beats the baseline beyond noise (14 against 10 of 20 held-back examples); a
+    shorter finalist within noise of it (12) does not, so parsimony keeps the best rather than
+    picking the shorter one and then falling back to the baseline."""
+    state = state_for()
+    wordy = PROPOSAL + " Think about the tone, the adjectives and the overall verdict first."
+    state.finalists = [finalist(state, "baseline", SEED, 0.5, share(10))]
+    state.finalists.append(finalist(state, "wordy", wordy, 0.8, share(14)))
+    state.finalists.append(finalist(state, "short", PROPOSAL, 0.8, share(12)))
+    winner, rule = choose_winner(state)
+    assert winner.prompt.instruction == wordy and rule.startswith("winner: the best of 2")
+    improved, _ = improvement(state, winner, state.finalists[0])
+    assert improved
+    short = state.finalists[2]
+    assert not improvement(state, short, state.finalists[0])[0]  # the case this is about

@@ -199,10 +199,10 @@ def _within_noise(state: SearchState, best: Finalist, other: Finalist, on_select
 
 def choose_winner(state: SearchState) -> tuple[Finalist, str]:
     """Parsimony: the best finalist (baseline excluded) on the picking split; among the
-    finalists not significantly worse than it there and on the whole validation split, the
-    simplest: the seed instruction before a proposal,
-    then fewer prompt tokens. Returns the winner (the baseline when no other finalist was
-    scored) and the rule that chose it, in plain words."""
+    finalists not significantly worse than it there and on the whole validation split (and,
+    when the best beats the baseline beyond noise, beating it too), the simplest: the seed
+    instruction before a proposal, then fewer prompt tokens. Returns the winner (the baseline
+    when no other finalist was scored) and the rule that chose it, in plain words."""
     on_selection = _on_selection(state.finalists)
     split = _split_name(on_selection)
     scored = [
@@ -216,6 +216,11 @@ def choose_winner(state: SearchState) -> tuple[Finalist, str]:
 
     best, best_eval = max(scored, key=lambda p: (value(p[1]), -prompt_token_count(p[0].prompt)))
     close = [(f, e) for f, e in scored if f is best or _within_noise(state, best, f, on_selection)]
+    if improvement(state, best, state.finalists[0])[0]:
+        # a simpler prompt may stand in for the best only if it too beats the baseline
+        close = [
+            (f, e) for f, e in close if f is best or improvement(state, f, state.finalists[0])[0]
+        ]
     winner, winner_eval = min(
         close,
         key=lambda p: (

@@ -133,7 +133,9 @@ def scoring_pairs(results: dict[Key, dict[str, Any]], model: str, task: str) -> 
         row["timing"] = "side by side"
     row["difference"] = paired_difference(correctness(auto), correctness(gen))
     # Issue 14: the same or better accuracy (not worse beyond noise) in at most half the time.
-    if row["difference"] is None or row["time_ratio"] is None:
+    if row["auto"]["scoring"] == "generation":  # no label probabilities to judge
+        row["verdict"] = "n/a (auto scored by generation)"
+    elif row["difference"] is None or row["time_ratio"] is None:
         row["verdict"] = "incomplete"
     else:
         not_worse = row["difference"]["ci_high"] >= 0
@@ -284,6 +286,8 @@ def _winners_section(report: dict[str, Any]) -> list[str]:
         bench_task = TASKS[task]
         if prompt["instruction"] == bench_task.seed_instruction:
             origin = "the seed instruction"
+        elif prompt["instruction"] == bench_task.handwritten_prompt().instruction:
+            origin = "the hand-written baseline prompt, kept"
         else:
             problem = instruction_problem(prompt["instruction"], bench_task.spec())
             origin = (
